@@ -1,0 +1,97 @@
+"""The run configuration: one dataclass with defaults, validation and dict round-trips.
+
+The resolved configuration is written to each experiment's ``config.json``; that file is
+what ``--resume`` reads back, so a resumed run needs no other flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("none", "cosine", "step", "plateau")
+
+# Keys a resumed run may change: they do not alter the numbers the run produces up to
+# the point where it stopped. Everything else must match, or the run is not a
+# continuation (use --fork to branch with new values).
+RESUME_MUTABLE_KEYS = frozenset({"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir"})
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration; the message names the bad value and what to do."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run."""
+
+    dataset: str = "mnist"
+    model: str = "mynet"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    scheduler: str = "none"
+    patience: int = 0
+    save_frequency: int = 10
+    keep_last: int = 0
+    seed: int = 42
+    device: str = "auto"
+    data_dir: Optional[str] = None
+    augment: bool = True
+    reapply_transforms: bool = False
+    dataset_options: Dict[str, Any] = field(default_factory=dict)
+    model_options: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "RunConfig":
+        """Check every value; returns ``self``.
+
+        Raises:
+            ConfigError: naming the first bad value and the accepted range or choices.
+        """
+        from .datasets import DatasetRegistry
+        from .models import ModelRegistry
+
+        if self.dataset not in DatasetRegistry:
+            raise ConfigError(DatasetRegistry.unknown_message(self.dataset))
+        if self.model not in ModelRegistry:
+            raise ConfigError(ModelRegistry.unknown_message(self.model))
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("patience", "save_frequency", "keep_last", "seed"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}.")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"Unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}.")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"Unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}.")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "RunConfig":
+        """Build from a dict; unknown keys are an error (a typo must not be ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown configuration key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}.")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,14 @@
+"""Datasets: the registry, BaseDataset, and the built-in data sets.
+
+Importing this package registers ``mnist``, ``fashion_mnist``, ``mnist-sample`` and
+``synthetic``; nothing is read or downloaded until a data set is created.
+"""
+
+from .base import BaseDataset
+from .idx import DataError
+from .loader import TensorLoader
+from .registry import DatasetRegistry
+from . import mnist as _mnist  # noqa: F401  (registers mnist, fashion_mnist, mnist-sample)
+from . import synthetic as _synthetic  # noqa: F401  (registers synthetic)
+
+__all__ = ["BaseDataset", "DataError", "DatasetRegistry", "TensorLoader"]

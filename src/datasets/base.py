@@ -1,0 +1,148 @@
+"""BaseDataset: an in-memory image classification data set with seeded augmentation.
+
+A subclass loads uint8 images and int64 labels for its train and test splits; this class
+owns normalisation, the augmentation draws and the loaders. The training images the
+loaders serve are one augmentation draw of the original images: drawn once at creation
+from ``(seed, 0)``, and redrawn from ``(seed, epoch)`` by ``reapply_transforms(epoch)``,
+so a resumed run sees exactly the draws an uninterrupted one saw.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ..utils.seed import derive_seed
+from .loader import TensorLoader
+from .transforms import AffineAugmentation
+
+
+class BaseDataset:
+    """Holds ``train_images``/``train_labels`` and ``test_images``/``test_labels``.
+
+    Subclasses call ``_set_data(...)`` from their constructor. The validation split is the
+    data set's test split.
+
+    Args:
+        augment: apply the random affine augmentation to the training images.
+        seed: the run seed the augmentation draws and the shuffle order derive from.
+    """
+
+    name = "base"
+    mean = 0.5
+    std = 0.5
+
+    def __init__(self, augment: bool = True, seed: int = 42):
+        self.augment = bool(augment)
+        self.seed = int(seed)
+        self.augmentation = AffineAugmentation()
+        self.augmentation_epoch: Optional[int] = None  # which draw is live; None = no augmentation
+        self._train_loaders: List[weakref.ref] = []
+
+    # -- data ----------------------------------------------------------------------
+    def _set_data(self, train_images, train_labels, test_images, test_labels) -> None:
+        self.train_images = self._as_nchw(train_images)
+        self.train_labels = torch.as_tensor(train_labels).long()
+        self.test_images = self._as_nchw(test_images)
+        self.test_labels = torch.as_tensor(test_labels).long()
+        labels = torch.cat([self.train_labels, self.test_labels])
+        self._num_classes = int(labels.max()) + 1 if labels.numel() else 0
+        self.augmented_train_images = self.train_images
+        if self.augment:
+            self.reapply_transforms(0)
+
+    @staticmethod
+    def _as_nchw(images) -> torch.Tensor:
+        images = torch.as_tensor(images)
+        if images.dtype != torch.uint8:
+            raise TypeError(f"Images must be uint8, got {images.dtype}.")
+        if images.dim() == 3:  # (N, H, W) grey images
+            images = images.unsqueeze(1)
+        if images.dim() != 4:
+            raise ValueError(f"Images must be (N, H, W) or (N, C, H, W), got shape {tuple(images.shape)}.")
+        return images.contiguous()
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        """``(channels, height, width)`` of one input."""
+        return tuple(self.train_images.shape[1:])
+
+    def __len__(self) -> int:
+        return self.train_images.shape[0]
+
+    def describe(self) -> str:
+        return (
+            f"{self.name}: {len(self.train_labels)} train / {len(self.test_labels)} validation samples, "
+            f"input {self.input_shape}, {self.num_classes} classes, augmentation {'on' if self.augment else 'off'}"
+        )
+
+    # -- augmentation --------------------------------------------------------------
+    def reapply_transforms(self, epoch: Optional[int] = None) -> None:
+        """Draw fresh random augmentations for the whole training set.
+
+        Args:
+            epoch: the draw number; the draw is seeded from ``(seed, epoch)``. ``None``
+                takes the draw after the current one.
+        """
+        if not self.augment:
+            return
+        if epoch is None:
+            epoch = 0 if self.augmentation_epoch is None else self.augmentation_epoch + 1
+        if epoch == self.augmentation_epoch:
+            return
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0xA06))
+        self.augmented_train_images = self.augmentation(self.train_images, generator)
+        self.augmentation_epoch = int(epoch)
+        for ref in self._train_loaders:
+            loader = ref()
+            if loader is not None:
+                loader.set_images(self.augmented_train_images)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"augment": self.augment, "seed": self.seed, "augmentation_epoch": self.augmentation_epoch}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the live augmentation draw (recomputed from its seed, not stored)."""
+        if bool(state["augment"]) != self.augment or int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"Dataset state was saved with augment={state['augment']} seed={state['seed']}, "
+                f"this dataset has augment={self.augment} seed={self.seed}."
+            )
+        if state["augmentation_epoch"] is not None:
+            self.reapply_transforms(int(state["augmentation_epoch"]))
+
+    # -- loaders -------------------------------------------------------------------
+    def get_dataloaders(
+        self,
+        batch_size: int = 64,
+        shuffle: bool = True,
+        device: Optional[torch.device] = None,
+        val_batch_size: Optional[int] = None,
+    ) -> Tuple[TensorLoader, TensorLoader]:
+        """Return ``(train_loader, val_loader)`` over the training and test splits.
+
+        Args:
+            batch_size: training batch size.
+            shuffle: shuffle the training set each epoch (seeded from the dataset seed).
+            device: where batches are produced (``None``: CPU). The uint8 data is moved
+                there once, so there is no per-batch host-to-device copy.
+            val_batch_size: validation batch size (default: ``max(batch_size, 256)``).
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        train_loader = TensorLoader(
+            self.augmented_train_images, self.train_labels, batch_size, self.mean, self.std,
+            shuffle=shuffle, seed=self.seed, device=device,
+        )
+        val_loader = TensorLoader(
+            self.test_images, self.test_labels, val_batch_size or max(batch_size, 256), self.mean, self.std,
+            shuffle=False, device=device,
+        )
+        self._train_loaders.append(weakref.ref(train_loader))
+        return train_loader, val_loader

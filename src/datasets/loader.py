@@ -1,0 +1,121 @@
+"""The tensor-resident batch loader: whole data set in memory, batches by index.
+
+Holds uint8 images and int64 labels (on the training device when they fit) and yields
+normalised float batches. No per-sample Python work. The shuffle order of epoch ``e`` is
+a function of ``(seed, e)`` only, so the loader's whole state is (epoch, position in the
+epoch): that is what makes a mid-epoch resume exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import torch
+
+from ..utils.seed import derive_seed
+
+
+class TensorLoader:
+    """Iterates ``(images, labels)`` batches like a ``DataLoader``; supports ``len()``.
+
+    Each complete pass advances ``epoch`` (so the next pass has a new order); a pass
+    abandoned part-way is restarted from its beginning by the next ``iter()``.
+
+    Args:
+        images: uint8 tensor ``(N, C, H, W)``.
+        labels: int64 tensor ``(N,)``.
+        batch_size: samples per batch (the last batch may be smaller).
+        mean, std: normalisation applied as ``(x / 255 - mean) / std``.
+        shuffle: draw a fresh permutation each epoch from ``(seed, epoch)``.
+        device: where batches are produced; data is moved there once.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: float,
+        std: float,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: Optional[torch.device] = None,
+    ):
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.device = torch.device(device) if device is not None else images.device
+        self.scale = 1.0 / (255.0 * std)
+        self.offset = -mean / std
+        self.labels = labels.to(self.device)
+        self.images = images.to(self.device)
+        self.epoch = 0
+        self.position = 0  # batches already served in ``self.epoch``
+        self._resume_position = 0  # set by load_state_dict: where the next pass starts
+
+    @property
+    def dataset_size(self) -> int:
+        return self.labels.shape[0]
+
+    def set_images(self, images: torch.Tensor) -> None:
+        """Swap in a new draw of (augmented) images of the same shape."""
+        if images.shape != self.images.shape:
+            raise ValueError(f"New images have shape {tuple(images.shape)}, expected {tuple(self.images.shape)}.")
+        self.images = images.to(self.device)
+
+    def to_device(self, device: torch.device) -> "TensorLoader":
+        """Move the data (once) so batches are produced on ``device``."""
+        device = torch.device(device)
+        if device != self.device:
+            self.device = device
+            self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order of ``epoch`` (0-based) and start at its first batch."""
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self.position = 0
+            self._resume_position = 0
+
+    def __len__(self) -> int:
+        return (self.dataset_size + self.batch_size - 1) // self.batch_size
+
+    def _order(self) -> Optional[torch.Tensor]:
+        if not self.shuffle:
+            return None
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        return torch.randperm(self.dataset_size, generator=generator).to(self.device)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        # A pass starts at the beginning of the epoch's order, except the first pass
+        # after load_state_dict, which continues where the saved one stopped.
+        start_batch, self._resume_position = self._resume_position, 0
+        self.position = start_batch
+        for batch in range(start_batch, len(self)):
+            lo, hi = batch * self.batch_size, min((batch + 1) * self.batch_size, self.dataset_size)
+            if order is None:
+                images, labels = self.images[lo:hi], self.labels[lo:hi]
+            else:
+                index = order[lo:hi]
+                images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
+            self.position = batch + 1
+            yield images.float().mul_(self.scale).add_(self.offset), labels
+        # A finished pass starts the next one at the beginning of the next epoch's order.
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._resume_position = self.position
+        self.seed = int(state["seed"])
+        self.shuffle = bool(state["shuffle"])

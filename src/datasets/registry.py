@@ -1,0 +1,5 @@
+"""The dataset registry (its own module so dataset modules can import it without cycles)."""
+
+from ..registry import Registry
+
+DatasetRegistry = Registry("dataset")

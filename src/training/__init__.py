@@ -1,0 +1,19 @@
+"""Training: the Trainer loop and the helpers it drives.
+
+``Trainer`` (trainer.py) runs the loop; ``CheckpointManager`` (checkpoint.py) owns the
+checkpoint files; ``ExperimentManager`` (experiment.py) owns the experiment directories;
+``MetricsTracker`` (metrics.py) the numbers; history.py the log; plots.py the curves;
+early_stopping.py the patience rule; run.py builds a whole run from a configuration.
+"""
+
+from .checkpoint import CheckpointCorruptError, CheckpointError, CheckpointManager, CheckpointSaveError
+from .early_stopping import EarlyStopping
+from .experiment import ExperimentError, ExperimentManager
+from .metrics import MetricsTracker
+from .trainer import Trainer, TrainingInterrupted
+
+__all__ = [
+    "CheckpointCorruptError", "CheckpointError", "CheckpointManager", "CheckpointSaveError",
+    "EarlyStopping", "ExperimentError", "ExperimentManager", "MetricsTracker", "Trainer",
+    "TrainingInterrupted",
+]

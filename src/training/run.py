@@ -1,0 +1,203 @@
+"""A whole run from a configuration: new, ``--resume`` or ``--fork``.
+
+Order matters for safety: the configuration is resolved and validated, the data and
+model are built, and the checkpoint to start from is chosen and verified *before* a new
+experiment directory is created or an existing one is written to. Bad input therefore
+never leaves a half-made experiment or touches an existing one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch.nn as nn
+
+from ..config import RESUME_MUTABLE_KEYS, ConfigError, RunConfig
+from ..datasets import DatasetRegistry
+from ..models import ModelRegistry
+from ..utils import get_device, seed_everything
+from .checkpoint import CheckpointError, CheckpointManager, sha256_file
+from .experiment import (
+    CHECKPOINTS_DIR, CONFIG_FILE, ExperimentError, ExperimentManager, existing_experiment_dir, read_experiment_config,
+)
+from .optim import build_optimizer, build_scheduler
+from .trainer import Trainer
+
+# Configuration keys that change what the data pipeline produces; a fork that changes
+# one of them restarts the data order instead of continuing the parent's.
+DATA_KEYS = ("dataset", "batch_size", "seed", "augment", "reapply_transforms", "dataset_options")
+
+
+def _read_config(runs_dir: str, name: str) -> RunConfig:
+    """The saved configuration of experiment ``name`` (name validated, nothing written)."""
+    return RunConfig.from_dict(read_experiment_config(existing_experiment_dir(Path(runs_dir), name)))
+
+
+def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[str], fork: Optional[str]) -> RunConfig:
+    """The run's configuration: defaults + ``overrides`` for a new run; the saved config
+    for ``resume`` (only keys in ``RESUME_MUTABLE_KEYS`` may change); the parent's config
+    + ``overrides`` for ``fork``."""
+    if resume is not None and fork is not None:
+        raise ExperimentError("Give either --resume or --fork, not both.")
+    if resume is not None:
+        saved = _read_config(runs_dir, resume)
+        changed = {k: v for k, v in overrides.items() if getattr(saved, k) != v}
+        frozen = sorted(k for k in changed if k not in RESUME_MUTABLE_KEYS)
+        if frozen:
+            details = ", ".join(f"{k} (run has {getattr(saved, k)!r}, given {changed[k]!r})" for k in frozen)
+            raise ConfigError(
+                f"--resume {resume} cannot change {details}; resume with the same values, "
+                f"or branch with --fork {resume} to use new ones."
+            )
+        return saved.replace(**changed).validate()
+    if fork is not None:
+        return _read_config(runs_dir, fork).replace(**overrides).validate()
+    return RunConfig(**overrides).validate()
+
+
+def build_components(config: RunConfig, progress: bool = True):
+    """Seeded dataset, model (on its device), loaders, optimizer and scheduler."""
+    seed_everything(config.seed)
+    device = get_device(config.device)
+    dataset_kwargs = dict(config.dataset_options)
+    if config.dataset in ("mnist", "fashion_mnist"):
+        dataset_kwargs.setdefault("progress", progress)
+    dataset = DatasetRegistry.create(
+        config.dataset, data_dir=config.data_dir, augment=config.augment, seed=config.seed, **dataset_kwargs
+    )
+    channels, height, _ = dataset.input_shape
+    model = ModelRegistry.create(
+        config.model, num_classes=dataset.num_classes, in_channels=channels, input_size=height, **config.model_options
+    ).to(device)
+    train_loader, val_loader = dataset.get_dataloaders(batch_size=config.batch_size, device=device)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
+    scheduler = build_scheduler(config.scheduler, optimizer, config.epochs)
+    return dataset, model, device, train_loader, val_loader, optimizer, scheduler
+
+
+def _latest_valid_checkpoint(checkpoints_dir: str, experiment: str, log) -> Tuple[Any, Optional[Dict[str, Any]]]:
+    manager = CheckpointManager(checkpoints_dir)
+    path, payload, problems = manager.find_latest_valid()
+    for problem in problems:
+        log(f"Warning: skipping damaged checkpoint {experiment}/checkpoints/{problem}")
+    if path is None and problems:
+        raise CheckpointError(
+            f"Experiment {experiment} has no valid checkpoint ({'; '.join(problems)}); "
+            "it cannot be resumed, start a new run instead."
+        )
+    if path is not None and problems:
+        log(f"Warning: using {path.name} (epoch {payload['epoch']}, step {payload.get('global_step', 0)}) instead.")
+    return path, payload
+
+
+def _check_compatible(payload: Dict[str, Any], model: nn.Module, config: RunConfig, what: str) -> None:
+    saved = payload.get("model_config")
+    current = getattr(model, "model_config", None)
+    if saved is not None and current is not None and saved != current:
+        keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise CheckpointError(
+            f"{what} was saved from a different model ({', '.join(f'{k}: {saved.get(k)!r} vs {current.get(k)!r}' for k in keys)}); "
+            "nothing was loaded."
+        )
+
+
+def run_training(
+    overrides: Dict[str, Any],
+    runs_dir: str = "runs",
+    resume: Optional[str] = None,
+    fork: Optional[str] = None,
+    show_progress: Optional[bool] = None,
+    log=print,
+) -> Dict[str, Any]:
+    """Run training as the CLI does; returns ``Trainer.train``'s results dict.
+
+    Raises:
+        ConfigError, ExperimentError, DataError, CheckpointError: bad input (nothing
+            written); CheckpointSaveError: a save failed; TrainingInterrupted: a signal.
+    """
+    config = resolve_config(overrides, runs_dir, resume, fork)
+    dataset, model, device, train_loader, val_loader, optimizer, scheduler = build_components(
+        config, progress=show_progress is not False
+    )
+    log(f"Data: {dataset.describe()}")
+    log(f"Model: {config.model} ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}")
+
+    source = resume or fork
+    checkpoint_path, payload = None, None
+    if source is not None:
+        source_dir = existing_experiment_dir(Path(runs_dir), source)
+        checkpoint_path, payload = _latest_valid_checkpoint(source_dir / CHECKPOINTS_DIR, source, log)
+        if payload is None and fork is not None:
+            raise CheckpointError(f"Experiment {fork} has no checkpoint yet; there is nothing to fork from.")
+        if payload is not None:
+            _check_compatible(payload, model, config, f"{checkpoint_path}")
+            if resume is not None:
+                saved_config = payload.get("config") or {}
+                frozen = sorted(
+                    k for k in saved_config if k not in RESUME_MUTABLE_KEYS and saved_config[k] != getattr(config, k, None)
+                )
+                if frozen:
+                    raise CheckpointError(
+                        f"{checkpoint_path} was written with a different configuration ({', '.join(frozen)}) "
+                        f"than {runs_dir}/{resume}/{CONFIG_FILE}; restore the config file or fork instead."
+                    )
+
+    experiment = ExperimentManager(runs_dir, resume_exp=resume, fork_exp=fork)
+    checkpoint_manager = CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last)
+    trainer = Trainer(
+        model, train_loader, val_loader, nn.CrossEntropyLoss(), optimizer, device, experiment,
+        checkpoint_manager=checkpoint_manager, scheduler=scheduler,
+        dataset=dataset if config.reapply_transforms else None, patience=config.patience,
+        config=config.to_dict(), show_progress=show_progress,
+    )
+    if payload is not None and resume is not None:
+        trainer.load_state_dict(payload)
+        log(f"Resuming {experiment.name} from {checkpoint_path.name} at epoch {trainer.epoch}, step {trainer.global_step}.")
+    elif payload is not None:
+        parent_config = RunConfig.from_dict(payload["config"]) if payload.get("config") else config
+        _load_fork(trainer, payload, parent_config, config, overrides)
+        experiment.record_lineage(fork, int(payload["epoch"]), str(checkpoint_path), sha256_file(checkpoint_path))
+        log(f"Forked {fork} (epoch {payload['epoch']}, {checkpoint_path.name}) into {experiment.name}.")
+    else:
+        log(f"Experiment: {experiment.experiment_dir}")
+    if resume is not None and trainer.early_stopping.should_stop:
+        experiment.release()
+        raise ConfigError(
+            f"{resume} stopped early at epoch {trainer.epoch} (no improvement for {trainer.epochs_without_improvement} "
+            "epochs); resume with a larger --patience (or 0) to train further."
+        )
+    if trainer.epoch >= config.epochs:
+        experiment.release()
+        raise ConfigError(
+            f"{source} is at epoch {trainer.epoch} and --epochs is {config.epochs}; "
+            f"pass --epochs N with N > {trainer.epoch} to train further."
+        )
+    experiment.save_config(config.to_dict())
+    try:
+        return trainer.train(config.epochs, start_epoch=trainer.epoch)
+    finally:
+        experiment.release()
+
+
+def _load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, config: RunConfig,
+               overrides: Dict[str, Any]) -> None:
+    """Start the fork from the parent's state; explicit overrides win over the parent's."""
+    state = dict(payload)
+    if parent.optimizer != config.optimizer:
+        state["optimizer_state_dict"] = None
+    if parent.scheduler != config.scheduler:
+        state["scheduler_state_dict"] = None
+    if any(getattr(parent, k) != getattr(config, k) for k in DATA_KEYS):
+        # A different data pipeline cannot continue the parent's data order mid-epoch.
+        state.update(train_loader=None, dataset=None, mid_epoch=False)
+    state.update(early_stopping=None, checkpoint_manager=None)  # the branch tracks its own best
+    trainer.load_state_dict(state)
+    for group in trainer.optimizer.param_groups:
+        if "lr" in overrides:
+            group["lr"] = config.lr
+            group["initial_lr"] = config.lr
+        if "weight_decay" in overrides:
+            group["weight_decay"] = config.weight_decay
+    if trainer.scheduler is not None and "lr" in overrides and hasattr(trainer.scheduler, "base_lrs"):
+        trainer.scheduler.base_lrs = [config.lr for _ in trainer.scheduler.base_lrs]

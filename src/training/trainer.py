@@ -1,0 +1,369 @@
+"""Trainer: the training loop. It calls helpers and owns no files itself.
+
+Per epoch: train, validate, step the scheduler, record history, redraw augmentations
+(when given ``dataset``), save checkpoints, write the log and plot, check early stopping.
+The checkpoint is the union of every stateful part's ``state_dict()``; restoring it with
+``load_state_dict`` continues the run exactly (bit-identical on CPU), even mid-epoch.
+
+SIGINT and SIGTERM during ``train`` finish the current step, save a mid-epoch checkpoint
+and raise ``TrainingInterrupted`` (the CLI exits with 128 + the signal number).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..utils.seed import capture_rng_state, restore_rng_state
+from .checkpoint import CheckpointManager
+from .early_stopping import EarlyStopping
+from .experiment import ExperimentManager
+from .history import append_epoch, empty_history, read_log, write_log
+from .metrics import MetricsTracker
+from .plots import plot_history
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving its state; ``signum`` says which."""
+
+    def __init__(self, signum: int, saved: bool):
+        self.signum = signum
+        self.saved = saved
+        name = signal.Signals(signum).name
+        super().__init__(f"Interrupted by {name}; " + ("state saved, resume to continue." if saved else "nothing new saved."))
+
+
+class Trainer:
+    """See the module docstring. Extra keyword arguments beyond the specified ones:
+
+    Args:
+        config: the run configuration (a plain dict) stored in checkpoints.
+        show_progress: draw a progress bar (default: only when stderr is a terminal).
+        handle_signals: catch SIGINT/SIGTERM during ``train`` (main thread only).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader,
+        val_loader,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        experiment_manager: ExperimentManager,
+        checkpoint_manager: Optional[CheckpointManager] = None,
+        scheduler: Optional[Any] = None,
+        dataset: Optional[Any] = None,
+        patience: int = 0,
+        *,
+        config: Optional[Dict[str, Any]] = None,
+        show_progress: Optional[bool] = None,
+        handle_signals: bool = True,
+    ):
+        self.model = model
+        self.device = torch.device(device)
+        self.train_loader = self._on_device(train_loader)
+        self.val_loader = self._on_device(val_loader)
+        self.criterion = criterion
+        self.optimizer = optimizer
+        self.experiment_manager = experiment_manager
+        self.checkpoint_manager = checkpoint_manager
+        self.scheduler = scheduler
+        self.dataset = dataset
+        self.early_stopping = EarlyStopping(patience)
+        self.config = dict(config or {})
+        self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+        self.handle_signals = handle_signals
+        self._history = empty_history()
+        self.epoch = 0  # completed epochs
+        self.global_step = 0
+        self.train_tracker = MetricsTracker()
+        self._mid_epoch = False  # the train tracker/loader hold a partial epoch
+        self._stop_signal: Optional[int] = None
+
+    def _on_device(self, loader):
+        # The built-in loader moves its uint8 data once; other loaders are copied per batch.
+        if hasattr(loader, "to_device"):
+            loader.to_device(self.device)
+        return loader
+
+    # -- properties ------------------------------------------------------------------
+    @property
+    def history(self) -> Dict[str, list]:
+        return self._history
+
+    @property
+    def best_accuracy(self) -> float:
+        value = self.early_stopping.best_value
+        return 0.0 if value is None else value
+
+    @property
+    def best_epoch(self) -> int:
+        return self.early_stopping.best_epoch
+
+    @property
+    def epochs_without_improvement(self) -> int:
+        return self.early_stopping.epochs_without_improvement
+
+    # -- one epoch -------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> Tuple[Dict[str, float], float]:
+        """Train one epoch (1-based number). Returns ``(metrics, iterations per second)``."""
+        self.model.train()
+        loader = self.train_loader
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        if not self._mid_epoch:
+            self.train_tracker.reset()
+        self._mid_epoch = True
+        tracker, device = self.train_tracker, self.device
+        start, steps = time.perf_counter(), 0
+        progress = self._progress(loader, f"epoch {epoch}")
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            outputs = self.model(images)
+            loss = self.criterion(outputs, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            tracker.update(loss, outputs, labels)
+            self.global_step += 1
+            steps += 1
+            if progress is not None:
+                progress.step(tracker)
+            if self._stop_signal is not None:
+                self._interrupt_mid_epoch()
+        if progress is not None:
+            progress.close()
+        self._mid_epoch = False
+        return tracker.get_metrics(), steps / max(time.perf_counter() - start, 1e-9)
+
+    @torch.inference_mode()
+    def validate(self) -> Tuple[Dict[str, float], float]:
+        """Evaluate on the validation loader. Returns ``(metrics, iterations per second)``."""
+        self.model.eval()
+        tracker = MetricsTracker()
+        start, steps = time.perf_counter(), 0
+        for images, labels in self.val_loader:
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            outputs = self.model(images)
+            tracker.update(self.criterion(outputs, labels), outputs, labels)
+            steps += 1
+        return tracker.get_metrics(), steps / max(time.perf_counter() - start, 1e-9)
+
+    # -- the run ---------------------------------------------------------------------
+    def train(self, epochs: int, start_epoch: int = 0) -> Dict[str, Any]:
+        """Train up to epoch ``epochs`` (a total), starting after ``start_epoch``.
+
+        ``start_epoch`` defaults to the epochs already completed (after a resume).
+        Returns the documented results dict.
+        """
+        if not isinstance(epochs, int) or epochs <= 0:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+        start_epoch = max(int(start_epoch), self.epoch)
+        self.epoch = start_epoch
+        em = self.experiment_manager
+        em.write_status("running", epoch=self.epoch, target_epochs=epochs)
+        stopped_early, started = False, time.perf_counter()
+        previous_handlers = self._install_signal_handlers()
+        try:
+            for epoch in range(start_epoch + 1, epochs + 1):
+                stopped_early = self._run_epoch(epoch, epochs)
+                if self._stop_signal is not None:
+                    raise TrainingInterrupted(self._stop_signal, saved=self.checkpoint_manager is not None)
+                if stopped_early:
+                    self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
+                              f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
+                    break
+        except TrainingInterrupted as exc:
+            em.write_status("interrupted", epoch=self.epoch, global_step=self.global_step, signal=signal.Signals(exc.signum).name)
+            raise
+        except BaseException as exc:
+            em.write_status("failed", epoch=self.epoch, error=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+        training_time = time.perf_counter() - started
+        em.write_status("stopped_early" if stopped_early else "completed", epoch=self.epoch,
+                        best_accuracy=self.best_accuracy, best_epoch=self.best_epoch)
+        return {
+            "epochs_trained": self.epoch,
+            "best_accuracy": self.best_accuracy,
+            "training_time": training_time,
+            "history": self.history,
+            "experiment_dir": em.experiment_dir,
+            "stopped_early": stopped_early,
+            "best_epoch": self.best_epoch,
+        }
+
+    def _run_epoch(self, epoch: int, epochs: int) -> bool:
+        """One full epoch and its bookkeeping; returns True when early stopping fires."""
+        started = time.perf_counter()
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        train_metrics, train_speed = self.train_epoch(epoch)
+        val_metrics, _ = self.validate()
+        self._step_scheduler(val_metrics)
+        improved = self.early_stopping.step(val_metrics["accuracy"], epoch)
+        if self.dataset is not None:
+            self.dataset.reapply_transforms(epoch)
+        self.epoch = epoch
+        record = {
+            "epoch": epoch,
+            "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
+            "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
+            "learning_rate": learning_rate, "epoch_time": time.perf_counter() - started,
+        }
+        append_epoch(self._history, record)
+        if self.checkpoint_manager is not None:
+            self.checkpoint_manager.save_epoch_end(
+                self.model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], self._training_state()
+            )
+        write_log(Path(self.experiment_manager.log_file), self._history)
+        plot_history(self._history, Path(self.experiment_manager.plot_file))
+        self._log(
+            f"Epoch {epoch}/{epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2f}%  "
+            f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2f}%  lr {learning_rate:.2e}  "
+            f"{record['epoch_time']:.1f}s ({train_speed:.0f} it/s)" + ("  *best" if improved else "")
+        )
+        return self.early_stopping.should_stop
+
+    def _step_scheduler(self, val_metrics: Dict[str, float]) -> None:
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val_metrics["accuracy"] if self.scheduler.mode == "max" else val_metrics["loss"])
+        else:
+            self.scheduler.step()
+
+    # -- state -----------------------------------------------------------------------
+    def _training_state(self) -> Dict[str, Any]:
+        """Everything but model and optimizer (which CheckpointManager adds)."""
+        loader_state = self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None
+        return {
+            "global_step": self.global_step,
+            "mid_epoch": self._mid_epoch,
+            "train_tracker": self.train_tracker.state_dict(),
+            "train_loader": loader_state,
+            "dataset": self.dataset.state_dict() if self.dataset is not None else None,
+            "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "early_stopping": self.early_stopping.state_dict(),
+            "checkpoint_manager": self.checkpoint_manager.state_dict() if self.checkpoint_manager else None,
+            "history": {k: list(v) for k, v in self._history.items()},
+            "rng_state": capture_rng_state(),
+            "config": self.config,
+        }
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The complete training state, as stored in a checkpoint."""
+        state = self._training_state()
+        state.update(
+            epoch=self.epoch,
+            model_state_dict=self.model.state_dict(),
+            optimizer_state_dict=self.optimizer.state_dict(),
+            model_config=getattr(self.model, "model_config", None),
+        )
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any], restore_optimizer: bool = True) -> None:
+        """Continue from a checkpoint dict: model, optimizer, scheduler, early stopping,
+        history, RNG, data position and augmentation draw."""
+        self.model.load_state_dict(state["model_state_dict"])
+        if restore_optimizer and state.get("optimizer_state_dict"):
+            self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        if self.scheduler is not None and state.get("scheduler_state_dict"):
+            self.scheduler.load_state_dict(state["scheduler_state_dict"])
+        if state.get("early_stopping"):
+            self.early_stopping.load_state_dict(state["early_stopping"])
+        if self.checkpoint_manager is not None and state.get("checkpoint_manager"):
+            self.checkpoint_manager.load_state_dict(state["checkpoint_manager"])
+        if state.get("history"):
+            self._history = {k: list(v) for k, v in state["history"].items()}
+        if self.dataset is not None and state.get("dataset"):
+            self.dataset.load_state_dict(state["dataset"])
+        if state.get("train_loader") and hasattr(self.train_loader, "load_state_dict"):
+            self.train_loader.load_state_dict(state["train_loader"])
+        self._mid_epoch = bool(state.get("mid_epoch")) and state.get("train_loader") is not None
+        if self._mid_epoch:
+            self.train_tracker.load_state_dict(state["train_tracker"])
+        if state.get("rng_state"):
+            restore_rng_state(state["rng_state"])
+        self.epoch = int(state.get("epoch", 0))
+        self.global_step = int(state.get("global_step", 0))
+
+    def load_history_from_log(self) -> int:
+        """Rebuild ``history`` from the experiment's log file; returns the last epoch (0 if none)."""
+        self._history = read_log(Path(self.experiment_manager.log_file))
+        return self._history["epoch"][-1] if self._history["epoch"] else 0
+
+    # -- interruption ----------------------------------------------------------------
+    def _install_signal_handlers(self):
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return None
+        self._stop_signal = None
+
+        def request_stop(signum, frame):
+            # Only note it: the step in flight finishes and the loop saves and stops. A
+            # second signal while saving is absorbed, so the save cannot be torn.
+            if self._stop_signal is None:
+                self._stop_signal = signum
+                self._log(f"\n{signal.Signals(signum).name} received: finishing the current step and saving...")
+
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
+
+    def _interrupt_mid_epoch(self) -> None:
+        saved = False
+        if self.checkpoint_manager is not None and hasattr(self.train_loader, "state_dict"):
+            metrics = self.train_tracker.get_metrics()
+            path = self.checkpoint_manager.save_checkpoint(
+                self.model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
+                self.checkpoint_manager.latest_path, self._training_state(),
+            )
+            saved = True
+            self._log(f"Saved {path} at step {self.global_step} (epoch {self.epoch + 1}, batch {self.train_loader.position}).")
+        else:
+            self._log("This loader cannot record its position; the last end-of-epoch checkpoint is kept.")
+        raise TrainingInterrupted(self._stop_signal, saved)
+
+    # -- output ----------------------------------------------------------------------
+    def _progress(self, loader, description: str):
+        if not self.show_progress:
+            return None
+        return _ProgressBar(loader, description)
+
+    @staticmethod
+    def _log(message: str) -> None:
+        print(message, flush=True)
+
+
+class _ProgressBar:
+    """A tqdm bar whose loss readout syncs with the device only when it redraws."""
+
+    def __init__(self, loader, description: str):
+        from tqdm.auto import tqdm
+
+        total = len(loader) - getattr(loader, "position", 0) if hasattr(loader, "__len__") else None
+        self.bar = tqdm(total=total, desc=description, leave=False, mininterval=0.5, dynamic_ncols=True)
+        self.last_postfix = 0.0
+
+    def step(self, tracker: MetricsTracker) -> None:
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self.last_postfix >= 1.0:
+            self.last_postfix = now
+            self.bar.set_postfix(loss=f"{tracker.get_metrics()['loss']:.4f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,47 @@
+"""Device selection: CUDA, then Apple MPS, then CPU, with an explicit override."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+
+def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """Return the device to train on.
+
+    Args:
+        preferred: ``None`` or ``"auto"`` picks CUDA, then MPS, then CPU. Anything else
+            (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) is used as given after
+            checking that it exists here.
+
+    Raises:
+        ValueError: the requested device is malformed or not available on this machine.
+    """
+    if preferred is None or str(preferred) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(preferred)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"Unknown device {preferred!r}; use auto, cpu, cuda, cuda:N or mps."
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"Device {preferred!r} was requested but CUDA is not available here; use --device cpu or auto.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"Device {preferred!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"Device {preferred!r} was requested but MPS is not available here; use --device cpu or auto.")
+    elif device.type != "cpu":
+        raise ValueError(f"Unsupported device {preferred!r}; use auto, cpu, cuda, cuda:N or mps.")
+    return device

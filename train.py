@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Command line: train a model in a new experiment, or resume / fork an existing one.
+
+    python train.py --dataset mnist-sample --epochs 10     # new experiment runs/expN
+    python train.py --resume exp1                          # continue exp1 in place
+    python train.py --fork exp1 --lr 1e-4 --epochs 30      # branch exp1 into a new expN
+
+Exit codes: 0 done (completed or stopped early); 1 a save failed or an unexpected error;
+2 bad input (nothing was written); 128+N stopped by signal N after saving
+(130 for SIGINT / Ctrl-C, 143 for SIGTERM); resume with --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+# CLI option -> RunConfig field; argparse defaults are suppressed so that only the flags
+# given on the command line become overrides (what --fork inherits and --resume checks).
+OPTIONS = {
+    "dataset": "dataset", "model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+    "weight_decay": "weight_decay", "optimizer": "optimizer", "scheduler": "scheduler", "patience": "patience",
+    "save_frequency": "save_frequency", "keep_last": "keep_last", "seed": "seed", "device": "device",
+    "data_dir": "data_dir", "reapply_transforms": "reapply_transforms", "augment": "augment",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from src.config import OPTIMIZERS, SCHEDULERS, RunConfig
+
+    d = RunConfig()
+    parser = argparse.ArgumentParser(
+        description="Train an image classifier in runs/expN; resume or fork experiments.",
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    add = parser.add_argument
+    add("--dataset", help=f"data set: mnist, fashion_mnist, mnist-sample (bundled, offline), synthetic (default {d.dataset})")
+    add("--model", help=f"model: mynet, lenet5, mlp (default {d.model})")
+    add("--epochs", type=int, help=f"total epochs to train to; raise it to extend a finished run (default {d.epochs})")
+    add("--batch-size", dest="batch_size", type=int, help=f"training batch size (default {d.batch_size})")
+    add("--lr", type=float, help=f"learning rate (default {d.lr})")
+    add("--weight-decay", dest="weight_decay", type=float, help=f"weight decay (default {d.weight_decay})")
+    add("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default {d.optimizer})")
+    add("--scheduler", help=f"learning-rate schedule per epoch: {', '.join(SCHEDULERS)} (default {d.scheduler})")
+    add("--patience", type=int, help="stop after N epochs without validation-accuracy improvement; 0 disables (default 0)")
+    add("--save-frequency", dest="save_frequency", type=int,
+        help=f"also keep checkpoints/epoch_N.pt every N epochs; 0 disables (default {d.save_frequency})")
+    add("--keep-last", dest="keep_last", type=int, help="keep only the newest N epoch_N.pt files; 0 keeps all (default 0)")
+    add("--seed", type=int, help=f"random seed for initialisation, shuffling and augmentation (default {d.seed})")
+    add("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
+    add("--data-dir", dest="data_dir", help="data root holding MNIST/raw and FashionMNIST/raw (default $EXPTRAIN_DATA_DIR or ./data)")
+    parser.add_argument("--runs-dir", default="runs", help="where experiments live (default runs)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", metavar="EXP", default=None,
+                       help="continue experiment EXP in place from its latest valid checkpoint, with its saved configuration")
+    group.add_argument("--fork", metavar="EXP", default=None,
+                       help="start a new experiment from EXP's latest checkpoint; flags given here override EXP's configuration")
+    add("--reapply-transforms", dest="reapply_transforms", action="store_true",
+        help="draw fresh random augmentations of the training set after every epoch")
+    add("--no-augment", dest="augment", action="store_false", help="train on the original images, without augmentation")
+    parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from src.config import ConfigError
+    from src.datasets import DataError
+    from src.training import CheckpointError, CheckpointSaveError, ExperimentError, TrainingInterrupted
+    from src.training.run import run_training
+
+    overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
+    try:
+        results = run_training(
+            overrides, runs_dir=args.runs_dir, resume=args.resume, fork=args.fork,
+            show_progress=False if args.quiet else None,
+        )
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
+    except CheckpointSaveError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ConfigError, ExperimentError, DataError, CheckpointError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"Error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(
+        f"Done: {results['epochs_trained']} epochs, best validation accuracy {results['best_accuracy']:.2f}% "
+        f"at epoch {results['best_epoch']}" + (" (stopped early)" if results["stopped_early"] else "")
+        + f", {results['training_time']:.1f}s. Experiment: {results['experiment_dir']}"
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
