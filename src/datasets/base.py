@@ -9,6 +9,7 @@ so a resumed run sees exactly the draws an uninterrupted one saw.
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -39,6 +40,7 @@ class BaseDataset:
         self.seed = int(seed)
         self.augmentation = AffineAugmentation()
         self.augmentation_epoch: Optional[int] = None  # which draw is live; None = no augmentation
+        self.augmentation_fingerprint: Optional[str] = None  # SHA-1 of the live draw (for audits and tests)
         self._train_loaders: List[weakref.ref] = []
 
     # -- data ----------------------------------------------------------------------
@@ -99,13 +101,17 @@ class BaseDataset:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0xA06))
         self.augmented_train_images = self.augmentation(self.train_images, generator)
         self.augmentation_epoch = int(epoch)
+        self.augmentation_fingerprint = _fingerprint(self.augmented_train_images)
         for ref in self._train_loaders:
             loader = ref()
             if loader is not None:
                 loader.set_images(self.augmented_train_images)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"augment": self.augment, "seed": self.seed, "augmentation_epoch": self.augmentation_epoch}
+        return {
+            "augment": self.augment, "seed": self.seed, "augmentation_epoch": self.augmentation_epoch,
+            "augmentation_fingerprint": self.augmentation_fingerprint,
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore the live augmentation draw (recomputed from its seed, not stored)."""
@@ -146,3 +152,7 @@ class BaseDataset:
         )
         self._train_loaders.append(weakref.ref(train_loader))
         return train_loader, val_loader
+
+
+def _fingerprint(images: torch.Tensor) -> str:
+    return hashlib.sha1(images.cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -68,7 +68,7 @@ def library_versions() -> Dict[str, str]:
 
     from .. import __version__
 
-    return {"exptrain": __version__, "torch": torch.__version__, "numpy": numpy.__version__}
+    return {"exptrain": __version__, "torch": str(torch.__version__), "numpy": str(numpy.__version__)}
 
 
 class CheckpointManager:
@@ -274,9 +274,11 @@ class CheckpointManager:
         try:
             payload = torch.load(filepath, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(exc))
+            culprit = found.group(1) if found else str(exc).splitlines()[0]
             raise CheckpointCorruptError(
-                f"Checkpoint {filepath} was refused: it holds objects that safe loading does not allow ({exc}). "
-                "Only load checkpoints from sources you trust."
+                f"Checkpoint {filepath} was refused: it holds a Python object that safe loading does not allow "
+                f"({culprit}); it was not loaded and none of its code ran."
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
             raise CheckpointCorruptError(f"Checkpoint {filepath} cannot be read ({exc}).") from None

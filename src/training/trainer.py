@@ -171,6 +171,8 @@ class Trainer:
         start_epoch = max(int(start_epoch), self.epoch)
         self.epoch = start_epoch
         em = self.experiment_manager
+        if not Path(em.config_file).exists():
+            em.save_config(self.config or self._describe_run(epochs))
         em.write_status("running", epoch=self.epoch, target_epochs=epochs)
         stopped_early, started = False, time.perf_counter()
         previous_handlers = self._install_signal_handlers()
@@ -234,6 +236,20 @@ class Trainer:
             f"{record['epoch_time']:.1f}s ({train_speed:.0f} it/s)" + ("  *best" if improved else "")
         )
         return self.early_stopping.should_stop
+
+    def _describe_run(self, epochs: int) -> Dict[str, Any]:
+        """A config record for runs built in Python without a RunConfig."""
+        return {
+            "epochs": epochs,
+            "model_config": getattr(self.model, "model_config", None),
+            "optimizer": type(self.optimizer).__name__,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "weight_decay": self.optimizer.param_groups[0].get("weight_decay"),
+            "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
+            "batch_size": getattr(self.train_loader, "batch_size", None),
+            "patience": self.early_stopping.patience,
+            "device": str(self.device),
+        }
 
     def _step_scheduler(self, val_metrics: Dict[str, float]) -> None:
         if self.scheduler is None:

@@ -1,0 +1,138 @@
+"""ExperimentManager: numbering, validation, locks, concurrent creation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.training import ExperimentError, ExperimentManager
+from tests.conftest import REPO_ROOT, cli_env
+
+
+def test_new_experiments_are_numbered_and_laid_out(tmp_path):
+    first = ExperimentManager(base_dir=str(tmp_path / "runs"), lock=False)
+    second = ExperimentManager(base_dir=str(tmp_path / "runs"), lock=False)
+    assert Path(first.experiment_dir).name == "exp1" and Path(second.experiment_dir).name == "exp2"
+    assert Path(second.checkpoints_dir) == Path(second.experiment_dir) / "checkpoints"
+    assert Path(second.checkpoints_dir).is_dir()
+    for path in (second.log_file, second.plot_file, second.config_file):
+        assert Path(path).parent == Path(second.experiment_dir)
+
+
+def test_numbers_are_never_reused_below_the_highest(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("exp1", "exp7"):
+        (runs / name).mkdir(parents=True)
+    assert Path(ExperimentManager(str(runs), lock=False).experiment_dir).name == "exp8"
+
+
+def test_resume_reopens_in_place_and_missing_lists_existing(tmp_path):
+    runs = tmp_path / "runs"
+    created = ExperimentManager(str(runs), lock=False)
+    reopened = ExperimentManager(str(runs), resume_exp="exp1", lock=False)
+    assert reopened.experiment_dir == created.experiment_dir
+    with pytest.raises(ExperimentError, match=r"'exp9' does not exist .*existing experiments: exp1"):
+        ExperimentManager(str(runs), resume_exp="exp9")
+    with pytest.raises(ExperimentError, match="not both"):
+        ExperimentManager(str(runs), resume_exp="exp1", fork_exp="exp1")
+
+
+def test_fork_creates_new_experiment_with_parent(tmp_path):
+    runs = tmp_path / "runs"
+    ExperimentManager(str(runs), lock=False)
+    fork = ExperimentManager(str(runs), fork_exp="exp1", lock=False)
+    assert Path(fork.experiment_dir).name == "exp2" and fork.parent_dir == runs / "exp1"
+    fork.record_lineage("exp1", 3, "runs/exp1/checkpoints/latest_checkpoint.pt", "ab" * 32)
+    lineage = json.loads((Path(fork.experiment_dir) / "lineage.json").read_text())
+    assert lineage == {"parent": "exp1", "epoch": 3, "checkpoint": "runs/exp1/checkpoints/latest_checkpoint.pt",
+                       "sha256": "ab" * 32}
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/etc", "a/b", "", ".", "..", "exp1/../../x", "~root", "a\\b"])
+def test_bad_names_are_refused_before_touching_disk(tmp_path, name):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    for kwargs in ({"resume_exp": name}, {"fork_exp": name}):
+        with pytest.raises(ExperimentError, match="Invalid experiment name"):
+            ExperimentManager(str(runs), **kwargs)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_symlink_out_of_runs_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (runs / "exp1").symlink_to(outside)
+    with pytest.raises(ExperimentError, match="points outside"):
+        ExperimentManager(str(runs), resume_exp="exp1")
+    assert list(outside.iterdir()) == []
+
+
+_CREATE = """
+import os, sys, time
+from src.training import ExperimentManager
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):  # a barrier: all eight start creating together
+    time.sleep(0.001)
+print(ExperimentManager(sys.argv[1], lock=False).experiment_dir, flush=True)
+"""
+
+
+def test_eight_concurrent_creations_get_distinct_directories(tmp_path):
+    for round_number in range(3):
+        runs = tmp_path / f"runs{round_number}"
+        go = tmp_path / f"go{round_number}"
+        processes = [
+            subprocess.Popen([sys.executable, "-c", _CREATE, str(runs), str(go)], cwd=REPO_ROOT,
+                             env=cli_env(), stdout=subprocess.PIPE, text=True)
+            for _ in range(8)
+        ]
+        assert all(p.stdout.readline().strip() == "ready" for p in processes)
+        go.touch()
+        outputs = [p.communicate(timeout=60)[0].strip() for p in processes]
+        assert all(p.returncode == 0 for p in processes)
+        assert len(set(outputs)) == 8, outputs
+        assert sorted(p.name for p in runs.iterdir()) == sorted(f"exp{i}" for i in range(1, 9))
+
+
+_HOLD = """
+import sys, time
+from src.training import ExperimentManager
+ExperimentManager(sys.argv[1], resume_exp="exp1")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_second_resume_is_refused_and_a_dead_holder_does_not_block(tmp_path):
+    runs = tmp_path / "runs"
+    ExperimentManager(str(runs), lock=False)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(runs)], cwd=REPO_ROOT, env=cli_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ExperimentError, match=rf"'exp1' is in use by process {holder.pid}"):
+            ExperimentManager(str(runs), resume_exp="exp1")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The lock file is still there with the dead PID, but the OS lock died with its holder.
+    assert (runs / "exp1" / ".lock").read_text() == str(holder.pid)
+    manager = ExperimentManager(str(runs), resume_exp="exp1")
+    assert (runs / "exp1" / ".lock").read_text() == str(os.getpid())
+    manager.release()
+
+
+def test_status_records(tmp_path):
+    manager = ExperimentManager(str(tmp_path), lock=False)
+    manager.write_status("failed", error="boom")
+    status = manager.read_status()
+    assert status["state"] == "failed" and status["error"] == "boom" and status["pid"] == os.getpid()
