@@ -17,6 +17,7 @@ from ..config import RESUME_MUTABLE_KEYS, ConfigError, RunConfig
 from ..datasets import DatasetRegistry
 from ..models import ModelRegistry
 from ..utils import get_device, seed_everything
+from .early_stopping import EarlyStopping
 from .checkpoint import CheckpointError, CheckpointManager, sha256_file
 from .experiment import (
     CHECKPOINTS_DIR, CONFIG_FILE, ExperimentError, ExperimentManager, existing_experiment_dir, read_experiment_config,
@@ -143,7 +144,10 @@ def run_training(
                         f"than {runs_dir}/{resume}/{CONFIG_FILE}; restore the config file or fork instead."
                     )
 
+    _check_work_left(payload, config, source, resume is not None)
+
     experiment = ExperimentManager(runs_dir, resume_exp=resume, fork_exp=fork)
+    experiment.save_config(config.to_dict())  # first, so even a run killed at once can be resumed
     checkpoint_manager = CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last)
     trainer = Trainer(
         model, train_loader, val_loader, nn.CrossEntropyLoss(), optimizer, device, experiment,
@@ -159,25 +163,34 @@ def run_training(
         _load_fork(trainer, payload, parent_config, config, overrides)
         experiment.record_lineage(fork, int(payload["epoch"]), str(checkpoint_path), sha256_file(checkpoint_path))
         log(f"Forked {fork} (epoch {payload['epoch']}, {checkpoint_path.name}) into {experiment.name}.")
+    elif resume is not None:
+        log(f"Resuming {experiment.name}: no checkpoint was saved yet, starting from epoch 0.")
     else:
         log(f"Experiment: {experiment.experiment_dir}")
-    if resume is not None and trainer.early_stopping.should_stop:
-        experiment.release()
-        raise ConfigError(
-            f"{resume} stopped early at epoch {trainer.epoch} (no improvement for {trainer.epochs_without_improvement} "
-            "epochs); resume with a larger --patience (or 0) to train further."
-        )
-    if trainer.epoch >= config.epochs:
-        experiment.release()
-        raise ConfigError(
-            f"{source} is at epoch {trainer.epoch} and --epochs is {config.epochs}; "
-            f"pass --epochs N with N > {trainer.epoch} to train further."
-        )
-    experiment.save_config(config.to_dict())
     try:
         return trainer.train(config.epochs, start_epoch=trainer.epoch)
     finally:
         experiment.release()
+
+
+def _check_work_left(payload: Optional[Dict[str, Any]], config: RunConfig, source: Optional[str], resuming: bool) -> None:
+    """Refuse (before anything is written) a resume or fork with no epoch left to train."""
+    if payload is None:
+        return
+    epoch = int(payload["epoch"])
+    if resuming and payload.get("early_stopping"):
+        stopper = EarlyStopping(config.patience)
+        stopper.load_state_dict(payload["early_stopping"])
+        if stopper.should_stop:
+            raise ConfigError(
+                f"{source} stopped early at epoch {epoch} (no improvement for {stopper.epochs_without_improvement} "
+                "epochs); resume with a larger --patience (or 0) to train further."
+            )
+    if epoch >= config.epochs:
+        raise ConfigError(
+            f"{source} is at epoch {epoch} and --epochs is {config.epochs}; "
+            f"pass --epochs N with N > {epoch} to train further."
+        )
 
 
 def _load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, config: RunConfig,
