@@ -97,5 +97,8 @@ class MNISTSample(IdxImageDataset):
 
     def __init__(self, data_dir: Optional[str] = None, augment: bool = True, seed: int = 42, **_ignored):
         super().__init__(augment=augment, seed=seed)
-        files = ensure_idx_files(SAMPLE_DIR, (), {}, self.name, download=False)
+        try:
+            files = ensure_idx_files(SAMPLE_DIR, (), {}, self.name, download=False)
+        except DataError:
+            raise DataError(f"The bundled mnist-sample files are missing from {SAMPLE_DIR}; reinstall the package.") from None
         self._load_files(files)
