@@ -24,6 +24,8 @@ OPTIONS = {
     "weight_decay": "weight_decay", "optimizer": "optimizer", "scheduler": "scheduler", "patience": "patience",
     "save_frequency": "save_frequency", "keep_last": "keep_last", "seed": "seed", "device": "device",
     "data_dir": "data_dir", "reapply_transforms": "reapply_transforms", "augment": "augment",
+    "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
+    "grad_clip": "grad_clip",
 }
 
 
@@ -61,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--reapply-transforms", dest="reapply_transforms", action="store_true",
         help="draw fresh random augmentations of the training set after every epoch")
     add("--no-augment", dest="augment", action="store_false", help="train on the original images, without augmentation")
+    add("--amp", choices=("bf16", "fp16"),
+        help="mixed precision: bf16 (CPU and recent GPUs) or fp16 (GPUs; uses a gradient scaler); default off")
+    add("--compile", action="store_true", help="compile the model with torch.compile (slow start, faster steps)")
+    add("--channels-last", dest="channels_last", action="store_true", help="channels-last memory format (CNNs)")
+    add("--grad-accum", dest="grad_accum", type=int, help="batches per optimizer step (default 1)")
+    add("--grad-clip", dest="grad_clip", type=float, help="clip the gradient norm to this value; 0 disables (default 0)")
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return parser
 

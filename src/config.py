@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+AMP_MODES = ("bf16", "fp16")
 SCHEDULERS = ("none", "cosine", "step", "plateau")
 
 # Keys a resumed run may change: they do not alter the numbers the run produces up to
-# the point where it stopped. Everything else must match, or the run is not a
+# the point where it stopped (torch.compile may reorder float operations, but it is a
+# speed switch a user must be able to turn off to resume on another machine). Everything else must match, or the run is not a
 # continuation (use --fork to branch with new values).
-RESUME_MUTABLE_KEYS = frozenset({"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir"})
+RESUME_MUTABLE_KEYS = frozenset(
+    {"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir", "compile"}
+)
 
 
 class ConfigError(ValueError):
@@ -43,6 +47,11 @@ class RunConfig:
     data_dir: Optional[str] = None
     augment: bool = True
     reapply_transforms: bool = False
+    amp: Optional[str] = None
+    compile: bool = False
+    channels_last: bool = False
+    grad_accum: int = 1
+    grad_clip: float = 0.0
     dataset_options: Dict[str, Any] = field(default_factory=dict)
     model_options: Dict[str, Any] = field(default_factory=dict)
 
@@ -71,6 +80,12 @@ class RunConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}.")
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}.")
+        if self.amp not in (None, *AMP_MODES):
+            raise ConfigError(f"Unknown AMP mode {self.amp!r}; choose one of: {', '.join(AMP_MODES)}.")
+        if not _is_int(self.grad_accum) or self.grad_accum < 1:
+            raise ConfigError(f"grad_accum must be a positive integer, got {self.grad_accum!r}.")
+        if not isinstance(self.grad_clip, (int, float)) or self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be a non-negative number (0 disables), got {self.grad_clip!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}.")
         if self.scheduler not in SCHEDULERS:

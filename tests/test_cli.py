@@ -26,10 +26,12 @@ def test_help_documents_every_flag():
     result = run_cli("--help", cwd=REPO_ROOT)
     for flag in ("--dataset", "--model", "--epochs", "--batch-size", "--lr", "--weight-decay", "--optimizer",
                  "--scheduler", "--patience", "--save-frequency", "--keep-last", "--seed", "--device", "--data-dir",
-                 "--runs-dir", "--resume", "--fork", "--reapply-transforms", "--no-augment", "--quiet"):
+                 "--runs-dir", "--resume", "--fork", "--reapply-transforms", "--no-augment", "--quiet", "--amp",
+                 "--compile", "--channels-last", "--grad-accum", "--grad-clip"):
         assert flag in result.stdout
     readme = (REPO_ROOT / "README.md").read_text()
-    for flag in ("--keep-last", "--reapply-transforms", "--no-augment", "--runs-dir"):
+    for flag in ("--keep-last", "--reapply-transforms", "--no-augment", "--runs-dir", "--amp", "--compile",
+                 "--channels-last", "--grad-accum", "--grad-clip"):
         assert f"`{flag}" in readme, f"README's CLI table lacks {flag}"
 
 
@@ -110,6 +112,8 @@ def test_reapply_transforms_new_draw_each_epoch_and_same_after_resume(tmp_path):
     (("--epochs", "0"), "epochs must be a positive integer, got 0"),
     (("--batch-size", "-3"), "batch_size must be a positive integer, got -3"),
     (("--optimizer", "lion"), "Unknown optimizer 'lion'"),
+    (("--grad-accum", "0"), "grad_accum must be a positive integer, got 0"),
+    (("--grad-clip", "-1"), "grad_clip must be a non-negative number"),
     (("--resume", "exp7"), "'exp7' does not exist"),
     (("--resume", "../../etc"), "Invalid experiment name '../../etc'"),
     (("--fork", "/tmp"), "Invalid experiment name '/tmp'"),

@@ -153,7 +153,8 @@ def run_training(
         model, train_loader, val_loader, nn.CrossEntropyLoss(), optimizer, device, experiment,
         checkpoint_manager=checkpoint_manager, scheduler=scheduler,
         dataset=dataset if config.reapply_transforms else None, patience=config.patience,
-        config=config.to_dict(), show_progress=show_progress,
+        config=config.to_dict(), show_progress=show_progress, amp=config.amp, compile_model=config.compile,
+        channels_last=config.channels_last, grad_accum_steps=config.grad_accum, grad_clip=config.grad_clip,
     )
     if payload is not None and resume is not None:
         trainer.load_state_dict(payload)

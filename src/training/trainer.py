@@ -28,6 +28,7 @@ from .experiment import ExperimentManager
 from .history import append_epoch, empty_history, read_log, write_log
 from .metrics import MetricsTracker
 from .plots import plot_history
+from .precision import Precision
 
 
 class TrainingInterrupted(Exception):
@@ -47,6 +48,13 @@ class Trainer:
         config: the run configuration (a plain dict) stored in checkpoints.
         show_progress: draw a progress bar (default: only when stderr is a terminal).
         handle_signals: catch SIGINT/SIGTERM during ``train`` (main thread only).
+        amp: mixed precision, ``"bf16"`` or ``"fp16"`` (fp16 uses a grad scaler).
+        compile_model: run the forward pass through ``torch.compile``.
+        channels_last: use the channels-last memory format for model and inputs.
+        grad_accum_steps: batches per optimizer step (gradients are averaged).
+        grad_clip: clip the gradient norm to this value (0 disables).
+        plot_interval: redraw the curves at most every this many seconds, and always
+            after the last epoch (0 redraws every epoch). Drawing costs ~0.1 s.
     """
 
     def __init__(
@@ -66,6 +74,12 @@ class Trainer:
         config: Optional[Dict[str, Any]] = None,
         show_progress: Optional[bool] = None,
         handle_signals: bool = True,
+        amp: Optional[str] = None,
+        compile_model: bool = False,
+        channels_last: bool = False,
+        grad_accum_steps: int = 1,
+        grad_clip: float = 0.0,
+        plot_interval: float = 10.0,
     ):
         self.model = model
         self.device = torch.device(device)
@@ -78,6 +92,21 @@ class Trainer:
         self.scheduler = scheduler
         self.dataset = dataset
         self.early_stopping = EarlyStopping(patience)
+        if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}.")
+        if grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {grad_clip!r}.")
+        self.precision = Precision(amp, self.device)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # The compiled wrapper shares the model's parameters; checkpoints use the model
+        # itself, so their keys never carry torch.compile's "_orig_mod." prefix.
+        self.forward_model = torch.compile(self.model) if compile_model else self.model
+        self.grad_accum_steps = grad_accum_steps
+        self.grad_clip = float(grad_clip)
+        self.plot_interval = float(plot_interval)
+        self._last_plot, self._plotted_epoch = float("-inf"), None
         self.config = dict(config or {})
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self.handle_signals = handle_signals
@@ -122,24 +151,28 @@ class Trainer:
         if not self._mid_epoch:
             self.train_tracker.reset()
         self._mid_epoch = True
-        tracker, device = self.train_tracker, self.device
+        tracker, accumulate = self.train_tracker, self.grad_accum_steps
+        total = len(loader) if hasattr(loader, "__len__") else None
+        batch = getattr(loader, "position", 0)  # > 0 when resuming inside this epoch
         start, steps = time.perf_counter(), 0
         progress = self._progress(loader, f"epoch {epoch}")
         for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            outputs = self.model(images)
-            loss = self.criterion(outputs, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            images, labels = self._to_device(images, labels)
+            with self.precision.autocast():
+                outputs = self.forward_model(images)
+                loss = self.criterion(outputs, labels)
+            self.precision.backward(loss / accumulate if accumulate > 1 else loss)
             tracker.update(loss, outputs, labels)
+            batch += 1
             self.global_step += 1
             steps += 1
+            if accumulate == 1 or batch % accumulate == 0 or batch == total:
+                self._optimizer_step()
+                # Stop only between optimizer steps: accumulated gradients are not saved.
+                if self._stop_signal is not None:
+                    self._interrupt_mid_epoch()
             if progress is not None:
                 progress.step(tracker)
-            if self._stop_signal is not None:
-                self._interrupt_mid_epoch()
         if progress is not None:
             progress.close()
         self._mid_epoch = False
@@ -152,12 +185,26 @@ class Trainer:
         tracker = MetricsTracker()
         start, steps = time.perf_counter(), 0
         for images, labels in self.val_loader:
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            outputs = self.model(images)
-            tracker.update(self.criterion(outputs, labels), outputs, labels)
+            images, labels = self._to_device(images, labels)
+            with self.precision.autocast():
+                outputs = self.forward_model(images)
+                loss = self.criterion(outputs, labels)
+            tracker.update(loss, outputs, labels)
             steps += 1
         return tracker.get_metrics(), steps / max(time.perf_counter() - start, 1e-9)
+
+    def _to_device(self, images: torch.Tensor, labels: torch.Tensor):
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.device, non_blocking=True)
+
+    def _optimizer_step(self) -> None:
+        if self.grad_clip:
+            self.precision.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.precision.step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
 
     # -- the run ---------------------------------------------------------------------
     def train(self, epochs: int, start_epoch: int = 0) -> Dict[str, Any]:
@@ -186,6 +233,7 @@ class Trainer:
                               f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
                     break
         except TrainingInterrupted as exc:
+            self._plot_if_stale()
             em.write_status("interrupted", epoch=self.epoch, global_step=self.global_step, signal=signal.Signals(exc.signum).name)
             raise
         except BaseException as exc:
@@ -193,6 +241,7 @@ class Trainer:
             raise
         finally:
             self._restore_signal_handlers(previous_handlers)
+        self._plot_if_stale()
         training_time = time.perf_counter() - started
         em.write_status("stopped_early" if stopped_early else "completed", epoch=self.epoch,
                         best_accuracy=self.best_accuracy, best_epoch=self.best_epoch)
@@ -229,13 +278,22 @@ class Trainer:
                 self.model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], self._training_state()
             )
         write_log(Path(self.experiment_manager.log_file), self._history)
-        plot_history(self._history, Path(self.experiment_manager.plot_file))
+        if time.monotonic() - self._last_plot >= self.plot_interval:
+            self._plot()
         self._log(
             f"Epoch {epoch}/{epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2f}%  "
             f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2f}%  lr {learning_rate:.2e}  "
             f"{record['epoch_time']:.1f}s ({train_speed:.0f} it/s)" + ("  *best" if improved else "")
         )
         return self.early_stopping.should_stop
+
+    def _plot(self) -> None:
+        plot_history(self._history, Path(self.experiment_manager.plot_file))
+        self._last_plot, self._plotted_epoch = time.monotonic(), self.epoch
+
+    def _plot_if_stale(self) -> None:
+        if self._history["epoch"] and self._plotted_epoch != self.epoch:
+            self._plot()
 
     def _describe_run(self, epochs: int) -> Dict[str, Any]:
         """A config record for runs built in Python without a RunConfig."""
@@ -270,6 +328,7 @@ class Trainer:
             "train_loader": loader_state,
             "dataset": self.dataset.state_dict() if self.dataset is not None else None,
             "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler_state_dict": self.precision.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
             "checkpoint_manager": self.checkpoint_manager.state_dict() if self.checkpoint_manager else None,
             "history": {k: list(v) for k, v in self._history.items()},
@@ -296,6 +355,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer_state_dict"])
         if self.scheduler is not None and state.get("scheduler_state_dict"):
             self.scheduler.load_state_dict(state["scheduler_state_dict"])
+        self.precision.load_state_dict(state.get("scaler_state_dict"))
         if state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
         if self.checkpoint_manager is not None and state.get("checkpoint_manager"):

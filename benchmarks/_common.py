@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmark scripts: data location, timing, tables."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+DEFAULT_DATA = Path(os.environ.get("EXPTRAIN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def data_root(argument: str | None) -> Path:
+    root = Path(argument) if argument else DEFAULT_DATA
+    if not (root / "FashionMNIST" / "raw").is_dir():
+        sys.exit(f"Fashion-MNIST not found under {root}; pass --data-dir pointing at a folder with FashionMNIST/raw.")
+    return root
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def print_table(headers: List[str], rows: List[List[str]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    print(line(headers))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))
+
+
+def spread(values: Sequence[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+class QuietStderr:
+    """Send stderr (progress bars) to /dev/null while timing."""
+
+    def __enter__(self):
+        self._saved = os.dup(2)
+        self._null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self._null, 2)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        os.close(self._null)
+
+
+def summary(times: Dict[str, List[float]]) -> Dict[str, float]:
+    return {name: median(values) for name, values in times.items()}
