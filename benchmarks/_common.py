@@ -39,19 +39,26 @@ def spread(values: Sequence[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}"
 
 
-class QuietStderr:
-    """Send stderr (progress bars) to /dev/null while timing."""
+class QuietOutput:
+    """Send stdout and stderr (progress bars, per-epoch lines) to /dev/null while timing;
+    every contender writes its usual output, nobody has to wait for a terminal."""
 
     def __enter__(self):
-        self._saved = os.dup(2)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = [os.dup(1), os.dup(2)]
         self._null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self._null, 1)
         os.dup2(self._null, 2)
         return self
 
     def __exit__(self, *exc):
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        os.close(self._null)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in (*self._saved, self._null):
+            os.close(fd)
 
 
 def summary(times: Dict[str, List[float]]) -> Dict[str, float]:

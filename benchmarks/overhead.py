@@ -29,7 +29,7 @@ import _common  # noqa: F401  (puts the repository on sys.path)
 import torch
 import torch.nn as nn
 
-from _common import QuietStderr, data_root, median, print_table
+from _common import QuietOutput, data_root, median, print_table
 from src.datasets import DatasetRegistry, TensorLoader
 from src.models import ModelRegistry
 from src.training import CheckpointManager, ExperimentManager, Trainer
@@ -77,7 +77,7 @@ def run_trainer(name, data, tensors, batch_size, epochs):
             torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir), show_progress=True,
         )
         start = time.perf_counter()
-        with QuietStderr():
+        with QuietOutput():
             trainer.train(epochs=epochs)
         elapsed = time.perf_counter() - start
         experiment.release()
@@ -118,7 +118,7 @@ def run_lightning(name, data, tensors, batch_size, epochs):
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(max_epochs=epochs, default_root_dir=root, accelerator="cpu", devices=1)
         start = time.perf_counter()
-        with QuietStderr():
+        with QuietOutput():
             trainer.fit(module, train, val)
         return time.perf_counter() - start
 
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--data-dir", help="folder holding FashionMNIST/raw (default ../shared/data)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per configuration (default 3)")
     parser.add_argument("--mynet-subset", type=int, default=10000, help="training images for mynet (default 10000)")
+    parser.add_argument("--models", nargs="+", default=["mlp", "mynet"], help="models to measure (default both)")
     parser.add_argument("--smoke", action="store_true", help="tiny run that only checks the script works")
     parser.add_argument("--no-lightning", action="store_true", help="skip Lightning (if it is not installed)")
     args = parser.parse_args()
@@ -140,7 +141,8 @@ def main() -> None:
     contenders = {k: v for k, v in CONTENDERS.items() if not (args.no_lightning and k == "lightning")}
 
     full = DatasetRegistry.create("fashion_mnist", data_dir=str(data_root(args.data_dir)), augment=False, download=False)
-    configs = [("mlp", 64, 2, None), ("mlp", 256, 2, None), ("mynet", 64, 1, args.mynet_subset), ("mynet", 256, 1, args.mynet_subset)]
+    configs = [("mlp", 64, 3, None), ("mlp", 256, 3, None), ("mynet", 64, 1, args.mynet_subset), ("mynet", 256, 1, args.mynet_subset)]
+    configs = [c for c in configs if c[0] in args.models]
     if args.smoke:
         configs, args.rounds = [("mlp", 256, 1, 2048)], 1
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median seconds per epoch over {args.rounds} rounds\n")

@@ -51,6 +51,7 @@ class TensorLoader:
         self.device = torch.device(device) if device is not None else images.device
         self.scale = 1.0 / (255.0 * std)
         self.offset = -mean / std
+        self._offset = torch.tensor(self.offset, dtype=torch.float32, device=self.device)
         self.labels = labels.to(self.device)
         self.images = images.to(self.device)
         self.epoch = 0
@@ -73,6 +74,7 @@ class TensorLoader:
         if device != self.device:
             self.device = device
             self.images, self.labels = self.images.to(device), self.labels.to(device)
+            self._offset = self._offset.to(device)
         return self
 
     def set_epoch(self, epoch: int) -> None:
@@ -105,7 +107,8 @@ class TensorLoader:
                 index = order[lo:hi]
                 images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
             self.position = batch + 1
-            yield images.float().mul_(self.scale).add_(self.offset), labels
+            # One fused op: uint8 -> float32, scaled and shifted (offset + scale * x).
+            yield torch.add(self._offset, images, alpha=self.scale), labels
         # A finished pass starts the next one at the beginning of the next epoch's order.
         self.epoch += 1
         self.position = 0

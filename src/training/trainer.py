@@ -222,6 +222,7 @@ class Trainer:
             em.save_config(self.config or self._describe_run(epochs))
         em.write_status("running", epoch=self.epoch, target_epochs=epochs)
         stopped_early, started = False, time.perf_counter()
+        self._last_plot = time.monotonic()  # first redraw after plot_interval, or at the end
         previous_handlers = self._install_signal_handlers()
         try:
             for epoch in range(start_epoch + 1, epochs + 1):

@@ -18,10 +18,29 @@ def test_tracker_matches_hand_computation():
     assert tracker.get_metrics() == {"loss": 0.0, "accuracy": 0.0, "total_samples": 0}
 
 
-def test_update_does_not_read_values_back():
+def test_update_does_not_read_values_back(monkeypatch):
     tracker = MetricsTracker()
-    tracker.update(torch.tensor(0.25), torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
-    assert torch.is_tensor(tracker._loss_sum) and torch.is_tensor(tracker._correct), "accumulates on the device"
+    reads = []
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(self) or 0.0)
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self) or [])
+    for _ in range(10):
+        tracker.update(torch.tensor(0.25), torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    assert reads == [], "update must not read device values back"
+    assert tracker.total_samples == 10
+
+
+def test_flush_points_do_not_change_the_sums(monkeypatch):
+    import src.training.metrics as metrics_module
+
+    batches = [(torch.rand(()) * 3, torch.randn(7, 5), torch.randint(0, 5, (7,))) for _ in range(50)]
+    reference = MetricsTracker()
+    for batch in batches:
+        reference.update(*batch)
+    monkeypatch.setattr(metrics_module, "FLUSH_EVERY", 3)
+    chunked = MetricsTracker()
+    for batch in batches:
+        chunked.update(*batch)
+    assert chunked.get_metrics() == reference.get_metrics()
 
 
 def test_state_round_trip_continues_identically():
