@@ -141,7 +141,7 @@ def main() -> None:
     contenders = {k: v for k, v in CONTENDERS.items() if not (args.no_lightning and k == "lightning")}
 
     full = DatasetRegistry.create("fashion_mnist", data_dir=str(data_root(args.data_dir)), augment=False, download=False)
-    configs = [("mlp", 64, 3, None), ("mlp", 256, 3, None), ("mynet", 64, 1, args.mynet_subset), ("mynet", 256, 1, args.mynet_subset)]
+    configs = [("mlp", 64, 5, None), ("mlp", 256, 5, None), ("mynet", 64, 1, args.mynet_subset), ("mynet", 256, 1, args.mynet_subset)]
     configs = [c for c in configs if c[0] in args.models]
     if args.smoke:
         configs, args.rounds = [("mlp", 256, 1, 2048)], 1

@@ -147,14 +147,14 @@ class CheckpointManager:
         """
         filepath = Path(filepath)
         entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "epoch": int(epoch), "step": int(step)}
-        current = self._current_entry(filepath)
+        previous = self._listed_entries(filepath)
 
         def write_manifest(entries: List[Dict[str, Any]]) -> None:
             atomic_write_text(manifest_path(filepath), json.dumps({"format_version": FORMAT_VERSION, "entries": entries}))
 
         try:
             filepath.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(filepath, data, before_replace=lambda: write_manifest([e for e in (current, entry) if e]))
+            atomic_write_bytes(filepath, data, before_replace=lambda: write_manifest(previous + [entry]))
             write_manifest([entry])
         except OSError as exc:
             raise CheckpointSaveError(
@@ -163,8 +163,18 @@ class CheckpointManager:
             ) from exc
         return filepath
 
+    @staticmethod
+    def _listed_entries(path: Path) -> List[Dict[str, Any]]:
+        """The entries the manifest of ``path`` lists now, to carry into the transitional
+        manifest. Not re-verified (hashing the old file would cost a full read): a damaged
+        file matches none of them anyway, so listing them cannot make it pass. All are
+        kept, up to 4, because after a crash inside a save the file in place may be the
+        one before the newest entry."""
+        manifest = _read_manifest(path) if path.exists() else None
+        return list(manifest.get("entries", []))[-4:] if manifest else []
+
     def _current_entry(self, path: Path) -> Optional[Dict[str, Any]]:
-        """The manifest entry describing the bytes at ``path`` now, if they are valid."""
+        """The manifest entry matching the bytes at ``path`` now (size, then SHA-256)."""
         if not path.exists():
             return None
         manifest = _read_manifest(path)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# GPU check, for a machine with CUDA (under 5 minutes on one GPU). Run from the repository
+# root with a Python that has torch with CUDA, numpy, matplotlib and tqdm:
+#
+#     DATA=/path/to/folder/with/FashionMNIST bash benchmarks/gpu.sh [OUT_DIR]
+#
+# 1. the CUDA tests (tests/test_cuda.py: device placement, AMP bf16/fp16 with the grad
+#    scaler, torch.compile, channels-last, resume on CUDA);
+# 2. one epoch of Fashion-MNIST per option (fp32, bf16, fp16, channels-last, compile);
+# 3. time to 91% on Fashion-MNIST with the CLI recipe, on CUDA, 3 seeds.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-gpu-results}}
+mkdir -p "$OUT"
+DATA=${DATA:-../shared/data}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+PY=${PYTHON:-python3}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+
+echo "== CUDA tests"
+timeout 120 $PY -m pytest -q tests/test_cuda.py 2>&1 | tee "$OUT/tests.txt"
+
+echo "== one epoch per option (Fashion-MNIST, mynet, batch 256)"
+for opt in "" "--amp bf16" "--amp fp16" "--channels-last" "--compile"; do
+  echo "-- option: ${opt:-fp32}"
+  timeout 120 $PY train.py --dataset fashion_mnist --data-dir "$DATA" --model mynet --batch-size 256 \
+      --epochs 2 --device cuda --quiet --runs-dir "$OUT/runs" $opt 2>&1 | grep -E "Epoch|Error"
+done | tee "$OUT/options.txt"
+
+echo "== time to 91% on CUDA"
+sed 's/"--quiet",/"--quiet", "--device", "cuda",/' benchmarks/time_to_accuracy.py > "$OUT/tta_cuda.py"
+cp benchmarks/_common.py "$OUT/_common.py"
+timeout 150 $PY "$OUT/tta_cuda.py" --data-dir "$DATA" 2>&1 | tee "$OUT/time_to_accuracy.txt"
