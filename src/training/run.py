@@ -64,17 +64,31 @@ def build_components(config: RunConfig, progress: bool = True):
     dataset_kwargs = dict(config.dataset_options)
     if config.dataset in ("mnist", "fashion_mnist"):
         dataset_kwargs.setdefault("progress", progress)
-    dataset = DatasetRegistry.create(
-        config.dataset, data_dir=config.data_dir, augment=config.augment, seed=config.seed, **dataset_kwargs
-    )
+    dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", dataset_kwargs,
+                      data_dir=config.data_dir, augment=config.augment, seed=config.seed)
     channels, height, _ = dataset.input_shape
-    model = ModelRegistry.create(
-        config.model, num_classes=dataset.num_classes, in_channels=channels, input_size=height, **config.model_options
-    ).to(device)
+    model = _create(ModelRegistry, config.model, "--model-option", config.model_options,
+                    num_classes=dataset.num_classes, in_channels=channels, input_size=height).to(device)
     train_loader, val_loader = dataset.get_dataloaders(batch_size=config.batch_size, device=device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
     scheduler = build_scheduler(config.scheduler, optimizer, config.epochs)
     return dataset, model, device, train_loader, val_loader, optimizer, scheduler
+
+
+def _create(registry, name: str, flag: str, options: Dict[str, Any], **fixed: Any):
+    """``registry.create(name, **fixed, **options)`` with a clear error for a bad option."""
+    import inspect
+
+    factory = registry.get(name)
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        choices = ", ".join(k for k in accepted if k not in fixed and k not in ("self", "kwargs", "_ignored"))
+        raise ConfigError(f"{registry.kind} {name!r} has no option {', '.join(unknown)} ({flag}); its options: {choices}.")
+    try:
+        return registry.create(name, **fixed, **options)
+    except TypeError as exc:
+        raise ConfigError(f"Bad {flag} value for {registry.kind} {name!r}: {exc}.") from None
 
 
 def _latest_valid_checkpoint(checkpoints_dir: str, experiment: str, log) -> Tuple[Any, Optional[Dict[str, Any]]]:

@@ -131,3 +131,13 @@ def test_bad_batch_size_is_rejected():
 def test_tensor_loader_len_and_plain_iteration():
     loader = TensorLoader(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10), 3, 0.0, 1.0)
     assert len(loader) == 4 and sum(1 for _ in loader) == 4 and sum(1 for _ in loader) == 4
+
+
+def test_fast_affine_grid_matches_torch():
+    import torch.nn.functional as F
+
+    from src.datasets.transforms import affine_grid
+
+    theta = torch.randn(16, 2, 3) * 0.2 + torch.eye(2, 3)
+    expected = F.affine_grid(theta, [16, 1, 9, 13], align_corners=False)
+    assert torch.allclose(affine_grid(theta, 9, 13), expected, atol=1e-6)
