@@ -138,6 +138,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    if not args.no_lightning:
+        try:
+            import pytorch_lightning  # noqa: F401
+        except ImportError:
+            print("PyTorch Lightning is not installed (pip install -e '.[bench]'); measuring without it.\n")
+            args.no_lightning = True
     contenders = {k: v for k, v in CONTENDERS.items() if not (args.no_lightning and k == "lightning")}
 
     full = DatasetRegistry.create("fashion_mnist", data_dir=str(data_root(args.data_dir)), augment=False, download=False)

@@ -1,0 +1,37 @@
+"""A tiny smoke run of each benchmark script (their numbers are not checked: speed is
+measured by running them, never asserted in tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, cli_env
+
+
+def run_benchmark(name: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *args], cwd=REPO_ROOT,
+                            env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_overhead_smoke(shared_data):
+    out = run_benchmark("overhead.py", "--smoke", "--no-lightning", "--data-dir", str(shared_data))
+    assert "| mlp" in out and "trainer/hand" in out
+
+
+def test_data_smoke(shared_data):
+    out = run_benchmark("data.py", "--smoke", "--data-dir", str(shared_data))
+    assert "per-sample, 2 workers" in out and "samples/s" in out
+
+
+def test_time_to_accuracy_smoke():
+    out = run_benchmark("time_to_accuracy.py", "--smoke")
+    assert "s to 50%" in out and "peak RSS MB" in out
+
+
+def test_gpu_script_is_valid_bash():
+    assert subprocess.run(["bash", "-n", str(REPO_ROOT / "benchmarks" / "gpu.sh")]).returncode == 0
