@@ -17,6 +17,7 @@ Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -63,12 +64,31 @@ def _read_manifest(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def library_versions() -> Dict[str, str]:
+def library_versions() -> Dict[str, Optional[str]]:
+    """Versions of this project, torch and numpy, and the git commit of the code (or None)."""
     import numpy
 
     from .. import __version__
 
-    return {"exptrain": __version__, "torch": str(torch.__version__), "numpy": str(numpy.__version__)}
+    return {"exptrain": __version__, "torch": str(torch.__version__), "numpy": str(numpy.__version__),
+            "git_commit": _git_commit()}
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> Optional[str]:
+    """The commit of the checkout this code runs from, "+dirty" when it has local changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 class CheckpointManager:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_write_text, is_temp_file
 
 try:
     import fcntl
@@ -100,6 +100,18 @@ def read_experiment_config(experiment_dir: Path) -> Dict[str, Any]:
         raise ExperimentError(f"{path} is not valid JSON ({exc}).") from None
 
 
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ExperimentManager:
     """Creates, reopens (``resume_exp``) or branches (``fork_exp``) an experiment.
 
@@ -132,6 +144,10 @@ class ExperimentManager:
         self.checkpoints_path.mkdir(exist_ok=True)
         if lock:
             self._acquire_lock()
+            # Only the lock holder may clean: another process's save could be in flight.
+            for leftover in self._dir.iterdir():
+                if is_temp_file(leftover):
+                    leftover.unlink(missing_ok=True)
 
     # -- names and directories -------------------------------------------------------
     validate_name = staticmethod(validate_experiment_name)
@@ -226,10 +242,16 @@ class ExperimentManager:
         atomic_write_text(self._dir / STATUS_FILE, json.dumps(record, indent=2) + "\n")
 
     def read_status(self) -> Optional[Dict[str, Any]]:
+        """The recorded status; a "running" record whose process is gone reads "killed"."""
         try:
-            return json.loads((self._dir / STATUS_FILE).read_text(encoding="utf-8"))
+            status = json.loads((self._dir / STATUS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        other_process = status.get("pid") != os.getpid()
+        holding_lock = os.path.realpath(self._dir) in _HELD_LOCKS  # then no one else can be running here
+        if status.get("state") == "running" and other_process and (holding_lock or not _alive(status.get("pid"))):
+            status["state"] = "killed"
+        return status
 
     def record_lineage(self, parent: str, epoch: int, checkpoint: str, sha256: str) -> None:
         record = {"parent": parent, "epoch": epoch, "checkpoint": checkpoint, "sha256": sha256}

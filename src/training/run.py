@@ -161,6 +161,11 @@ def run_training(
     _check_work_left(payload, config, source, resume is not None)
 
     experiment = ExperimentManager(runs_dir, resume_exp=resume, fork_exp=fork)
+    previous = experiment.read_status() if resume is not None else None
+    if previous:
+        detail = previous.get("error") or previous.get("signal") or ""
+        log(f"{experiment.name} was last {previous['state']}" + (f" ({detail})" if detail else "")
+            + (" - the process ended without recording why." if previous["state"] == "killed" else "."))
     experiment.save_config(config.to_dict())  # first, so even a run killed at once can be resumed
     checkpoint_manager = CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last)
     trainer = Trainer(

@@ -136,3 +136,19 @@ def test_status_records(tmp_path):
     manager.write_status("failed", error="boom")
     status = manager.read_status()
     assert status["state"] == "failed" and status["error"] == "boom" and status["pid"] == os.getpid()
+
+
+def test_status_of_a_dead_run_reads_killed(tmp_path):
+    manager = ExperimentManager(str(tmp_path), lock=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (Path(manager.experiment_dir) / "status.json").write_text(json.dumps({"state": "running", "pid": dead.pid}))
+    assert manager.read_status()["state"] == "killed"
+
+
+def test_leftover_temporary_files_are_removed_by_the_lock_holder(tmp_path):
+    manager = ExperimentManager(str(tmp_path), lock=False)
+    leftover = Path(manager.experiment_dir) / ".training_log.jsonl.tmp-99-abcd"
+    leftover.write_text("half")
+    ExperimentManager(str(tmp_path), resume_exp=manager.name).release()
+    assert not leftover.exists()
