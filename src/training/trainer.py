@@ -235,10 +235,10 @@ class Trainer:
                     break
         except TrainingInterrupted as exc:
             self._plot_if_stale()
-            em.write_status("interrupted", epoch=self.epoch, global_step=self.global_step, signal=signal.Signals(exc.signum).name)
+            self._record_status("interrupted", global_step=self.global_step, signal=signal.Signals(exc.signum).name)
             raise
         except BaseException as exc:
-            em.write_status("failed", epoch=self.epoch, error=f"{type(exc).__name__}: {exc}")
+            self._record_status("failed", error=f"{type(exc).__name__}: {exc}")
             raise
         finally:
             self._restore_signal_handlers(previous_handlers)
@@ -255,6 +255,14 @@ class Trainer:
             "stopped_early": stopped_early,
             "best_epoch": self.best_epoch,
         }
+
+    def _record_status(self, state: str, **details: Any) -> None:
+        """Record how the run ended without masking the error being raised (the disk
+        may be the very thing that failed)."""
+        try:
+            self.experiment_manager.write_status(state, epoch=self.epoch, **details)
+        except OSError as exc:
+            self._log(f"Warning: could not record status {state!r} ({exc}).")
 
     def _run_epoch(self, epoch: int, epochs: int) -> bool:
         """One full epoch and its bookkeeping; returns True when early stopping fires."""
