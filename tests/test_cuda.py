@@ -54,3 +54,15 @@ def test_trains_and_resumes_on_cuda(tmp_path, options):
     for key, value in trainer.model.state_dict().items():
         if value.is_floating_point():
             assert torch.allclose(value, resumed.model.state_dict()[key], atol=5e-2, rtol=5e-2), key
+
+
+def test_data_too_large_for_the_gpu_stays_on_the_host(tmp_path, monkeypatch):
+    from src.datasets import TensorLoader
+
+    monkeypatch.setattr(TensorLoader, "DEVICE_MEMORY_SHARE", 0.0)  # nothing "fits"
+    trainer = make(tmp_path)
+    loader = trainer.train_loader
+    assert loader.storage_device.type == "cpu" and loader.images.is_pinned()
+    images, labels = next(iter(loader))
+    assert images.is_cuda and labels.is_cuda
+    assert trainer.train(epochs=2)["best_accuracy"] > 60

@@ -27,8 +27,13 @@ class TensorLoader:
         batch_size: samples per batch (the last batch may be smaller).
         mean, std: normalisation applied as ``(x / 255 - mean) / std``.
         shuffle: draw a fresh permutation each epoch from ``(seed, epoch)``.
-        device: where batches are produced; data is moved there once.
+        device: where batches are produced. The uint8 data is moved there once when it
+            fits (on a GPU: under half its free memory); otherwise it stays in pinned host
+            memory and each uint8 batch is copied over (non-blocking), then normalised
+            on the device.
     """
+
+    DEVICE_MEMORY_SHARE = 0.5
 
     def __init__(
         self,
@@ -48,12 +53,10 @@ class TensorLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.device = torch.device(device) if device is not None else images.device
         self.scale = 1.0 / (255.0 * std)
         self.offset = -mean / std
-        self._offset = torch.tensor(self.offset, dtype=torch.float32, device=self.device)
-        self.labels = labels.to(self.device)
-        self.images = images.to(self.device)
+        self.images, self.labels = images, labels
+        self.to_device(torch.device(device) if device is not None else images.device)
         self.epoch = 0
         self.position = 0  # batches already served in ``self.epoch``
         self._resume_position = 0  # set by load_state_dict: where the next pass starts
@@ -66,16 +69,27 @@ class TensorLoader:
         """Swap in a new draw of (augmented) images of the same shape."""
         if images.shape != self.images.shape:
             raise ValueError(f"New images have shape {tuple(images.shape)}, expected {tuple(self.images.shape)}.")
-        self.images = images.to(self.device)
+        self.images = self._store(images)
 
     def to_device(self, device: torch.device) -> "TensorLoader":
-        """Move the data (once) so batches are produced on ``device``."""
-        device = torch.device(device)
-        if device != self.device:
-            self.device = device
-            self.images, self.labels = self.images.to(device), self.labels.to(device)
-            self._offset = self._offset.to(device)
+        """Produce batches on ``device``, moving the data there once if it fits."""
+        self.device = torch.device(device)
+        self.storage_device = self.device if self._fits(self.device) else torch.device("cpu")
+        self.images, self.labels = self._store(self.images), self._store(self.labels)
+        self._offset = torch.tensor(self.offset, dtype=torch.float32, device=self.device)
         return self
+
+    def _fits(self, device: torch.device) -> bool:
+        if device.type != "cuda":
+            return True
+        free, _ = torch.cuda.mem_get_info(device)
+        return self.images.nbytes + self.labels.nbytes < self.DEVICE_MEMORY_SHARE * free
+
+    def _store(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.storage_device)
+        if self.storage_device != self.device and self.device.type == "cuda" and not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle order of ``epoch`` (0-based) and start at its first batch."""
@@ -91,7 +105,7 @@ class TensorLoader:
         if not self.shuffle:
             return None
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-        return torch.randperm(self.dataset_size, generator=generator).to(self.device)
+        return torch.randperm(self.dataset_size, generator=generator).to(self.storage_device)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()
@@ -106,6 +120,9 @@ class TensorLoader:
             else:
                 index = order[lo:hi]
                 images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
+            if self.storage_device != self.device:  # data too large for the device
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
             self.position = batch + 1
             # One fused op: uint8 -> float32, scaled and shifted (offset + scale * x).
             yield torch.add(self._offset, images, alpha=self.scale), labels
