@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..utils.io import atomic_write_bytes, atomic_write_text, is_temp_file
+from . import state_keys as keys
 from .early_stopping import is_improvement
 
 FORMAT_VERSION = 1
@@ -140,17 +141,17 @@ class CheckpointManager:
     def build_payload(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer], epoch: int,
                       loss: float, accuracy: float, additional_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         payload: Dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "epoch": int(epoch),
-            "model_state_dict": model.state_dict(),
-            "optimizer_state_dict": optimizer.state_dict() if optimizer is not None else None,
-            "loss": float(loss),
-            "accuracy": float(accuracy),
-            "model_config": getattr(model, "model_config", None),
-            "versions": library_versions(),
+            keys.FORMAT_VERSION: FORMAT_VERSION,
+            keys.EPOCH: int(epoch),
+            keys.MODEL: model.state_dict(),
+            keys.OPTIMIZER: optimizer.state_dict() if optimizer is not None else None,
+            keys.LOSS: float(loss),
+            keys.ACCURACY: float(accuracy),
+            keys.MODEL_CONFIG: getattr(model, "model_config", None),
+            keys.VERSIONS: library_versions(),
         }
         payload.update(additional_info or {})
-        payload.setdefault("global_step", 0)
+        payload.setdefault(keys.GLOBAL_STEP, 0)
         return payload
 
     @staticmethod
@@ -210,7 +211,7 @@ class CheckpointManager:
     def save_checkpoint(self, model, optimizer, epoch, loss, accuracy, filepath, additional_info=None) -> Path:
         """Save a checkpoint to ``filepath`` (crash-safe, with a manifest beside it)."""
         payload = self.build_payload(model, optimizer, epoch, loss, accuracy, additional_info)
-        return self.write_bytes(self.serialize(payload), Path(filepath), payload["epoch"], payload["global_step"])
+        return self.write_bytes(self.serialize(payload), Path(filepath), payload[keys.EPOCH], payload[keys.GLOBAL_STEP])
 
     def save_best_model(self, model, optimizer, epoch, loss, accuracy, additional_info=None) -> bool:
         """Save ``best_model.pt`` if ``accuracy`` beats the best so far; returns True if saved."""
@@ -234,7 +235,7 @@ class CheckpointManager:
         """The end-of-epoch save: latest always, best when improved, ``epoch_N`` every
         ``save_frequency`` epochs; serializes once. Returns which files were written."""
         payload = self.build_payload(model, optimizer, epoch, loss, accuracy, additional_info)
-        data, step = self.serialize(payload), payload["global_step"]
+        data, step = self.serialize(payload), payload[keys.GLOBAL_STEP]
         # Epoch and best files first: if the disk fills, "latest" still names the
         # previous, complete state.
         wrote_epoch = self.save_frequency > 0 and epoch % self.save_frequency == 0
@@ -312,7 +313,7 @@ class CheckpointManager:
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
             raise CheckpointCorruptError(f"Checkpoint {filepath} cannot be read ({exc}).") from None
-        if not isinstance(payload, dict) or "model_state_dict" not in payload:
+        if not isinstance(payload, dict) or keys.MODEL not in payload:
             raise CheckpointCorruptError(f"{filepath} is not a checkpoint of this project (no model_state_dict).")
         return payload
 
@@ -358,13 +359,13 @@ class CheckpointManager:
                 listed); nothing is loaded in that case.
         """
         payload = self.read(Path(filepath))
-        report = load_model_state(model, payload["model_state_dict"], strict=strict, source=str(filepath))
-        if optimizer is not None and report["fully_restored"] and payload.get("optimizer_state_dict"):
-            optimizer.load_state_dict(payload["optimizer_state_dict"])
+        report = load_model_state(model, payload[keys.MODEL], strict=strict, source=str(filepath))
+        if optimizer is not None and report["fully_restored"] and payload.get(keys.OPTIMIZER):
+            optimizer.load_state_dict(payload[keys.OPTIMIZER])
         return {
-            "epoch": payload.get("epoch", 0),
-            "loss": payload.get("loss"),
-            "accuracy": payload.get("accuracy"),
+            "epoch": payload.get(keys.EPOCH, 0),
+            "loss": payload.get(keys.LOSS),
+            "accuracy": payload.get(keys.ACCURACY),
             **report,
         }
 

@@ -17,6 +17,7 @@ from ..config import RESUME_MUTABLE_KEYS, ConfigError, RunConfig
 from ..datasets import DatasetRegistry
 from ..models import ModelRegistry
 from ..utils import get_device, seed_everything
+from . import state_keys as keys
 from .early_stopping import EarlyStopping
 from .checkpoint import CheckpointError, CheckpointManager, sha256_file
 from .experiment import (
@@ -106,15 +107,14 @@ def _latest_valid_checkpoint(checkpoints_dir: str, experiment: str, log) -> Tupl
     return path, payload
 
 
-def _check_compatible(payload: Dict[str, Any], model: nn.Module, config: RunConfig, what: str) -> None:
-    saved = payload.get("model_config")
+def _check_compatible(payload: Dict[str, Any], model: nn.Module, what: str) -> None:
+    """Refuse a checkpoint of another architecture, listing the differing config keys."""
+    saved = payload.get(keys.MODEL_CONFIG)
     current = getattr(model, "model_config", None)
     if saved is not None and current is not None and saved != current:
-        keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        raise CheckpointError(
-            f"{what} was saved from a different model ({', '.join(f'{k}: {saved.get(k)!r} vs {current.get(k)!r}' for k in keys)}); "
-            "nothing was loaded."
-        )
+        differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        details = ", ".join(f"{k}: {saved.get(k)!r} vs {current.get(k)!r}" for k in differing)
+        raise CheckpointError(f"{what} was saved from a different model ({details}); nothing was loaded.")
 
 
 def run_training(
@@ -146,9 +146,9 @@ def run_training(
         if payload is None and fork is not None:
             raise CheckpointError(f"Experiment {fork} has no checkpoint yet; there is nothing to fork from.")
         if payload is not None:
-            _check_compatible(payload, model, config, f"{checkpoint_path}")
+            _check_compatible(payload, model, str(checkpoint_path))
             if resume is not None:
-                saved_config = payload.get("config") or {}
+                saved_config = payload.get(keys.CONFIG) or {}
                 frozen = sorted(
                     k for k in saved_config if k not in RESUME_MUTABLE_KEYS and saved_config[k] != getattr(config, k, None)
                 )
@@ -179,9 +179,9 @@ def run_training(
         trainer.load_state_dict(payload)
         log(f"Resuming {experiment.name} from {checkpoint_path.name} at epoch {trainer.epoch}, step {trainer.global_step}.")
     elif payload is not None:
-        parent_config = RunConfig.from_dict(payload["config"]) if payload.get("config") else config
+        parent_config = RunConfig.from_dict(payload[keys.CONFIG]) if payload.get(keys.CONFIG) else config
         _load_fork(trainer, payload, parent_config, config, overrides)
-        experiment.record_lineage(fork, int(payload["epoch"]), str(checkpoint_path), sha256_file(checkpoint_path))
+        experiment.record_lineage(fork, int(payload[keys.EPOCH]), str(checkpoint_path), sha256_file(checkpoint_path))
         log(f"Forked {fork} (epoch {payload['epoch']}, {checkpoint_path.name}) into {experiment.name}.")
     elif resume is not None:
         log(f"Resuming {experiment.name}: no checkpoint was saved yet, starting from epoch 0.")
@@ -197,10 +197,10 @@ def _check_work_left(payload: Optional[Dict[str, Any]], config: RunConfig, sourc
     """Refuse (before anything is written) a resume or fork with no epoch left to train."""
     if payload is None:
         return
-    epoch = int(payload["epoch"])
-    if resuming and payload.get("early_stopping"):
+    epoch = int(payload[keys.EPOCH])
+    if resuming and payload.get(keys.EARLY_STOPPING):
         stopper = EarlyStopping(config.patience)
-        stopper.load_state_dict(payload["early_stopping"])
+        stopper.load_state_dict(payload[keys.EARLY_STOPPING])
         if stopper.should_stop:
             raise ConfigError(
                 f"{source} stopped early at epoch {epoch} (no improvement for {stopper.epochs_without_improvement} "
@@ -218,13 +218,13 @@ def _load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, con
     """Start the fork from the parent's state; explicit overrides win over the parent's."""
     state = dict(payload)
     if parent.optimizer != config.optimizer:
-        state["optimizer_state_dict"] = None
+        state[keys.OPTIMIZER] = None
     if parent.scheduler != config.scheduler:
-        state["scheduler_state_dict"] = None
+        state[keys.SCHEDULER] = None
     if any(getattr(parent, k) != getattr(config, k) for k in DATA_KEYS):
         # A different data pipeline cannot continue the parent's data order mid-epoch.
-        state.update(train_loader=None, dataset=None, mid_epoch=False)
-    state.update(early_stopping=None, checkpoint_manager=None)  # the branch tracks its own best
+        state.update({keys.TRAIN_LOADER: None, keys.DATASET: None, keys.MID_EPOCH: False})
+    state.update({keys.EARLY_STOPPING: None, keys.CHECKPOINT_MANAGER: None})  # the branch tracks its own best
     trainer.load_state_dict(state)
     for group in trainer.optimizer.param_groups:
         if "lr" in overrides:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..utils.seed import capture_rng_state, restore_rng_state
+from . import state_keys as keys
 from .checkpoint import CheckpointManager
 from .early_stopping import EarlyStopping
 from .experiment import ExperimentManager
@@ -331,57 +332,57 @@ class Trainer:
         """Everything but model and optimizer (which CheckpointManager adds)."""
         loader_state = self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None
         return {
-            "global_step": self.global_step,
-            "mid_epoch": self._mid_epoch,
-            "train_tracker": self.train_tracker.state_dict(),
-            "train_loader": loader_state,
-            "dataset": self.dataset.state_dict() if self.dataset is not None else None,
-            "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler_state_dict": self.precision.state_dict(),
-            "early_stopping": self.early_stopping.state_dict(),
-            "checkpoint_manager": self.checkpoint_manager.state_dict() if self.checkpoint_manager else None,
-            "history": {k: list(v) for k, v in self._history.items()},
-            "rng_state": capture_rng_state(),
-            "config": self.config,
+            keys.GLOBAL_STEP: self.global_step,
+            keys.MID_EPOCH: self._mid_epoch,
+            keys.TRAIN_TRACKER: self.train_tracker.state_dict(),
+            keys.TRAIN_LOADER: loader_state,
+            keys.DATASET: self.dataset.state_dict() if self.dataset is not None else None,
+            keys.SCHEDULER: self.scheduler.state_dict() if self.scheduler is not None else None,
+            keys.SCALER: self.precision.state_dict(),
+            keys.EARLY_STOPPING: self.early_stopping.state_dict(),
+            keys.CHECKPOINT_MANAGER: self.checkpoint_manager.state_dict() if self.checkpoint_manager else None,
+            keys.HISTORY: {k: list(v) for k, v in self._history.items()},
+            keys.RNG: capture_rng_state(),
+            keys.CONFIG: self.config,
         }
 
     def state_dict(self) -> Dict[str, Any]:
         """The complete training state, as stored in a checkpoint."""
         state = self._training_state()
-        state.update(
-            epoch=self.epoch,
-            model_state_dict=self.model.state_dict(),
-            optimizer_state_dict=self.optimizer.state_dict(),
-            model_config=getattr(self.model, "model_config", None),
-        )
+        state.update({
+            keys.EPOCH: self.epoch,
+            keys.MODEL: self.model.state_dict(),
+            keys.OPTIMIZER: self.optimizer.state_dict(),
+            keys.MODEL_CONFIG: getattr(self.model, "model_config", None),
+        })
         return state
 
     def load_state_dict(self, state: Dict[str, Any], restore_optimizer: bool = True) -> None:
         """Continue from a checkpoint dict: model, optimizer, scheduler, early stopping,
         history, RNG, data position and augmentation draw."""
-        self.model.load_state_dict(state["model_state_dict"])
-        if restore_optimizer and state.get("optimizer_state_dict"):
-            self.optimizer.load_state_dict(state["optimizer_state_dict"])
-        if self.scheduler is not None and state.get("scheduler_state_dict"):
-            self.scheduler.load_state_dict(state["scheduler_state_dict"])
-        self.precision.load_state_dict(state.get("scaler_state_dict"))
-        if state.get("early_stopping"):
-            self.early_stopping.load_state_dict(state["early_stopping"])
-        if self.checkpoint_manager is not None and state.get("checkpoint_manager"):
-            self.checkpoint_manager.load_state_dict(state["checkpoint_manager"])
-        if state.get("history"):
-            self._history = {k: list(v) for k, v in state["history"].items()}
-        if self.dataset is not None and state.get("dataset"):
-            self.dataset.load_state_dict(state["dataset"])
-        if state.get("train_loader") and hasattr(self.train_loader, "load_state_dict"):
-            self.train_loader.load_state_dict(state["train_loader"])
-        self._mid_epoch = bool(state.get("mid_epoch")) and state.get("train_loader") is not None
+        self.model.load_state_dict(state[keys.MODEL])
+        if restore_optimizer and state.get(keys.OPTIMIZER):
+            self.optimizer.load_state_dict(state[keys.OPTIMIZER])
+        if self.scheduler is not None and state.get(keys.SCHEDULER):
+            self.scheduler.load_state_dict(state[keys.SCHEDULER])
+        self.precision.load_state_dict(state.get(keys.SCALER))
+        if state.get(keys.EARLY_STOPPING):
+            self.early_stopping.load_state_dict(state[keys.EARLY_STOPPING])
+        if self.checkpoint_manager is not None and state.get(keys.CHECKPOINT_MANAGER):
+            self.checkpoint_manager.load_state_dict(state[keys.CHECKPOINT_MANAGER])
+        if state.get(keys.HISTORY):
+            self._history = {k: list(v) for k, v in state[keys.HISTORY].items()}
+        if self.dataset is not None and state.get(keys.DATASET):
+            self.dataset.load_state_dict(state[keys.DATASET])
+        if state.get(keys.TRAIN_LOADER) and hasattr(self.train_loader, "load_state_dict"):
+            self.train_loader.load_state_dict(state[keys.TRAIN_LOADER])
+        self._mid_epoch = bool(state.get(keys.MID_EPOCH)) and state.get(keys.TRAIN_LOADER) is not None
         if self._mid_epoch:
-            self.train_tracker.load_state_dict(state["train_tracker"])
-        if state.get("rng_state"):
-            restore_rng_state(state["rng_state"])
-        self.epoch = int(state.get("epoch", 0))
-        self.global_step = int(state.get("global_step", 0))
+            self.train_tracker.load_state_dict(state[keys.TRAIN_TRACKER])
+        if state.get(keys.RNG):
+            restore_rng_state(state[keys.RNG])
+        self.epoch = int(state.get(keys.EPOCH, 0))
+        self.global_step = int(state.get(keys.GLOBAL_STEP, 0))
 
     def load_history_from_log(self) -> int:
         """Rebuild ``history`` from the experiment's log file; returns the last epoch (0 if none)."""
