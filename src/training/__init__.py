@@ -10,7 +10,8 @@ from .checkpoint import CheckpointCorruptError, CheckpointError, CheckpointManag
 from .early_stopping import EarlyStopping
 from .experiment import ExperimentError, ExperimentManager
 from .metrics import MetricsTracker
-from .trainer import Trainer, TrainingInterrupted
+from .interrupts import TrainingInterrupted
+from .trainer import Trainer
 
 __all__ = [
     "CheckpointCorruptError", "CheckpointError", "CheckpointManager", "CheckpointSaveError",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -29,17 +28,9 @@ from .experiment import ExperimentManager
 from .history import append_epoch, empty_history, read_log, write_log
 from .metrics import MetricsTracker
 from .plots import plot_history
+from .interrupts import StopRequest, TrainingInterrupted
 from .precision import Precision
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving its state; ``signum`` says which."""
-
-    def __init__(self, signum: int, saved: bool):
-        self.signum = signum
-        self.saved = saved
-        name = signal.Signals(signum).name
-        super().__init__(f"Interrupted by {name}; " + ("state saved, resume to continue." if saved else "nothing new saved."))
+from .progress import ProgressBar
 
 
 class Trainer:
@@ -116,7 +107,7 @@ class Trainer:
         self.global_step = 0
         self.train_tracker = MetricsTracker()
         self._mid_epoch = False  # the train tracker/loader hold a partial epoch
-        self._stop_signal: Optional[int] = None
+        self.stop_request = StopRequest(self._log, enabled=handle_signals)
 
     def _on_device(self, loader):
         # The built-in loader moves its uint8 data once; other loaders are copied per batch.
@@ -170,7 +161,7 @@ class Trainer:
             if accumulate == 1 or batch % accumulate == 0 or batch == total:
                 self._optimizer_step()
                 # Stop only between optimizer steps: accumulated gradients are not saved.
-                if self._stop_signal is not None:
+                if self.stop_request.requested:
                     self._interrupt_mid_epoch()
             if progress is not None:
                 progress.step(tracker)
@@ -224,25 +215,23 @@ class Trainer:
         em.write_status("running", epoch=self.epoch, target_epochs=epochs)
         stopped_early, started = False, time.perf_counter()
         self._last_plot = time.monotonic()  # first redraw after plot_interval, or at the end
-        previous_handlers = self._install_signal_handlers()
-        try:
-            for epoch in range(start_epoch + 1, epochs + 1):
-                stopped_early = self._run_epoch(epoch, epochs)
-                if self._stop_signal is not None:
-                    raise TrainingInterrupted(self._stop_signal, saved=self.checkpoint_manager is not None)
-                if stopped_early:
-                    self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
-                              f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
-                    break
-        except TrainingInterrupted as exc:
-            self._plot_if_stale()
-            self._record_status("interrupted", global_step=self.global_step, signal=signal.Signals(exc.signum).name)
-            raise
-        except BaseException as exc:
-            self._record_status("failed", error=f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            self._restore_signal_handlers(previous_handlers)
+        with self.stop_request:  # signals are noted until the outcome is recorded
+            try:
+                for epoch in range(start_epoch + 1, epochs + 1):
+                    stopped_early = self._run_epoch(epoch, epochs)
+                    if self.stop_request.requested:
+                        raise TrainingInterrupted(self.stop_request.signum, saved=self.checkpoint_manager is not None)
+                    if stopped_early:
+                        self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
+                                  f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
+                        break
+            except TrainingInterrupted as exc:
+                self._plot_if_stale()
+                self._record_status("interrupted", global_step=self.global_step, signal=signal.Signals(exc.signum).name)
+                raise
+            except BaseException as exc:
+                self._record_status("failed", error=f"{type(exc).__name__}: {exc}")
+                raise
         self._plot_if_stale()
         training_time = time.perf_counter() - started
         em.write_status("stopped_early" if stopped_early else "completed", epoch=self.epoch,
@@ -390,25 +379,6 @@ class Trainer:
         return self._history["epoch"][-1] if self._history["epoch"] else 0
 
     # -- interruption ----------------------------------------------------------------
-    def _install_signal_handlers(self):
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            return None
-        self._stop_signal = None
-
-        def request_stop(signum, frame):
-            # Only note it: the step in flight finishes and the loop saves and stops. A
-            # second signal while saving is absorbed, so the save cannot be torn.
-            if self._stop_signal is None:
-                self._stop_signal = signum
-                self._log(f"\n{signal.Signals(signum).name} received: finishing the current step and saving...")
-
-        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signal_handlers(previous) -> None:
-        for sig, handler in (previous or {}).items():
-            signal.signal(sig, handler)
-
     def _interrupt_mid_epoch(self) -> None:
         saved = False
         if self.checkpoint_manager is not None and hasattr(self.train_loader, "state_dict"):
@@ -421,35 +391,12 @@ class Trainer:
             self._log(f"Saved {path} at step {self.global_step} (epoch {self.epoch + 1}, batch {self.train_loader.position}).")
         else:
             self._log("This loader cannot record its position; the last end-of-epoch checkpoint is kept.")
-        raise TrainingInterrupted(self._stop_signal, saved)
+        raise TrainingInterrupted(self.stop_request.signum, saved)
 
     # -- output ----------------------------------------------------------------------
     def _progress(self, loader, description: str):
-        if not self.show_progress:
-            return None
-        return _ProgressBar(loader, description)
+        return ProgressBar(loader, description) if self.show_progress else None
 
     @staticmethod
     def _log(message: str) -> None:
         print(message, flush=True)
-
-
-class _ProgressBar:
-    """A tqdm bar whose loss readout syncs with the device only when it redraws."""
-
-    def __init__(self, loader, description: str):
-        from tqdm.auto import tqdm
-
-        total = len(loader) - getattr(loader, "position", 0) if hasattr(loader, "__len__") else None
-        self.bar = tqdm(total=total, desc=description, leave=False, mininterval=0.5, dynamic_ncols=True)
-        self.last_postfix = 0.0
-
-    def step(self, tracker: MetricsTracker) -> None:
-        self.bar.update(1)
-        now = time.monotonic()
-        if now - self.last_postfix >= 1.0:
-            self.last_postfix = now
-            self.bar.set_postfix(loss=f"{tracker.get_metrics()['loss']:.4f}", refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()

@@ -84,7 +84,7 @@ def test_interrupt_waits_for_the_accumulation_boundary(tmp_path):
     def criterion_that_signals(outputs, labels):
         calls["n"] += 1
         if calls["n"] == 5:  # batch 5 of an accumulation group of 3: stop after batch 6
-            trainer._stop_signal = signal.SIGTERM
+            trainer.stop_request.signum = signal.SIGTERM
         return criterion(outputs, labels)
 
     trainer.criterion = criterion_that_signals
