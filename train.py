@@ -13,6 +13,7 @@ Exit codes: 0 done (completed or stopped early); 1 a save failed or an unexpecte
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -114,6 +115,9 @@ def main(argv=None) -> int:
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt:  # Ctrl-C while loading, before training (and its handler) started
+        print("Interrupted before training started; nothing was saved.", file=sys.stderr)
+        return 128 + signal.SIGINT
     except CheckpointSaveError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_FAILED

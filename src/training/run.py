@@ -9,7 +9,7 @@ never leaves a half-made experiment or touches an existing one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch.nn as nn
 
@@ -58,7 +58,17 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
     return RunConfig(**overrides).validate()
 
 
-def build_components(config: RunConfig, progress: bool = True):
+class Components(NamedTuple):
+    dataset: Any
+    model: nn.Module
+    device: Any
+    train_loader: Any
+    val_loader: Any
+    optimizer: Any
+    scheduler: Any
+
+
+def build_components(config: RunConfig, progress: bool = True) -> Components:
     """Seeded dataset, model (on its device), loaders, optimizer and scheduler."""
     seed_everything(config.seed)
     device = get_device(config.device)
@@ -73,7 +83,7 @@ def build_components(config: RunConfig, progress: bool = True):
     train_loader, val_loader = dataset.get_dataloaders(batch_size=config.batch_size, device=device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
     scheduler = build_scheduler(config.scheduler, optimizer, config.epochs)
-    return dataset, model, device, train_loader, val_loader, optimizer, scheduler
+    return Components(dataset, model, device, train_loader, val_loader, optimizer, scheduler)
 
 
 def _create(registry, name: str, flag: str, options: Dict[str, Any], **fixed: Any):
@@ -132,11 +142,9 @@ def run_training(
             written); CheckpointSaveError: a save failed; TrainingInterrupted: a signal.
     """
     config = resolve_config(overrides, runs_dir, resume, fork)
-    dataset, model, device, train_loader, val_loader, optimizer, scheduler = build_components(
-        config, progress=show_progress is not False
-    )
-    log(f"Data: {dataset.describe()}")
-    log(f"Model: {config.model} ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}")
+    parts = build_components(config, progress=show_progress is not False)
+    log(f"Data: {parts.dataset.describe()}")
+    log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}")
 
     source = resume or fork
     checkpoint_path, payload = None, None
@@ -146,7 +154,7 @@ def run_training(
         if payload is None and fork is not None:
             raise CheckpointError(f"Experiment {fork} has no checkpoint yet; there is nothing to fork from.")
         if payload is not None:
-            _check_compatible(payload, model, str(checkpoint_path))
+            _check_compatible(payload, parts.model, str(checkpoint_path))
             if resume is not None:
                 saved_config = payload.get(keys.CONFIG) or {}
                 frozen = sorted(
@@ -161,36 +169,49 @@ def run_training(
     _check_work_left(payload, config, source, resume is not None)
 
     experiment = ExperimentManager(runs_dir, resume_exp=resume, fork_exp=fork)
-    previous = experiment.read_status() if resume is not None else None
-    if previous:
-        detail = previous.get("error") or previous.get("signal") or ""
-        log(f"{experiment.name} was last {previous['state']}" + (f" ({detail})" if detail else "")
-            + (" - the process ended without recording why." if previous["state"] == "killed" else "."))
-    experiment.save_config(config.to_dict())  # first, so even a run killed at once can be resumed
-    checkpoint_manager = CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last)
-    trainer = Trainer(
-        model, train_loader, val_loader, nn.CrossEntropyLoss(), optimizer, device, experiment,
-        checkpoint_manager=checkpoint_manager, scheduler=scheduler,
-        dataset=dataset if config.reapply_transforms else None, patience=config.patience,
-        config=config.to_dict(), show_progress=show_progress, amp=config.amp, compile_model=config.compile,
-        channels_last=config.channels_last, grad_accum_steps=config.grad_accum, grad_clip=config.grad_clip,
-    )
-    if payload is not None and resume is not None:
-        trainer.load_state_dict(payload)
-        log(f"Resuming {experiment.name} from {checkpoint_path.name} at epoch {trainer.epoch}, step {trainer.global_step}.")
-    elif payload is not None:
-        parent_config = RunConfig.from_dict(payload[keys.CONFIG]) if payload.get(keys.CONFIG) else config
-        _load_fork(trainer, payload, parent_config, config, overrides)
-        experiment.record_lineage(fork, int(payload[keys.EPOCH]), str(checkpoint_path), sha256_file(checkpoint_path))
-        log(f"Forked {fork} (epoch {payload['epoch']}, {checkpoint_path.name}) into {experiment.name}.")
-    elif resume is not None:
-        log(f"Resuming {experiment.name}: no checkpoint was saved yet, starting from epoch 0.")
-    else:
-        log(f"Experiment: {experiment.experiment_dir}")
+    try:
+        trainer = _prepare_trainer(experiment, config, parts, show_progress, log)
+        if payload is not None and resume is not None:
+            trainer.load_state_dict(payload)
+            log(f"Resuming {experiment.name} from {checkpoint_path.name} at epoch {trainer.epoch}, "
+                f"step {trainer.global_step}.")
+        elif payload is not None:
+            parent_config = RunConfig.from_dict(payload[keys.CONFIG]) if payload.get(keys.CONFIG) else config
+            _load_fork(trainer, payload, parent_config, config, overrides)
+            experiment.record_lineage(fork, int(payload[keys.EPOCH]), str(checkpoint_path), sha256_file(checkpoint_path))
+            log(f"Forked {fork} (epoch {payload[keys.EPOCH]}, {checkpoint_path.name}) into {experiment.name}.")
+        elif resume is not None:
+            log(f"Resuming {experiment.name}: no checkpoint was saved yet, starting from epoch 0.")
+        else:
+            log(f"Experiment: {experiment.experiment_dir}")
+    except Exception as exc:
+        experiment.write_status("failed", error=f"{type(exc).__name__}: {exc}")
+        experiment.release()
+        raise
     try:
         return trainer.train(config.epochs, start_epoch=trainer.epoch)
     finally:
         experiment.release()
+
+
+def _prepare_trainer(experiment: ExperimentManager, config: RunConfig, parts: Components,
+                     show_progress: Optional[bool], log) -> Trainer:
+    """Inside the (new or reopened, locked) experiment: report how a resumed run ended,
+    record the config (first, so even a run killed at once can be resumed), build the Trainer."""
+    previous = experiment.read_status() if experiment.resume_exp is not None else None
+    if previous:
+        detail = previous.get("error") or previous.get("signal") or ""
+        log(f"{experiment.name} was last {previous['state']}" + (f" ({detail})" if detail else "")
+            + (" - the process ended without recording why." if previous["state"] == "killed" else "."))
+    experiment.save_config(config.to_dict())
+    return Trainer(
+        parts.model, parts.train_loader, parts.val_loader, nn.CrossEntropyLoss(), parts.optimizer, parts.device,
+        experiment, checkpoint_manager=CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last),
+        scheduler=parts.scheduler, dataset=parts.dataset if config.reapply_transforms else None,
+        patience=config.patience, config=config.to_dict(), show_progress=show_progress, amp=config.amp,
+        compile_model=config.compile, channels_last=config.channels_last, grad_accum_steps=config.grad_accum,
+        grad_clip=config.grad_clip,
+    )
 
 
 def _check_work_left(payload: Optional[Dict[str, Any]], config: RunConfig, source: Optional[str], resuming: bool) -> None:
