@@ -160,14 +160,18 @@ class CheckpointManager:
         torch.save(payload, buffer)
         return buffer.getvalue()
 
-    def write_bytes(self, data: bytes, filepath: Path, epoch: int, step: int) -> Path:
+    def write_bytes(self, data: bytes, filepath: Path, epoch: int, step: int, digest: Optional[str] = None) -> Path:
         """Write serialized checkpoint bytes crash-safely with their manifest.
+
+        Args:
+            digest: the SHA-256 of ``data`` when the caller already has it.
 
         Raises:
             CheckpointSaveError: the write failed; the previous file is untouched.
         """
         filepath = Path(filepath)
-        entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "epoch": int(epoch), "step": int(step)}
+        digest = digest or hashlib.sha256(data).hexdigest()
+        entry = {"sha256": digest, "size": len(data), "epoch": int(epoch), "step": int(step)}
         previous = self._listed_entries(filepath)
 
         def write_manifest(entries: List[Dict[str, Any]]) -> None:
@@ -236,17 +240,18 @@ class CheckpointManager:
         ``save_frequency`` epochs; serializes once. Returns which files were written."""
         payload = self.build_payload(model, optimizer, epoch, loss, accuracy, additional_info)
         data, step = self.serialize(payload), payload[keys.GLOBAL_STEP]
+        digest = hashlib.sha256(data).hexdigest()  # one hash for every copy
         # Epoch and best files first: if the disk fills, "latest" still names the
         # previous, complete state.
         wrote_epoch = self.save_frequency > 0 and epoch % self.save_frequency == 0
         if wrote_epoch:
-            self.write_bytes(data, self.epoch_path(epoch), epoch, step)
+            self.write_bytes(data, self.epoch_path(epoch), epoch, step, digest)
             self.prune_epoch_checkpoints()
         is_best = is_improvement(accuracy, self.best_accuracy)
         if is_best:
-            self.write_bytes(data, self.best_path, epoch, step)
+            self.write_bytes(data, self.best_path, epoch, step, digest)
             self.best_accuracy = float(accuracy)
-        self.write_bytes(data, self.latest_path, epoch, step)
+        self.write_bytes(data, self.latest_path, epoch, step, digest)
         return {"latest": True, "best": is_best, "epoch": wrote_epoch}
 
     def prune_epoch_checkpoints(self) -> List[Path]:
