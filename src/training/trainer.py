@@ -101,7 +101,6 @@ class Trainer:
         self._last_plot, self._plotted_epoch = float("-inf"), None
         self.config = dict(config or {})
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
-        self.handle_signals = handle_signals
         self._history = empty_history()
         self.epoch = 0  # completed epochs
         self.global_step = 0
@@ -148,25 +147,27 @@ class Trainer:
         batch = getattr(loader, "position", 0)  # > 0 when resuming inside this epoch
         start, steps = time.perf_counter(), 0
         progress = self._progress(loader, f"epoch {epoch}")
-        for images, labels in loader:
-            images, labels = self._to_device(images, labels)
-            with self.precision.autocast():
-                outputs = self.forward_model(images)
-                loss = self.criterion(outputs, labels)
-            self.precision.backward(loss / accumulate if accumulate > 1 else loss)
-            tracker.update(loss, outputs, labels)
-            batch += 1
-            self.global_step += 1
-            steps += 1
-            if accumulate == 1 or batch % accumulate == 0 or batch == total:
-                self._optimizer_step()
-                # Stop only between optimizer steps: accumulated gradients are not saved.
-                if self.stop_request.requested:
-                    self._interrupt_mid_epoch()
+        try:
+            for images, labels in loader:
+                images, labels = self._to_device(images, labels)
+                with self.precision.autocast():
+                    outputs = self.forward_model(images)
+                    loss = self.criterion(outputs, labels)
+                self.precision.backward(loss / accumulate if accumulate > 1 else loss)
+                tracker.update(loss, outputs, labels)
+                batch += 1
+                self.global_step += 1
+                steps += 1
+                if accumulate == 1 or batch % accumulate == 0 or batch == total:
+                    self._optimizer_step()
+                    # Stop only between optimizer steps: accumulated gradients are not saved.
+                    if self.stop_request.requested:
+                        self._interrupt_mid_epoch()
+                if progress is not None:
+                    progress.step(tracker)
+        finally:
             if progress is not None:
-                progress.step(tracker)
-        if progress is not None:
-            progress.close()
+                progress.close()
         self._mid_epoch = False
         return tracker.get_metrics(), steps / max(time.perf_counter() - start, 1e-9)
 
