@@ -150,11 +150,6 @@ class ExperimentManager:
                     leftover.unlink(missing_ok=True)
 
     # -- names and directories -------------------------------------------------------
-    validate_name = staticmethod(validate_experiment_name)
-
-    def existing_experiments(self) -> List[str]:
-        return list_experiments(self.base_dir)
-
     def _existing(self, name: str) -> Path:
         return existing_experiment_dir(self.base_dir, name)
 
@@ -224,10 +219,6 @@ class ExperimentManager:
     @property
     def config_file(self) -> str:
         return str(self._dir / CONFIG_FILE)
-
-    @property
-    def parent_checkpoints_dir(self) -> Optional[str]:
-        return str(self.parent_dir / CHECKPOINTS_DIR) if self.parent_dir else None
 
     # -- records ---------------------------------------------------------------------
     def save_config(self, config: Dict[str, Any]) -> None:

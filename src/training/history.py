@@ -8,7 +8,6 @@ written by an older version or another tool), never a silent gap.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -60,7 +59,3 @@ def read_log(path: Path) -> Dict[str, List[Any]]:
             raise ValueError(f"Line {number} of {path} is not a valid history record ({exc}).") from None
     del partial  # an unterminated last line is an interrupted write
     return history
-
-
-def is_finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
