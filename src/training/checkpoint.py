@@ -330,23 +330,41 @@ class CheckpointManager:
         """The newest valid checkpoint by recorded (epoch, step), its contents, and one
         warning per bad file that was passed over.
 
-        Returns ``(None, None, warnings)`` when there is no valid checkpoint.
+        Files are hashed newest-claim first (claims come from the manifests) and the
+        search stops once no remaining file can hold a newer state, so a resume does not
+        read every old ``epoch_N.pt``. Returns ``(None, None, warnings)`` when no
+        checkpoint is valid.
         """
-        problems: List[str] = []
-        valid: List[Tuple[Tuple[int, int, int], Path]] = []
         preference = {LATEST_CHECKPOINT: 2, BEST_MODEL: 0}
+        problems: List[str] = []
+        claims: List[Tuple[Tuple[int, int, int], Path]] = []
         for path in self.candidates():
+            entries = (_read_manifest(path) or {}).get("entries") or []
+            if not entries:
+                problems.append(f"{path.name}: no manifest (written by an interrupted save or by another tool)")
+                continue
+            newest = max((e.get("epoch", 0), e.get("step", 0)) for e in entries)
+            claims.append(((*newest, preference.get(path.name, 1)), path))
+        best_key: Optional[Tuple[int, int, int]] = None
+        best_path, best_payload = None, None
+        for claim, path in sorted(claims, reverse=True):
+            if best_key is not None and claim <= best_key:
+                break  # this file and all after it claim nothing newer than what was found
             ok, reason, entry = self.verify(path)
-            if ok:
-                valid.append(((entry["epoch"], entry["step"], preference.get(path.name, 1)), path))
-            else:
+            if not ok:
                 problems.append(f"{path.name}: {reason}")
-        for _, path in sorted(valid, reverse=True):
+                continue
+            # After a crash inside a save, a file may hold an older entry than it claims.
+            key = (entry["epoch"], entry["step"], preference.get(path.name, 1))
+            if best_key is not None and key <= best_key:
+                continue
             try:
-                return path, self.read(path), problems
+                payload = self.read(path)
             except CheckpointCorruptError as exc:
                 problems.append(f"{path.name}: {exc}")
-        return None, None, problems
+                continue
+            best_key, best_path, best_payload = key, path, payload
+        return best_path, best_payload, problems
 
     def load_checkpoint(self, filepath, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                         strict: bool = True) -> Dict[str, Any]:

@@ -208,3 +208,20 @@ def test_sha256_file_matches_manifest(tmp_path, parts):
     manager = CheckpointManager(str(tmp_path))
     manager.save_latest_checkpoint(model, optimizer, 1, 0.5, 50.0)
     assert manager.verify(manager.latest_path)[2]["sha256"] == sha256_file(manager.latest_path)
+
+
+def test_crash_inside_a_save_never_hides_a_newer_valid_copy(tmp_path, parts):
+    """A save killed between its two manifest writes leaves latest claiming the new state
+    while holding the old one; the newer epoch file must still be found."""
+    import json
+
+    model, optimizer = parts
+    manager = CheckpointManager(str(tmp_path), save_frequency=1)
+    manager.save_epoch_end(model, optimizer, 5, 0.5, 50.0, {"global_step": 50})
+    manager.save_checkpoint(model, optimizer, 6, 0.4, 40.0, manager.epoch_path(6), {"global_step": 60})
+    manifest = json.loads(manifest_path(manager.latest_path).read_text())
+    manifest["entries"].append({"sha256": "0" * 64, "size": 1, "epoch": 6, "step": 60})
+    manifest_path(manager.latest_path).write_text(json.dumps(manifest))
+    assert manager.verify(manager.latest_path)[0], "the old bytes are still valid"
+    path, payload, problems = manager.find_latest_valid()
+    assert path.name == "epoch_6.pt" and payload["epoch"] == 6 and not problems
