@@ -30,6 +30,4 @@ for opt in "" "--amp bf16" "--amp fp16" "--channels-last" "--compile"; do
 done | tee "$OUT/options.txt"
 
 echo "== time to 91% on CUDA"
-sed 's/"--quiet",/"--quiet", "--device", "cuda",/' benchmarks/time_to_accuracy.py > "$OUT/tta_cuda.py"
-cp benchmarks/_common.py "$OUT/_common.py"
-timeout 150 $PY "$OUT/tta_cuda.py" --data-dir "$DATA" 2>&1 | tee "$OUT/time_to_accuracy.txt"
+timeout 150 $PY benchmarks/time_to_accuracy.py --device cuda --data-dir "$DATA" 2>&1 | tee "$OUT/time_to_accuracy.txt"

@@ -63,12 +63,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="folder holding FashionMNIST/raw (default ../shared/data)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--device", help="passed to train.py (e.g. cuda); default: its own choice")
     parser.add_argument("--smoke", action="store_true", help="one short run on the bundled sample")
     args = parser.parse_args()
     recipe, target, data_dir = RECIPE, TARGET, str(data_root(args.data_dir)) if not args.smoke else "."
     if args.smoke:
         recipe = ["--dataset", "mnist-sample", "--model", "mlp", "--epochs", "1", "--quiet"]
         target, args.seeds = 50.0, [0]
+    if args.device:
+        recipe = [*recipe, "--device", args.device]
     print("recipe: python train.py " + " ".join(recipe) + "\n", flush=True)
     results = [run_seed(seed, data_dir, recipe, target) for seed in args.seeds]
     rows = [[r["seed"], f"{r['reached']:.1f}" if r["reached"] else "never", f"{r['final']:.2f}", f"{r['best']:.2f}",

@@ -92,7 +92,8 @@ class TensorLoader:
         return tensor
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle order of ``epoch`` (0-based) and start at its first batch."""
+        """Select the shuffle order of ``epoch`` (any integer; the Trainer passes 1, 2, ...) and
+        start at its first batch."""
         if epoch != self.epoch:
             self.epoch = int(epoch)
             self.position = 0

@@ -46,16 +46,14 @@ def read_log(path: Path) -> Dict[str, List[Any]]:
     path = Path(path)
     if not path.exists():
         return history
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    complete, partial = lines[:-1], lines[-1]
-    for number, line in enumerate(complete, start=1):
+    # Only newline-terminated lines are records: an unterminated last line is an
+    # interrupted write and is left out.
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            append_epoch(history, record)
+            append_epoch(history, json.loads(line))
         except (ValueError, KeyError) as exc:
             raise ValueError(f"Line {number} of {path} is not a valid history record ({exc}).") from None
-    del partial  # an unterminated last line is an interrupted write
     return history

@@ -72,10 +72,8 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     """Seeded dataset, model (on its device), loaders, optimizer and scheduler."""
     seed_everything(config.seed)
     device = get_device(config.device)
-    dataset_kwargs = dict(config.dataset_options)
-    if config.dataset in ("mnist", "fashion_mnist"):
-        dataset_kwargs.setdefault("progress", progress)
-    dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", dataset_kwargs,
+    dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", config.dataset_options,
+                      optional={"progress": progress},
                       data_dir=config.data_dir, augment=config.augment, seed=config.seed)
     channels, height, _ = dataset.input_shape
     model = _create(ModelRegistry, config.model, "--model-option", config.model_options,
@@ -86,12 +84,15 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     return Components(dataset, model, device, train_loader, val_loader, optimizer, scheduler)
 
 
-def _create(registry, name: str, flag: str, options: Dict[str, Any], **fixed: Any):
-    """``registry.create(name, **fixed, **options)`` with a clear error for a bad option."""
+def _create(registry, name: str, flag: str, options: Dict[str, Any],
+            optional: Optional[Dict[str, Any]] = None, **fixed: Any):
+    """``registry.create(name, **fixed, **options)`` with a clear error for a bad option;
+    ``optional`` arguments (a download progress bar, say) go only to factories taking them."""
     import inspect
 
     factory = registry.get(name)
     accepted = inspect.signature(factory).parameters
+    fixed.update({k: v for k, v in (optional or {}).items() if k in accepted and k not in options})
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         choices = ", ".join(k for k in accepted if k not in fixed and k not in ("self", "kwargs", "_ignored"))
