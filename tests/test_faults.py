@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -97,14 +98,29 @@ def test_signal_mid_epoch_saves_exits_and_resumes_bit_exact(tmp_path, baselines,
     assert log_epochs(experiment) == [1, 2, 3]
 
 
+def wait_for_epoch(process: subprocess.Popen, timeout: float = 300) -> float:
+    """Wait for the next "Epoch N/M ... 1.2s (...)" line; return the epoch time it reports."""
+    line = wait_for_line(process, "Epoch ", timeout)
+    return float(re.search(r"  ([0-9.]+)s \(", line).group(1))
+
+
 def test_repeated_sigkill_always_resumes_and_matches_uninterrupted_run(tmp_path, baselines):
+    """Ten SIGKILLs, their moments driven by observed progress, not by wall-clock guesses:
+    most land at a random fraction of the run's own epoch time after an epoch was reported
+    (so every such kill follows real progress, on a fast or a loaded machine, and lands
+    anywhere in the next epoch: mid-step, validating, saving, plotting); every third lands
+    during start-up or the first epoch after a resume."""
     rng = random.Random(1234)
     experiment = tmp_path / "runs" / "exp1"
     process = start_cli(*SLOW, "--epochs", "20", cwd=tmp_path)
     wait_for_line(process, "Experiment:")
-    progress, kills = [], 0
+    progress, kills, epoch_time = [], 0, None
     while kills < 10:
-        time.sleep(rng.uniform(0.1, 1.6))  # anywhere: mid-step, validating, saving, plotting
+        if kills % 3 == 2 and epoch_time is not None:
+            time.sleep(rng.uniform(0.0, epoch_time))  # start-up, loading, the first steps
+        else:
+            epoch_time = wait_for_epoch(process)
+            time.sleep(rng.uniform(0.0, 1.1 * epoch_time))  # somewhere in the next epoch or its save
         if process.poll() is not None:
             break
         process.kill()
