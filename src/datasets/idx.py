@@ -1,4 +1,5 @@
-"""IDX files (the MNIST family's format): locate, read and validate, download and verify.
+"""IDX files (the MNIST family's format): locate, read and validate, download and verify,
+and the checks that a data folder can be used at all (before anything is read or fetched).
 
 The folder layout is torchvision's (``<root>/<Name>/raw/<file>``, gzipped or not), so
 existing torchvision downloads are reused as they are.
@@ -18,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import BadInputError
 from ..utils.io import temp_path_for, fsync_directory
 
 IDX_FILES = (
@@ -32,13 +34,63 @@ DOWNLOAD_TIMEOUT_S = 30
 _IDX_DTYPE = {0x08: np.uint8}
 
 
-class DataError(RuntimeError):
-    """A data set cannot be found, downloaded or read; the message says what to do."""
+class DataError(BadInputError, RuntimeError):
+    """A data set cannot be found, downloaded or read; the message says what to do (exit code 2)."""
 
 
 def resolve_data_root(data_dir: Optional[str] = None) -> Path:
-    """The data root: the argument, else ``$EXPTRAIN_DATA_DIR``, else ``./data``."""
-    return Path(data_dir or os.environ.get(DATA_DIR_ENV) or "data")
+    """The data root: the argument, else ``$EXPTRAIN_DATA_DIR``, else ``./data``.
+
+    A root that does not exist yet is fine (a download creates it).
+
+    Raises:
+        ConfigError: ``data_dir`` is not a path.
+        DataError: the root (or a folder above it) is a file, or a folder this process
+            cannot read; the message says which setting named it.
+    """
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        from ..config import ConfigError
+
+        raise ConfigError(f"--data-dir must be a folder path, got {data_dir!r}.")
+    if data_dir:
+        root = Path(data_dir)
+        described = f"The data folder {root} (from --data-dir)"
+    elif os.environ.get(DATA_DIR_ENV):
+        root = Path(os.environ[DATA_DIR_ENV])
+        described = f"The data folder {root} (from ${DATA_DIR_ENV})"
+    else:
+        root = Path("data")
+        described = f"The default data folder {root} (no --data-dir or ${DATA_DIR_ENV} given)"
+    check_data_folder(root, described)
+    return root
+
+
+def check_data_folder(folder: Path, described: str,
+                      remedy: str = f"point --data-dir or ${DATA_DIR_ENV} at another folder") -> None:
+    """Refuse a data folder that is a file (or lies below one) or cannot be read.
+
+    A folder that does not exist yet passes; the nearest existing folder above it must
+    then be one this process can enter. ``os.access`` asks the kernel, so a process with
+    the rights to bypass permissions (root) passes where a user would not.
+
+    Args:
+        described: the sentence's subject, e.g. ``"The data folder x (from --data-dir)"``.
+        remedy: the alternative to fixing the folder, e.g. ``"point --data-dir at another folder"``.
+
+    Raises:
+        DataError: one sentence naming the path and what to do.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if os.path.lexists(existing) and not os.path.isdir(existing):
+        where = "" if existing == folder else f" lies inside {existing}, which"
+        raise DataError(f"{described}{where} is a file, not a folder; move the file away or {remedy}.")
+    mode = os.R_OK | os.X_OK if existing == folder else os.X_OK
+    if os.path.isdir(existing) and not os.access(existing, mode):
+        where = "" if existing == folder else f" ({existing} above it cannot be entered)"
+        raise DataError(f"{described} cannot be read{where}; give this user read access (chmod u+rx) or {remedy}.")
 
 
 def find_idx_file(folder: Path, name: str) -> Optional[Path]:
@@ -140,7 +192,8 @@ def ensure_idx_files(
     package); missing ones are downloaded into ``folder`` from the first mirror that works.
 
     Raises:
-        DataError: when a file is missing and cannot be downloaded (offline, say); the
+        DataError: when a file is missing and cannot be downloaded (offline, say, or
+            ``folder`` cannot be written, which is checked before any download); the
             message names the folder, the four files and the offline alternative.
     """
     found: Dict[str, Path] = {}
@@ -160,6 +213,7 @@ def ensure_idx_files(
     )
     if not download:
         raise DataError(f"{display_name} is not downloaded. {offline_help}")
+    _check_writable(folder, display_name)
     errors: List[str] = []
     for name in missing:
         for mirror in mirrors:
@@ -172,3 +226,22 @@ def ensure_idx_files(
         else:
             raise DataError(f"Could not download {display_name} ({errors[-1]}). {offline_help}")
     return found
+
+
+def _check_writable(folder: Path, display_name: str) -> None:
+    """Before downloading: ``folder`` exists or can be created, and can be written."""
+    existing = folder
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    else:
+        reason = f"{existing} is not a folder" if not os.path.isdir(existing) else "permission denied"
+    raise DataError(
+        f"Cannot download {display_name}: this user cannot write to {folder} ({reason}); make it writable, "
+        f"point --data-dir or ${DATA_DIR_ENV} at a writable folder, or copy {', '.join(IDX_FILES)} there."
+    )

@@ -1,12 +1,18 @@
-"""MNIST, Fashion-MNIST and the bundled 5,000-digit MNIST sample."""
+"""MNIST, Fashion-MNIST and the bundled 5,000-digit MNIST sample (10 classes each).
+
+Their options are checked, and the data folder found usable, before anything is read or
+downloaded; every label is checked against the 10 classes when the files are loaded.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from ..config import ConfigError
 from .base import BaseDataset
-from .idx import ensure_idx_files, read_idx, resolve_data_root, DataError
+from .idx import check_data_folder, ensure_idx_files, read_idx, resolve_data_root, DataError
+from .options import check_bool
 from .registry import DatasetRegistry
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "mnist_sample"
@@ -26,15 +32,31 @@ class IdxImageDataset(BaseDataset):
                     f"The {split} files of {self.name} disagree: images {images.shape}, labels {labels.shape}; "
                     "replace them with a matching pair."
                 )
-        self._set_data(train_images.copy(), train_labels.astype("int64"), test_images.copy(), test_labels.astype("int64"))
+        self._set_data(
+            train_images.copy(), train_labels.astype("int64"), test_images.copy(), test_labels.astype("int64"),
+            sources={"train": files["train-labels-idx1-ubyte.gz"], "test": files["t10k-labels-idx1-ubyte.gz"]},
+        )
 
 
 @DatasetRegistry.register("mnist")
 class MNIST(IdxImageDataset):
-    """The MNIST digits from ``<data root>/MNIST/raw``, downloaded when missing."""
+    """The MNIST digits from ``<data root>/MNIST/raw``, downloaded when missing.
+
+    Args:
+        data_dir: the data root (default ``$EXPTRAIN_DATA_DIR``, else ``./data``).
+        download: fetch missing files (``False``: a missing file is an error).
+        mirrors: base URLs to download from, tried in order (default: the class's own).
+        progress: show a download progress bar.
+
+    Raises:
+        ConfigError: an option of the wrong type (``download="no"``, ``mirrors="http://..."``).
+        DataError: the data folder is a file or unreadable, files are missing and cannot
+            be downloaded, or a file is damaged (including a label outside 0..9).
+    """
 
     name = "mnist"
     folder_name = "MNIST"
+    classes_count = 10
     mean, std = 0.1307, 0.3081
     mirrors: Sequence[str] = (
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -58,7 +80,18 @@ class MNIST(IdxImageDataset):
         progress: bool = True,
     ):
         super().__init__(augment=augment, seed=seed)
+        download = check_bool(download, self.name, "download", flag="--dataset-option")
+        progress = check_bool(progress, self.name, "progress", flag="--dataset-option")
+        if mirrors is not None and (
+            not isinstance(mirrors, (list, tuple)) or not mirrors
+            or not all(isinstance(url, str) and url for url in mirrors)
+        ):
+            raise ConfigError(
+                f"--dataset-option mirrors for {self.name} must be a non-empty list of base URLs "
+                f'such as ["{self.mirrors[0]}"], got {mirrors!r}.'
+            )
         self.raw_folder = resolve_data_root(data_dir) / self.folder_name / "raw"
+        check_data_folder(self.raw_folder, f"The {self.name} folder {self.raw_folder}")
         files = ensure_idx_files(
             self.raw_folder, mirrors or self.mirrors, self.md5s, self.name,
             extra_folders=self.system_folders, download=download, progress=progress,
@@ -94,6 +127,7 @@ class MNISTSample(IdxImageDataset):
 
     name = "mnist-sample"
     mean, std = 0.1307, 0.3081
+    classes_count = 10
 
     def __init__(self, data_dir: Optional[str] = None, augment: bool = True, seed: int = 42, **_ignored):
         super().__init__(augment=augment, seed=seed)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .registry import ConfigurableModel, ModelRegistry
+from ..datasets.options import check_int, check_number, check_parameter_budget
+from .registry import MODEL_FLAG, ConfigurableModel, ModelRegistry, check_data_arguments
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -23,13 +24,34 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 @ModelRegistry.register("mynet")
 class MyNet(ConfigurableModel):
+    """The CNN described above.
+
+    Args:
+        num_classes, in_channels: integers >= 1.
+        input_size: image height (= width), an integer >= 4 (two 2x2 poolings).
+        width: channels of the first block (the second has twice as many), an integer >= 1.
+        dropout: before the classifier, a number from 0 to below 1.
+
+    Raises:
+        ConfigError: a bad argument, or weights over the memory budget (see
+            ``src.datasets.options``).
+    """
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
                  width: int = 32, dropout: float = 0.25):
         super().__init__()
+        num_classes, in_channels, input_size = check_data_arguments(
+            "mynet", num_classes, in_channels, input_size, min_input_size=4)
+        width = check_int(width, "mynet", "width", 1, flag=MODEL_FLAG)
+        dropout = check_number(dropout, "mynet", "dropout", 0, below=1, flag=MODEL_FLAG)
+        features = 2 * width * (input_size // 4) ** 2
+        parameters = 9 * (in_channels * width + 7 * width * width) + 12 * width + (features + 1) * num_classes
+        check_parameter_budget(
+            parameters, "mynet", f"{MODEL_FLAG} width={width} on {in_channels}x{input_size}x{input_size} inputs",
+            "use a smaller width",
+        )
         self._record_config("mynet", num_classes=num_classes, in_channels=in_channels,
                             input_size=input_size, width=width, dropout=dropout)
-        if input_size < 4:
-            raise ValueError(f"mynet needs inputs of at least 4x4, got {input_size}.")
         self.features = nn.Sequential(
             _conv_block(in_channels, width), _conv_block(width, width), nn.MaxPool2d(2),
             _conv_block(width, 2 * width), _conv_block(2 * width, 2 * width), nn.MaxPool2d(2),
@@ -37,7 +59,7 @@ class MyNet(ConfigurableModel):
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(2 * width * (input_size // 4) ** 2, num_classes),
+            nn.Linear(features, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
