@@ -5,18 +5,23 @@
     python train.py --resume exp1                          # continue exp1 in place
     python train.py --fork exp1 --lr 1e-4 --epochs 30      # branch exp1 into a new expN
 
-Exit codes: 0 done (completed or stopped early); 1 a save failed or an unexpected error;
-2 bad input (nothing was written); 128+N stopped by signal N after saving
-(130 for SIGINT / Ctrl-C, 143 for SIGTERM); resume with --resume.
+Exit codes: 0 done (completed, stopped early, or a resume with nothing left to do);
+1 a file could not be written (disk full, permissions) or an unexpected error;
+2 bad input (nothing was written); 3 training diverged (NaN/inf loss; the last good
+checkpoints are kept); 128+N stopped by signal N after saving (130 SIGINT / Ctrl-C,
+143 SIGTERM, 129 SIGHUP); resume with --resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import signal
 import sys
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+DEBUG_ENV = "EXPTRAIN_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 # CLI option -> RunConfig field; argparse defaults are suppressed so that only the flags
 # given on the command line become overrides (what --fork inherits and --resume checks).
@@ -26,7 +31,7 @@ OPTIONS = {
     "save_frequency": "save_frequency", "keep_last": "keep_last", "seed": "seed", "device": "device",
     "data_dir": "data_dir", "reapply_transforms": "reapply_transforms", "augment": "augment",
     "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
-    "grad_clip": "grad_clip",
+    "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval",
 }
 
 
@@ -74,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--channels-last", dest="channels_last", action="store_true", help="channels-last memory format (CNNs)")
     add("--grad-accum", dest="grad_accum", type=int, help="batches per optimizer step (default 1)")
     add("--grad-clip", dest="grad_clip", type=float, help="clip the gradient norm to this value; 0 disables (default 0)")
+    add("--checkpoint-interval", dest="checkpoint_interval", type=float, metavar="SECONDS",
+        help="also refresh latest_checkpoint.pt mid-epoch at most every SECONDS, so a kill loses at most that "
+             f"much work; 0 disables (default {d.checkpoint_interval:g})")
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return parser
 
@@ -90,46 +98,87 @@ def parse_key_values(items, flag: str) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}.")
         try:
-            result[key.strip()] = json.loads(value)
+            parsed = json.loads(value)
         except ValueError:
-            result[key.strip()] = value
+            parsed = value
+        if not _finite(parsed):
+            raise ConfigError(f"{flag} {key.strip()}={value} is not a finite number; give a finite value.")
+        result[key.strip()] = parsed
     return result
 
 
+def _finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
 def main(argv=None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    # Signals are caught from the first moment: during start-up (nothing written yet) they
+    # stop at once; from the creation of the experiment on they are noted and obeyed at a
+    # safe point (see src/training/interrupts.py).
+    from src.training.interrupts import StartupInterrupted, StopRequest
+
+    try:
+        with StopRequest(immediate=True) as stop:
+            return _main(args, stop)
+    except StartupInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
+
+
+def _main(args, stop) -> int:
     from src.config import ConfigError
-    from src.datasets import DataError
-    from src.training import CheckpointError, CheckpointSaveError, ExperimentError, TrainingInterrupted
+    from src.errors import ExptrainError
     from src.training.run import run_training
 
     overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
     try:
+        for name in ("lr", "weight_decay", "grad_clip", "checkpoint_interval"):
+            if name in overrides and not math.isfinite(overrides[name]):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {overrides[name]!r}.")
         for key in ("model_options", "dataset_options"):
             if hasattr(args, key):
                 overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))
         results = run_training(
             overrides, runs_dir=args.runs_dir, resume=args.resume, fork=args.fork,
-            show_progress=False if args.quiet else None,
+            show_progress=False if args.quiet else None, stop=stop,
         )
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:  # Ctrl-C while loading, before training (and its handler) started
-        print("Interrupted before training started; nothing was saved.", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except CheckpointSaveError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except (ConfigError, ExperimentError, DataError, CheckpointError, ValueError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+    except ExptrainError as exc:
+        print(f"Error: {exc}" if exc.exit_code < 128 else str(exc), file=sys.stderr)
+        return exc.exit_code
+    except (ValueError, KeyError, TypeError) as exc:  # a bad value caught by a library's own check
+        print(f"Error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"Error: {exc.strerror or exc}{where}; the files written before are intact.", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, unless asked for
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"Error: unexpected {type(exc).__name__}: {_one_line(exc)} (set {DEBUG_ENV}=1 for the traceback).",
+              file=sys.stderr)
+        return EXIT_FAILED
+    if results.get("nothing_to_do"):
+        return EXIT_OK
     print(
         f"Done: {results['epochs_trained']} epochs, best validation accuracy {results['best_accuracy']:.2f}% "
         f"at epoch {results['best_epoch']}" + (" (stopped early)" if results["stopped_early"] else "")
         + f", {results['training_time']:.1f}s. Experiment: {results['experiment_dir']}"
     )
     return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().strip("'\"") or type(exc).__name__
+    return text.splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ what ``--resume`` reads back, so a resumed run needs no other flags.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
+
+from .errors import BadInputError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 AMP_MODES = ("bf16", "fp16")
@@ -19,12 +22,16 @@ SCHEDULERS = ("none", "cosine", "step", "plateau")
 # speed switch a user must be able to turn off to resume on another machine). Everything else must match, or the run is not a
 # continuation (use --fork to branch with new values).
 RESUME_MUTABLE_KEYS = frozenset(
-    {"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir", "compile"}
+    {"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir", "compile", "checkpoint_interval"}
 )
+# Recorded by the run, not chosen by the user: a resume compares it with the data it loads.
+RECORDED_KEYS = frozenset({"data_fingerprint"})
+MAX_SEED = 2**63 - 1
+DEFAULT_CHECKPOINT_INTERVAL = 300.0
 
 
-class ConfigError(ValueError):
-    """An invalid run configuration; the message names the bad value and what to do."""
+class ConfigError(BadInputError, ValueError):
+    """An invalid run configuration; the message names the bad value and what to do (exit code 2)."""
 
 
 @dataclass
@@ -52,8 +59,10 @@ class RunConfig:
     channels_last: bool = False
     grad_accum: int = 1
     grad_clip: float = 0.0
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
     dataset_options: Dict[str, Any] = field(default_factory=dict)
     model_options: Dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: Optional[Dict[str, Any]] = None
 
     def validate(self) -> "RunConfig":
         """Check every value; returns ``self``.
@@ -64,6 +73,9 @@ class RunConfig:
         from .datasets import DatasetRegistry
         from .models import ModelRegistry
 
+        for name in ("dataset", "model", "optimizer", "scheduler", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a name (text), got {getattr(self, name)!r}.")
         if self.dataset not in DatasetRegistry:
             raise ConfigError(DatasetRegistry.unknown_message(self.dataset))
         if self.model not in ModelRegistry:
@@ -76,16 +88,34 @@ class RunConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}.")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}.")
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed must be between 0 and 2**63-1, got {self.seed!r}.")
+        if not _is_number(self.lr) or not self.lr > 0:
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}.")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be a non-negative finite number, got {self.weight_decay!r}.")
+        if not _is_number(self.checkpoint_interval) or self.checkpoint_interval < 0:
+            raise ConfigError(f"checkpoint_interval must be a non-negative number of seconds (0 disables), "
+                              f"got {self.checkpoint_interval!r}.")
+        for name in ("augment", "reapply_transforms", "compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        for name in ("dataset_options", "model_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a mapping of option names to values, got {getattr(self, name)!r}.")
+            bad = [k for k, v in getattr(self, name).items() if not _finite_json(v)]
+            if bad:
+                raise ConfigError(f"{name} {bad[0]}={getattr(self, name)[bad[0]]!r} is not finite; give a finite number.")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError(f"data_dir must be a path (text), got {self.data_dir!r}.")
+        if self.data_fingerprint is not None and not isinstance(self.data_fingerprint, dict):
+            raise ConfigError(f"data_fingerprint must be a recorded fingerprint, got {self.data_fingerprint!r}.")
         if self.amp not in (None, *AMP_MODES):
             raise ConfigError(f"Unknown AMP mode {self.amp!r}; choose one of: {', '.join(AMP_MODES)}.")
         if not _is_int(self.grad_accum) or self.grad_accum < 1:
             raise ConfigError(f"grad_accum must be a positive integer, got {self.grad_accum!r}.")
-        if not isinstance(self.grad_clip, (int, float)) or self.grad_clip < 0:
-            raise ConfigError(f"grad_clip must be a non-negative number (0 disables), got {self.grad_clip!r}.")
+        if not _is_number(self.grad_clip) or self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be a non-negative finite number (0 disables), got {self.grad_clip!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}.")
         if self.scheduler not in SCHEDULERS:
@@ -96,12 +126,15 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, values: Dict[str, Any], source: str = "the configuration") -> "RunConfig":
         """Build from a dict; unknown keys are an error (a typo must not be ignored)."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source} must be an object of option names and values, got {values!r}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"Unknown configuration key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}.")
+            raise ConfigError(f"Unknown configuration key(s) {', '.join(unknown)} in {source}; "
+                              f"known keys: {', '.join(sorted(known))}.")
         return cls(**values)
 
     def replace(self, **changes: Any) -> "RunConfig":
@@ -110,3 +143,18 @@ class RunConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite_json(value: Any) -> bool:
+    """No NaN or infinity anywhere inside an option value."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite_json(v) for v in value.values())
+    return True

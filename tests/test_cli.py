@@ -83,8 +83,11 @@ def test_patience_stops_early(tmp_path):
     assert len(log_records(experiment)) == 3
     status = json.loads((experiment / "status.json").read_text())
     assert status["state"] == "stopped_early" and status["best_epoch"] == 1
+    before = tree_hashes(experiment)
     again = run_cli("--resume", "exp1", "--quiet", cwd=tmp_path, check=False)
-    assert again.returncode == 2 and "stopped early" in again.stderr and "--patience" in again.stderr
+    # A requeued job with the same command succeeds without changing anything.
+    assert again.returncode == 0 and "stopped early" in again.stdout and "--patience" in again.stdout
+    assert tree_hashes(experiment) == before
 
 
 def fingerprints(experiment: Path, epochs):
@@ -113,7 +116,7 @@ def test_reapply_transforms_new_draw_each_epoch_and_same_after_resume(tmp_path):
     (("--batch-size", "-3"), "batch_size must be a positive integer, got -3"),
     (("--optimizer", "lion"), "Unknown optimizer 'lion'"),
     (("--grad-accum", "0"), "grad_accum must be a positive integer, got 0"),
-    (("--grad-clip", "-1"), "grad_clip must be a non-negative number"),
+    (("--grad-clip", "-1"), "grad_clip must be a non-negative finite number"),
     (("--resume", "exp7"), "'exp7' does not exist"),
     (("--resume", "../../etc"), "Invalid experiment name '../../etc'"),
     (("--fork", "/tmp"), "Invalid experiment name '/tmp'"),
@@ -147,7 +150,12 @@ def test_resume_refuses_changed_settings(tmp_path):
     assert tree_hashes(tmp_path / "runs" / "exp1") == before
 
 
-def test_resume_of_finished_run_explains_how_to_extend(tmp_path):
+def test_resume_of_finished_run_is_a_success_that_changes_nothing(tmp_path):
     run_cli(*FAST, "--epochs", "1", cwd=tmp_path)
-    result = run_cli("--resume", "exp1", cwd=tmp_path, check=False)
-    assert result.returncode == 2 and "pass --epochs N with N > 1" in result.stderr
+    experiment = tmp_path / "runs" / "exp1"
+    before = tree_hashes(experiment)
+    for extra in ((), ("--epochs", "1")):
+        result = run_cli("--resume", "exp1", *extra, cwd=tmp_path, check=False)
+        assert result.returncode == 0, result.stderr
+        assert "exp1 is complete at epoch 1" in result.stdout and "--epochs N with N > 1" in result.stdout
+        assert tree_hashes(experiment) == before, "nothing is written"

@@ -12,7 +12,16 @@ A crash at any point leaves ``X.pt`` matching its manifest, so a truncated, empt
 bit-flipped file is always detected and never mistaken for a good one. "Latest" is
 chosen by the recorded (epoch, step), never by file modification times.
 
-Loading uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+Loading reads the file's bytes once, checks them against the manifest, and unpickles
+those very bytes with ``torch.load(weights_only=True)``: a checkpoint cannot run code, a
+file replaced while it is read is never half-trusted, and the SHA-256 of what was loaded
+is known (a fork records it). The manifest's claims must agree with the payload (epoch,
+step); a file whose manifest says otherwise is damaged.
+
+Only the process holding an experiment's lock writes or deletes inside it: a manager
+opened with ``read_only=True`` (resume look-ups, forks, listings) creates and removes
+nothing, and temporary files are only cleaned by the lock holder (or in a directory that
+belongs to no experiment).
 """
 
 from __future__ import annotations
@@ -20,49 +29,61 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import json
+import math
+import os
 import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..utils.io import atomic_write_bytes, atomic_write_text, is_temp_file
+from ..errors import BadInputError, NonFiniteLossError, WriteError
+from ..utils.io import atomic_write_bytes, is_temp_file
 from . import state_keys as keys
 from .early_stopping import is_improvement
+from .manifest import MANIFEST_SUFFIX, manifest_path, newest_claim, read_manifest, write_manifest
 
 FORMAT_VERSION = 1
 BEST_MODEL = "best_model.pt"
 LATEST_CHECKPOINT = "latest_checkpoint.pt"
 EPOCH_CHECKPOINT = "epoch_{}.pt"
-MANIFEST_SUFFIX = ".manifest.json"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be saved, verified or loaded; the message says why."""
+class CheckpointError(BadInputError, RuntimeError):
+    """A checkpoint cannot be verified or loaded; the message says why (exit code 2)."""
 
 
-class CheckpointSaveError(CheckpointError):
-    """A save failed (disk full, unwritable directory); older checkpoints are intact."""
+class CheckpointSaveError(CheckpointError, WriteError):
+    """A save failed (disk full, unwritable directory); older checkpoints are intact (exit code 1)."""
+
+    exit_code = WriteError.exit_code
 
 
 class CheckpointCorruptError(CheckpointError):
     """A checkpoint file is damaged, does not match its manifest, or is not loadable."""
 
 
-def manifest_path(path: Path) -> Path:
-    return path.with_name(path.name + MANIFEST_SUFFIX)
+class LoadedCheckpoint(NamedTuple):
+    """What ``CheckpointManager.latest_valid`` found: the file, its contents, the manifest
+    entry (with the SHA-256 of the very bytes loaded), and one warning per bad file."""
+
+    path: Optional[Path]
+    payload: Optional[Dict[str, Any]]
+    entry: Optional[Dict[str, Any]]
+    problems: List[str]
 
 
-def _read_manifest(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads(manifest_path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def non_finite_tensors(state: Dict[str, Any]) -> List[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or infinity."""
+    bad = []
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(name)
+    return bad
 
 
 def library_versions() -> Dict[str, Optional[str]]:
@@ -103,17 +124,26 @@ class CheckpointManager:
             best and latest are always kept.
     """
 
-    def __init__(self, checkpoints_dir: str, save_frequency: int = 10, keep_last: int = 0):
-        if not isinstance(save_frequency, int) or save_frequency < 0:
-            raise ValueError(f"save_frequency must be a non-negative integer, got {save_frequency!r}.")
-        if not isinstance(keep_last, int) or keep_last < 0:
-            raise ValueError(f"keep_last must be a non-negative integer, got {keep_last!r}.")
+    def __init__(self, checkpoints_dir: str, save_frequency: int = 10, keep_last: int = 0, *, read_only: bool = False):
+        for name, value in (("save_frequency", save_frequency), ("keep_last", keep_last)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
         self.checkpoints_dir = Path(checkpoints_dir)
-        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if self.checkpoints_dir.exists() and not self.checkpoints_dir.is_dir():
+            raise BadInputError(f"{self.checkpoints_dir} is a file, not a directory; move it away so checkpoints can be kept there.")
+        if not read_only:
+            try:
+                self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CheckpointSaveError(f"Could not create {self.checkpoints_dir}: {exc.strerror or exc}.") from None
         self.save_frequency = save_frequency
         self.keep_last = keep_last
-        self.best_accuracy: Optional[float] = None
-        self.remove_temporary_files()
+        # The best so far comes from the files, so a manager reopened on a run never
+        # replaces a better best_model.pt (restored state overrides it).
+        self.best_accuracy: Optional[float] = self._best_accuracy_on_disk()
+        if not read_only and _may_clean(self.checkpoints_dir):
+            self.remove_temporary_files()
 
     # -- paths ---------------------------------------------------------------------
     @property
@@ -127,8 +157,24 @@ class CheckpointManager:
     def epoch_path(self, epoch: int) -> Path:
         return self.checkpoints_dir / EPOCH_CHECKPOINT.format(epoch)
 
+    def _best_accuracy_on_disk(self) -> Optional[float]:
+        """The accuracy recorded for ``best_model.pt`` (manifest, else the payload), or None."""
+        if not self.best_path.is_file():
+            return None
+        entries, _ = read_manifest(self.best_path)
+        if entries and entries[-1].get("accuracy") is not None:
+            return float(entries[-1]["accuracy"])
+        try:  # a manifest from before accuracies were recorded: read the file once
+            accuracy = self._load_verified(self.best_path)[0].get(keys.ACCURACY)
+        except CheckpointError:
+            return None
+        return float(accuracy) if isinstance(accuracy, (int, float)) and math.isfinite(accuracy) else None
+
     def remove_temporary_files(self) -> List[Path]:
-        """Delete temporary files left by a save that was killed; returns them."""
+        """Delete temporary files left by a save that was killed; returns them. Only the
+        lock holder of an experiment may call this (another process's save may be in flight)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
         removed = [p for p in self.checkpoints_dir.iterdir() if is_temp_file(p)]
         for path in removed:
             try:
@@ -160,27 +206,30 @@ class CheckpointManager:
         torch.save(payload, buffer)
         return buffer.getvalue()
 
-    def write_bytes(self, data: bytes, filepath: Path, epoch: int, step: int, digest: Optional[str] = None) -> Path:
+    def write_bytes(self, data: bytes, filepath: Path, epoch: int, step: int, digest: Optional[str] = None,
+                    accuracy: Optional[float] = None) -> Path:
         """Write serialized checkpoint bytes crash-safely with their manifest.
 
         Args:
             digest: the SHA-256 of ``data`` when the caller already has it.
+            accuracy: the validation accuracy recorded in the manifest (best-model tracking).
 
         Raises:
             CheckpointSaveError: the write failed; the previous file is untouched.
         """
+        if self.read_only:
+            raise CheckpointSaveError(f"Refusing to write {filepath}: this checkpoint manager is read-only.")
         filepath = Path(filepath)
         digest = digest or hashlib.sha256(data).hexdigest()
         entry = {"sha256": digest, "size": len(data), "epoch": int(epoch), "step": int(step)}
+        if accuracy is not None and math.isfinite(float(accuracy)):
+            entry["accuracy"] = float(accuracy)
         previous = self._listed_entries(filepath)
-
-        def write_manifest(entries: List[Dict[str, Any]]) -> None:
-            atomic_write_text(manifest_path(filepath), json.dumps({"format_version": FORMAT_VERSION, "entries": entries}))
 
         try:
             filepath.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(filepath, data, before_replace=lambda: write_manifest(previous + [entry]))
-            write_manifest([entry])
+            atomic_write_bytes(filepath, data, before_replace=lambda: write_manifest(filepath, previous + [entry]))
+            write_manifest(filepath, [entry])
         except OSError as exc:
             raise CheckpointSaveError(
                 f"Could not save checkpoint {filepath}: {exc.strerror or exc}; the previous checkpoints are intact. "
@@ -195,31 +244,29 @@ class CheckpointManager:
         file matches none of them anyway, so listing them cannot make it pass. All are
         kept, up to 4, because after a crash inside a save the file in place may be the
         one before the newest entry."""
-        manifest = _read_manifest(path) if path.exists() else None
-        return list(manifest.get("entries", []))[-4:] if manifest else []
-
-    def _current_entry(self, path: Path) -> Optional[Dict[str, Any]]:
-        """The manifest entry matching the bytes at ``path`` now (size, then SHA-256)."""
-        if not path.exists():
-            return None
-        manifest = _read_manifest(path)
-        if not manifest:
-            return None
-        size = path.stat().st_size
-        candidates = [e for e in manifest.get("entries", []) if e.get("size") == size]
-        if not candidates:
-            return None
-        digest = sha256_file(path)
-        return next((e for e in candidates if e["sha256"] == digest), None)
+        entries = read_manifest(path)[0] if path.exists() else None
+        return list(entries)[-4:] if entries else []
 
     def save_checkpoint(self, model, optimizer, epoch, loss, accuracy, filepath, additional_info=None) -> Path:
         """Save a checkpoint to ``filepath`` (crash-safe, with a manifest beside it)."""
         payload = self.build_payload(model, optimizer, epoch, loss, accuracy, additional_info)
-        return self.write_bytes(self.serialize(payload), Path(filepath), payload[keys.EPOCH], payload[keys.GLOBAL_STEP])
+        self._refuse_non_finite(payload, filepath)
+        return self.write_bytes(self.serialize(payload), Path(filepath), payload[keys.EPOCH], payload[keys.GLOBAL_STEP],
+                                accuracy=accuracy)
+
+    @staticmethod
+    def _refuse_non_finite(payload: Dict[str, Any], filepath) -> None:
+        """No checkpoint ever holds a NaN or infinite model: the last good one stays."""
+        bad = non_finite_tensors(payload[keys.MODEL])
+        if bad:
+            raise NonFiniteLossError(
+                f"Refusing to save {filepath}: the model holds NaN or infinite values ({', '.join(bad[:3])}"
+                + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + "); the previous checkpoints are kept."
+            )
 
     def save_best_model(self, model, optimizer, epoch, loss, accuracy, additional_info=None) -> bool:
         """Save ``best_model.pt`` if ``accuracy`` beats the best so far; returns True if saved."""
-        if not is_improvement(accuracy, self.best_accuracy):
+        if not _finite(accuracy) or not is_improvement(accuracy, self.best_accuracy):
             return False
         self.save_checkpoint(model, optimizer, epoch, loss, accuracy, self.best_path, additional_info)
         self.best_accuracy = float(accuracy)
@@ -239,24 +286,25 @@ class CheckpointManager:
         """The end-of-epoch save: latest always, best when improved, ``epoch_N`` every
         ``save_frequency`` epochs; serializes once. Returns which files were written."""
         payload = self.build_payload(model, optimizer, epoch, loss, accuracy, additional_info)
+        self._refuse_non_finite(payload, self.latest_path)
         data, step = self.serialize(payload), payload[keys.GLOBAL_STEP]
         digest = hashlib.sha256(data).hexdigest()  # one hash for every copy
         # Epoch and best files first: if the disk fills, "latest" still names the
         # previous, complete state.
         wrote_epoch = self.save_frequency > 0 and epoch % self.save_frequency == 0
         if wrote_epoch:
-            self.write_bytes(data, self.epoch_path(epoch), epoch, step, digest)
+            self.write_bytes(data, self.epoch_path(epoch), epoch, step, digest, accuracy)
             self.prune_epoch_checkpoints()
-        is_best = is_improvement(accuracy, self.best_accuracy)
+        is_best = _finite(accuracy) and is_improvement(accuracy, self.best_accuracy)
         if is_best:
-            self.write_bytes(data, self.best_path, epoch, step, digest)
+            self.write_bytes(data, self.best_path, epoch, step, digest, accuracy)
             self.best_accuracy = float(accuracy)
-        self.write_bytes(data, self.latest_path, epoch, step, digest)
+        self.write_bytes(data, self.latest_path, epoch, step, digest, accuracy)
         return {"latest": True, "best": is_best, "epoch": wrote_epoch}
 
     def prune_epoch_checkpoints(self) -> List[Path]:
         """Delete all but the newest ``keep_last`` epoch checkpoints (by recorded epoch)."""
-        if not self.keep_last:
+        if not self.keep_last or self.read_only:
             return []
         epoch_files = sorted(
             (int(m.group(1)), p) for p in self.checkpoints_dir.iterdir() if (m := _EPOCH_FILE.match(p.name))
@@ -266,7 +314,7 @@ class CheckpointManager:
             for victim in (path, manifest_path(path)):
                 try:
                     victim.unlink()
-                except FileNotFoundError:
+                except OSError:  # gone already, or not removable now: retried after the next save
                     pass
         return doomed
 
@@ -274,20 +322,31 @@ class CheckpointManager:
     def verify(self, filepath: Path) -> Tuple[bool, str, Optional[Dict[str, Any]]]:
         """Check ``filepath`` against its manifest: ``(ok, reason, manifest entry)``."""
         filepath = Path(filepath)
-        if not filepath.exists():
-            return False, "missing", None
-        size = filepath.stat().st_size
-        if size == 0:
-            return False, "empty file", None
-        manifest = _read_manifest(filepath)
-        if manifest is None:
-            return False, "no manifest (written by an interrupted save or by another tool)", None
-        entry = self._current_entry(filepath)
-        if entry is None:
-            sizes = sorted({e.get("size") for e in manifest.get("entries", [])})
-            reason = "checksum mismatch" if size in sizes else f"size {size} bytes, expected {' or '.join(map(str, sizes))}"
-            return False, reason, None
-        return True, "ok", entry
+        try:
+            data = _read_bytes(filepath)
+        except CheckpointError as exc:
+            return False, str(exc), None
+        return _match_manifest(filepath, data)
+
+    def _load_verified(self, filepath: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """Read ``filepath`` once, check the bytes against the manifest, unpickle those
+        bytes safely and check the manifest's claims against the payload.
+
+        Returns ``(payload, manifest entry)``. Raises ``CheckpointCorruptError``."""
+        filepath = Path(filepath)
+        data = _read_bytes(filepath)
+        ok, reason, entry = _match_manifest(filepath, data)
+        if not ok:
+            raise CheckpointCorruptError(f"Checkpoint {filepath} is corrupt ({reason}).")
+        payload = _unpickle(filepath, data)
+        claimed = (entry["epoch"], entry["step"])
+        holds = (payload.get(keys.EPOCH), payload.get(keys.GLOBAL_STEP, 0))
+        if claimed != holds:
+            raise CheckpointCorruptError(
+                f"Checkpoint {filepath} is inconsistent (its manifest claims epoch {claimed[0]}, step {claimed[1]}; "
+                f"the file holds epoch {holds[0]}, step {holds[1]})."
+            )
+        return payload, entry
 
     def read(self, filepath: Path, verify: bool = True) -> Dict[str, Any]:
         """Load a checkpoint dict (on the CPU) after verifying it.
@@ -299,72 +358,58 @@ class CheckpointManager:
                 safely (including a pickle that tries to run code).
         """
         filepath = Path(filepath)
-        if not filepath.exists():
-            raise CheckpointError(f"Checkpoint {filepath} does not exist.")
         if verify and manifest_path(filepath).exists():
-            ok, reason, _ = self.verify(filepath)
-            if not ok:
-                raise CheckpointCorruptError(f"Checkpoint {filepath} is corrupt ({reason}).")
-        elif verify:
+            return self._load_verified(filepath)[0]
+        data = _read_bytes(filepath)
+        if verify:
             warnings.warn(f"Checkpoint {filepath} has no manifest; loading it unverified.", stacklevel=2)
-        try:
-            payload = torch.load(filepath, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(exc))
-            culprit = found.group(1) if found else str(exc).splitlines()[0]
-            raise CheckpointCorruptError(
-                f"Checkpoint {filepath} was refused: it holds a Python object that safe loading does not allow "
-                f"({culprit}); it was not loaded and none of its code ran."
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise CheckpointCorruptError(f"Checkpoint {filepath} cannot be read ({exc}).") from None
-        if not isinstance(payload, dict) or keys.MODEL not in payload:
-            raise CheckpointCorruptError(f"{filepath} is not a checkpoint of this project (no model_state_dict).")
-        return payload
+        return _unpickle(filepath, data)
 
     def candidates(self) -> List[Path]:
         """Every checkpoint file in the directory."""
-        return sorted(p for p in self.checkpoints_dir.glob("*.pt") if not is_temp_file(p))
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints_dir.glob("*.pt") if not is_temp_file(p) and p.is_file())
 
     def find_latest_valid(self) -> Tuple[Optional[Path], Optional[Dict[str, Any]], List[str]]:
-        """The newest valid checkpoint by recorded (epoch, step), its contents, and one
-        warning per bad file that was passed over.
+        """``(path, payload, warnings)`` of ``latest_valid()``."""
+        found = self.latest_valid()
+        return found.path, found.payload, found.problems
+
+    def latest_valid(self) -> LoadedCheckpoint:
+        """The newest valid checkpoint by recorded (epoch, step), its contents, its
+        manifest entry, and one warning per bad file that was passed over.
 
         Files are hashed newest-claim first (claims come from the manifests) and the
         search stops once no remaining file can hold a newer state, so a resume does not
-        read every old ``epoch_N.pt``. Returns ``(None, None, warnings)`` when no
-        checkpoint is valid.
+        read every old ``epoch_N.pt``. A file whose manifest disagrees with its payload is
+        passed over like a damaged one. Path and payload are None when no checkpoint is valid.
         """
         preference = {LATEST_CHECKPOINT: 2, BEST_MODEL: 0}
         problems: List[str] = []
         claims: List[Tuple[Tuple[int, int, int], Path]] = []
         for path in self.candidates():
-            entries = (_read_manifest(path) or {}).get("entries") or []
-            if not entries:
-                problems.append(f"{path.name}: no manifest (written by an interrupted save or by another tool)")
+            entries, reason = read_manifest(path)
+            if entries is None:
+                problems.append(f"{path.name}: {reason}")
                 continue
-            newest = max((e.get("epoch", 0), e.get("step", 0)) for e in entries)
-            claims.append(((*newest, preference.get(path.name, 1)), path))
+            claims.append(((*newest_claim(entries), preference.get(path.name, 1)), path))
         best_key: Optional[Tuple[int, int, int]] = None
-        best_path, best_payload = None, None
+        best = LoadedCheckpoint(None, None, None, problems)
         for claim, path in sorted(claims, reverse=True):
             if best_key is not None and claim <= best_key:
                 break  # this file and all after it claim nothing newer than what was found
-            ok, reason, entry = self.verify(path)
-            if not ok:
-                problems.append(f"{path.name}: {reason}")
+            try:
+                payload, entry = self._load_verified(path)
+            except CheckpointError as exc:
+                problems.append(f"{path.name}: {_reason(exc, path)}")
                 continue
             # After a crash inside a save, a file may hold an older entry than it claims.
             key = (entry["epoch"], entry["step"], preference.get(path.name, 1))
             if best_key is not None and key <= best_key:
                 continue
-            try:
-                payload = self.read(path, verify=False)  # just verified: no second hash
-            except CheckpointCorruptError as exc:
-                problems.append(f"{path.name}: {exc}")
-                continue
-            best_key, best_path, best_payload = key, path, payload
-        return best_path, best_payload, problems
+            best_key, best = key, LoadedCheckpoint(path, payload, entry, problems)
+        return best
 
     def load_checkpoint(self, filepath, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                         strict: bool = True) -> Dict[str, Any]:
@@ -436,3 +481,72 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _may_clean(directory: Path) -> bool:
+    """Temporary files in ``directory`` may be deleted by this process: it holds the
+    experiment's lock, or no live process holds a lock on the directory above."""
+    from .experiment import LOCK_FILE, holds_lock, lock_is_free
+
+    parent = directory.parent
+    return holds_lock(parent) or lock_is_free(parent / LOCK_FILE)
+
+
+def _read_bytes(filepath: Path) -> bytes:
+    try:
+        return filepath.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"Checkpoint {filepath} does not exist.") from None
+    except OSError as exc:
+        raise CheckpointCorruptError(f"Checkpoint {filepath} cannot be read ({exc.strerror or exc}).") from None
+
+
+def _match_manifest(filepath: Path, data: bytes) -> Tuple[bool, str, Optional[Dict[str, Any]]]:
+    """Check ``data`` (the bytes read from ``filepath``) against the manifest entries."""
+    if not data:
+        return False, "empty file", None
+    entries, reason = read_manifest(filepath)
+    if entries is None:
+        return False, reason, None
+    candidates = [e for e in entries if e["size"] == len(data)]
+    if not candidates:
+        sizes = sorted({e["size"] for e in entries})
+        return False, f"size {len(data)} bytes, expected {' or '.join(map(str, sizes))}", None
+    digest = hashlib.sha256(data).hexdigest()
+    entry = next((e for e in candidates if e["sha256"] == digest), None)
+    if entry is None:
+        return False, "checksum mismatch", None
+    return True, "ok", entry
+
+
+def _unpickle(filepath: Path, data: bytes) -> Dict[str, Any]:
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(exc))
+        culprit = found.group(1) if found else str(exc).splitlines()[0]
+        raise CheckpointCorruptError(
+            f"Checkpoint {filepath} was refused: it holds a Python object that safe loading does not allow "
+            f"({culprit}); it was not loaded and none of its code ran."
+        ) from None
+    except Exception as exc:  # torch raises many kinds for damaged archives
+        raise CheckpointCorruptError(f"Checkpoint {filepath} cannot be read ({type(exc).__name__}: {exc}).") from None
+    if not isinstance(payload, dict) or keys.MODEL not in payload or not isinstance(payload[keys.MODEL], dict):
+        raise CheckpointCorruptError(f"{filepath} is not a checkpoint of this project (no model_state_dict).")
+    epoch, step = payload.get(keys.EPOCH, 0), payload.get(keys.GLOBAL_STEP, 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (epoch, step)):
+        raise CheckpointCorruptError(f"{filepath} records no valid epoch and step ({epoch!r}, {step!r}).")
+    return payload
+
+
+def _reason(exc: Exception, path: Path) -> str:
+    """The part of a checkpoint error after the file name, for a one-line warning."""
+    text = str(exc)
+    for prefix in (f"Checkpoint {path} is corrupt (", ):
+        if text.startswith(prefix) and text.endswith(")."):
+            return text[len(prefix):-2]
+    return text

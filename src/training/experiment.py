@@ -11,20 +11,29 @@ Layout of one experiment::
         checkpoints/           best_model.pt, latest_checkpoint.pt, epoch_N.pt (+ manifests)
         .lock                  held (OS lock) by the process training in this directory
 
-Names are validated before anything touches the disk; new directories are created
-atomically (``mkdir`` and retry on collision), so concurrent starts never share one.
+Names are validated before anything touches the disk. A new experiment is built complete
+in a hidden staging directory (checkpoints/, config.json, lineage.json for a fork, the
+lock already held) and then renamed to the next free ``expN`` (retrying on collision), so
+concurrent starts never share a directory and no visible experiment ever lacks its
+configuration. Only the lock holder writes or deletes inside an experiment: reading one
+(a refused resume, a fork's parent) is strictly read-only. Every write failure (a full
+disk, permissions) is a ``WriteError``: one line, exit code 1, older files intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..utils.io import atomic_write_text, is_temp_file
+from ..errors import BadInputError, WriteError, write_error
+from ..utils.io import TEMP_MARKER, atomic_write_text, is_temp_file
 
 try:
     import fcntl
@@ -43,8 +52,61 @@ _EXP_NUMBER = re.compile(r"^exp(\d+)$")
 _HELD_LOCKS: Dict[str, Any] = {}  # realpath -> open lock file, so one process may reopen its own run
 
 
-class ExperimentError(ValueError):
-    """A bad experiment name, a missing or busy experiment; the message says what to do."""
+class ExperimentError(BadInputError, ValueError):
+    """A bad experiment name, a missing or busy experiment, a damaged record; the message
+    says what to do (exit code 2)."""
+
+
+def holds_lock(experiment_dir: Path) -> bool:
+    """True when this process holds the lock of ``experiment_dir``."""
+    return os.path.realpath(experiment_dir) in _HELD_LOCKS
+
+
+def lock_is_free(lock_file: Path) -> bool:
+    """True when no process holds ``lock_file`` (or it does not exist); never creates it."""
+    if fcntl is None or not lock_file.is_file():
+        return True
+    try:
+        with open(lock_file, "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return True
+    except OSError:
+        return False
+
+
+def read_json_object(path: Path, what: str) -> Dict[str, Any]:
+    """A JSON object from ``path``; any other content is one ``ExperimentError`` naming the file.
+
+    Raises:
+        FileNotFoundError: the file does not exist (callers decide what that means).
+        ExperimentError: unreadable, a directory, not JSON, or JSON that is not an object.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise ExperimentError(f"{path} is a directory, not the {what} file; move it away.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExperimentError(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc}).") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ExperimentError(f"{path} is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{path} holds {type(data).__name__} {_short(data)}, not the {what} object; "
+                              "restore it or fork from the experiment's checkpoints.")
+    return data
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def validate_experiment_name(name: Any) -> str:
@@ -64,9 +126,10 @@ def validate_experiment_name(name: Any) -> str:
 def list_experiments(base_dir: Path) -> List[str]:
     """Experiment names in ``base_dir``, exp1, exp2, ... in numeric order first."""
     base_dir = Path(base_dir)
-    if not base_dir.is_dir():
+    try:
+        names = [p.name for p in base_dir.iterdir() if _NAME.match(p.name) and p.is_dir()]
+    except OSError:
         return []
-    names = [p.name for p in base_dir.iterdir() if p.is_dir() and _NAME.match(p.name)]
     return sorted(names, key=lambda n: (0, int(m.group(1)), "") if (m := _EXP_NUMBER.match(n)) else (1, 0, n))
 
 
@@ -79,6 +142,8 @@ def existing_experiment_dir(base_dir: Path, name: str) -> Path:
     """
     validate_experiment_name(name)
     base_dir = Path(base_dir)
+    if base_dir.exists() and not base_dir.is_dir():
+        raise ExperimentError(f"The runs directory {base_dir} is a file, not a directory; pass --runs-dir DIR.")
     path = base_dir / name
     if not path.is_dir():
         known = list_experiments(base_dir)
@@ -93,11 +158,9 @@ def read_experiment_config(experiment_dir: Path) -> Dict[str, Any]:
     """The ``config.json`` of an experiment directory."""
     path = Path(experiment_dir) / CONFIG_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path, "configuration")
     except FileNotFoundError:
         raise ExperimentError(f"{path} is missing; this experiment has no recorded configuration.") from None
-    except ValueError as exc:
-        raise ExperimentError(f"{path} is not valid JSON ({exc}).") from None
 
 
 def _alive(pid: Any) -> bool:
@@ -118,61 +181,148 @@ class ExperimentManager:
     Args:
         base_dir: the runs directory (created if missing).
         resume_exp: reopen this experiment in place.
-        fork_exp: create a new experiment that starts from this one (recorded as parent).
+        fork_exp: create a new experiment that starts from this one: its newest valid
+            checkpoint is chosen and loaded (verified) at once, exposed as
+            ``parent_checkpoint`` (path) and ``parent_state`` (the loaded dict, to pass to
+            ``Trainer.load_state_dict`` or ``model.load_state_dict``), and recorded in
+            ``lineage.json`` with the SHA-256 of the very bytes loaded.
         lock: hold an OS lock on the experiment so a second process cannot train in it.
+        config: the run configuration, written as ``config.json`` before a new
+            experiment becomes visible (the CLI always passes it).
+        parent: for ``fork_exp``, an already chosen ``LoadedCheckpoint`` of the parent
+            (the CLI checks it before creating anything).
 
     Raises:
         ExperimentError: for an invalid or missing name, both ``resume_exp`` and
-            ``fork_exp``, or an experiment locked by another live process.
+            ``fork_exp``, a parent with no checkpoint, or an experiment locked by
+            another live process.
+        WriteError: the experiment could not be created (disk full, permissions);
+            nothing is left behind.
     """
 
     def __init__(self, base_dir: str = "runs", resume_exp: Optional[str] = None,
-                 fork_exp: Optional[str] = None, lock: bool = True):
+                 fork_exp: Optional[str] = None, lock: bool = True, *,
+                 config: Optional[Dict[str, Any]] = None, parent: Any = None):
         if resume_exp is not None and fork_exp is not None:
             raise ExperimentError("Give either resume_exp or fork_exp, not both (--resume and --fork exclude each other).")
         self.base_dir = Path(base_dir)
         self.resume_exp = resume_exp
         self.fork_exp = fork_exp
         self.parent_dir: Optional[Path] = None
+        self.parent_checkpoint: Optional[Path] = None
+        self.parent_state: Optional[Dict[str, Any]] = None
+        self._lock_wanted = lock
         if resume_exp is not None:
             self._dir = self._existing(resume_exp)
-        else:
-            if fork_exp is not None:
-                self.parent_dir = self._existing(fork_exp)
-            self._dir = self._create_new()
+            self.name = self._dir.name
+            if self.checkpoints_path.exists() and not self.checkpoints_path.is_dir():
+                raise ExperimentError(f"{self.checkpoints_path} is a file, not a directory; move it away and resume again.")
+            if lock:
+                self._acquire_lock(self._dir)
+            try:
+                self.checkpoints_path.mkdir(exist_ok=True)
+                if config is not None:
+                    self.save_config(config)
+            except OSError as exc:
+                self.release()
+                raise write_error(self.checkpoints_path, exc, "write to") from None
+            if lock:
+                self._remove_temporary_files()
+            return
+        lineage = None
+        if fork_exp is not None:
+            self.parent_dir = self._existing(fork_exp)
+            lineage = self._choose_parent(fork_exp, parent, config)
+        self._dir = self._create_new(config, lineage)
         self.name = self._dir.name
-        self.checkpoints_path.mkdir(exist_ok=True)
-        if lock:
-            self._acquire_lock()
-            # Only the lock holder may clean: another process's save could be in flight.
-            for leftover in self._dir.iterdir():
-                if is_temp_file(leftover):
-                    leftover.unlink(missing_ok=True)
 
     # -- names and directories -------------------------------------------------------
     def _existing(self, name: str) -> Path:
         return existing_experiment_dir(self.base_dir, name)
 
-    def _create_new(self) -> Path:
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+    def _choose_parent(self, fork_exp: str, parent: Any, config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """Pick (or take) the parent's checkpoint; return the lineage record."""
+        if parent is None:
+            from .checkpoint import CheckpointManager
+
+            parent = CheckpointManager(self.parent_dir / CHECKPOINTS_DIR, read_only=True).latest_valid()
+            if parent.path is None:
+                detail = f" ({'; '.join(parent.problems)})" if parent.problems else ""
+                raise ExperimentError(f"Experiment {fork_exp!r} has no valid checkpoint{detail}; there is nothing to fork from.")
+        self.parent_checkpoint, self.parent_state = Path(parent.path), parent.payload
+        record = {"parent": fork_exp, "epoch": int(parent.entry["epoch"]), "step": int(parent.entry["step"]),
+                  "checkpoint": str(parent.path), "sha256": parent.entry["sha256"]}
+        try:
+            parent_config = read_experiment_config(self.parent_dir)
+        except ExperimentError:
+            parent_config = {}
+        if parent_config.get("data_fingerprint") or (config or {}).get("data_fingerprint"):
+            record["parent_data_fingerprint"] = parent_config.get("data_fingerprint")
+            record["data_fingerprint"] = (config or {}).get("data_fingerprint")
+        return record
+
+    def _create_new(self, config: Optional[Dict[str, Any]], lineage: Optional[Dict[str, Any]]) -> Path:
+        """Build the experiment in a hidden staging directory, then rename it to the next
+        free ``expN``; on any failure nothing visible is left."""
+        try:
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ExperimentError(f"The runs directory {self.base_dir} is a file, not a directory; pass --runs-dir DIR.") from None
+        except OSError as exc:
+            raise write_error(self.base_dir, exc, "create the runs directory") from None
+        self._remove_stale_staging()
+        staging = self.base_dir / f".new-exp{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.mkdir(staging)
+            os.mkdir(staging / CHECKPOINTS_DIR)
+            if config is not None:
+                atomic_write_text(staging / CONFIG_FILE, _dumps(config))
+            if lineage is not None:
+                atomic_write_text(staging / LINEAGE_FILE, _dumps(lineage))
+            handle = self._lock_handle(staging) if self._lock_wanted else None
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise write_error(self.base_dir, exc, "create a new experiment in") from None
         numbers = [int(m.group(1)) for n in os.listdir(self.base_dir) if (m := _EXP_NUMBER.match(n))]
         number = max(numbers, default=0) + 1
         while True:
             path = self.base_dir / f"exp{number}"
             try:
-                os.mkdir(path)  # atomic: exactly one process wins each name
-                return path
-            except FileExistsError:
-                number += 1
+                if path.exists() or path.is_symlink():
+                    raise FileExistsError(errno.EEXIST, "exists")
+                os.rename(staging, path)  # atomic: the experiment appears complete
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                    number += 1
+                    continue
+                if handle is not None:
+                    handle.close()
+                shutil.rmtree(staging, ignore_errors=True)
+                raise write_error(self.base_dir, exc, "create a new experiment in") from None
+        fsync_directory_quietly(self.base_dir)
+        if handle is not None:
+            _HELD_LOCKS[os.path.realpath(path)] = handle
+        return path
+
+    def _remove_stale_staging(self) -> None:
+        """Delete staging directories left by processes that died while creating one."""
+        try:
+            entries = list(os.scandir(self.base_dir))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".new-exp" + TEMP_MARKER):
+                pid = entry.name[len(".new-exp" + TEMP_MARKER):].split("-")[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
     # -- locking ---------------------------------------------------------------------
-    def _acquire_lock(self) -> None:
+    def _lock_handle(self, directory: Path):
+        """Open and lock ``directory/.lock``; returns the open file (None without fcntl)."""
         if fcntl is None:
-            return
-        key = os.path.realpath(self._dir)
-        if key in _HELD_LOCKS:
-            return
-        handle = open(self._dir / LOCK_FILE, "a+")
+            return None
+        handle = open(directory / LOCK_FILE, "a+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -180,14 +330,40 @@ class ExperimentManager:
             holder = handle.read().strip() or "unknown"
             handle.close()
             raise ExperimentError(
-                f"Experiment {self.name!r} is in use by process {holder}; wait for it to finish or stop it first."
+                f"Experiment {directory.name!r} is in use by process {holder}; wait for it to finish or stop it first."
             ) from None
         # The OS releases the lock when the process dies, so a stale file never blocks.
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        _HELD_LOCKS[key] = handle
+        return handle
+
+    def _acquire_lock(self, directory: Path) -> None:
+        key = os.path.realpath(directory)
+        if key in _HELD_LOCKS:
+            return
+        try:
+            handle = self._lock_handle(directory)
+        except ExperimentError:
+            raise
+        except OSError as exc:
+            raise write_error(directory / LOCK_FILE, exc, "lock") from None
+        if handle is not None:
+            _HELD_LOCKS[key] = handle
+
+    def _remove_temporary_files(self) -> None:
+        """Only the lock holder cleans: another process's save could be in flight."""
+        for folder in (self._dir, self.checkpoints_path):
+            try:
+                leftovers = [p for p in folder.iterdir() if is_temp_file(p)]
+            except OSError:
+                continue
+            for leftover in leftovers:
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
 
     def release(self) -> None:
         """Release the experiment lock (also released when the process exits)."""
@@ -221,32 +397,60 @@ class ExperimentManager:
         return str(self._dir / CONFIG_FILE)
 
     # -- records ---------------------------------------------------------------------
+    def _write(self, path: Path, text: str, what: str) -> None:
+        try:
+            atomic_write_text(path, text)
+        except OSError as exc:
+            raise write_error(path, exc, f"write the {what}") from None
+
     def save_config(self, config: Dict[str, Any]) -> None:
-        atomic_write_text(self.config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        """Write ``config.json`` (raises ``WriteError``; the old file stays on failure)."""
+        self._write(Path(self.config_file), _dumps(config), "configuration")
 
     def load_config(self) -> Dict[str, Any]:
         """The saved configuration of this experiment."""
         return read_experiment_config(self._dir)
 
     def write_status(self, state: str, **details: Any) -> None:
+        """Write ``status.json`` (raises ``WriteError``)."""
         record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(), **details}
-        atomic_write_text(self._dir / STATUS_FILE, json.dumps(record, indent=2) + "\n")
+        self._write(self._dir / STATUS_FILE, json.dumps(record, indent=2, allow_nan=False) + "\n", "status")
 
     def read_status(self) -> Optional[Dict[str, Any]]:
-        """The recorded status; a "running" record whose process is gone reads "killed"."""
+        """The recorded status; a "running" record whose process is gone reads "killed".
+
+        Returns None when there is no status file; a damaged one (not JSON, the wrong
+        shape, a directory) reads ``{"state": "damaged", "error": why}``, so it is reported,
+        never silently taken for another state.
+        """
         try:
-            status = json.loads((self._dir / STATUS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            status = read_json_object(self._dir / STATUS_FILE, "status")
+        except FileNotFoundError:
             return None
+        except ExperimentError as exc:
+            return {"state": "damaged", "error": str(exc)}
+        if not isinstance(status.get("state"), str):
+            return {"state": "damaged", "error": f"{self._dir / STATUS_FILE} records no state"}
         other_process = status.get("pid") != os.getpid()
         holding_lock = os.path.realpath(self._dir) in _HELD_LOCKS  # then no one else can be running here
         if status.get("state") == "running" and other_process and (holding_lock or not _alive(status.get("pid"))):
             status["state"] = "killed"
         return status
 
-    def record_lineage(self, parent: str, epoch: int, checkpoint: str, sha256: str) -> None:
-        record = {"parent": parent, "epoch": epoch, "checkpoint": checkpoint, "sha256": sha256}
-        atomic_write_text(self._dir / LINEAGE_FILE, json.dumps(record, indent=2) + "\n")
+    def record_lineage(self, parent: str, epoch: int, checkpoint: str, sha256: str, **details: Any) -> None:
+        """Write ``lineage.json`` (a fork made with ``fork_exp`` has it already)."""
+        record = {"parent": parent, "epoch": epoch, "checkpoint": checkpoint, "sha256": sha256, **details}
+        self._write(self._dir / LINEAGE_FILE, _dumps(record), "lineage")
 
     def __repr__(self) -> str:
-        return f"ExperimentManager({self.experiment_dir!r})"
+        return f"ExperimentManager({str(getattr(self, '_dir', None))!r})"
+
+
+def _dumps(record: Dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def fsync_directory_quietly(directory: Path) -> None:
+    from ..utils.io import fsync_directory
+
+    fsync_directory(directory)

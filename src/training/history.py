@@ -32,7 +32,8 @@ def history_records(history: Dict[str, List[Any]]) -> List[Dict[str, Any]]:
 
 
 def write_log(path: Path, history: Dict[str, List[Any]]) -> None:
-    lines = [json.dumps(record, allow_nan=True) for record in history_records(history)]
+    # Strict JSON: a non-finite number never reaches the log (a diverged epoch is not recorded).
+    lines = [json.dumps(record, allow_nan=False) for record in history_records(history)]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
@@ -48,12 +49,22 @@ def read_log(path: Path) -> Dict[str, List[Any]]:
         return history
     # Only newline-terminated lines are records: an unterminated last line is an
     # interrupted write and is left out.
-    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} cannot be read as a training log ({getattr(exc, 'strerror', None) or exc}).") from None
+    lines = text.split("\n")[:-1]
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            append_epoch(history, json.loads(line))
-        except (ValueError, KeyError) as exc:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a {type(record).__name__}, not an object")
+            bad = [k for k in HISTORY_KEYS if not isinstance(record.get(k), (int, float)) or isinstance(record.get(k), bool)]
+            if bad:
+                raise ValueError(f"{bad[0]} is {record.get(bad[0])!r}, not a number")
+            append_epoch(history, record)
+        except ValueError as exc:
             raise ValueError(f"Line {number} of {path} is not a valid history record ({exc}).") from None
     return history

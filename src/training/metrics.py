@@ -10,6 +10,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Tuple, Union
 
 import torch
@@ -34,6 +35,7 @@ class MetricsTracker:
         self._loss_sum = 0.0  # sum over samples of the per-sample mean loss (host, float64)
         self._correct = 0
         self.total_samples = 0
+        self.non_finite = False  # a read-back loss was NaN or infinite (checked without a sync)
         self._pending: List[Tuple[Number, torch.Tensor, torch.Tensor, int]] = []
 
     def update(self, loss_value: Number, outputs: torch.Tensor, labels: torch.Tensor) -> None:
@@ -63,6 +65,8 @@ class MetricsTracker:
             values = [float(loss) for loss in losses]
         for value, (_, _, _, batch) in zip(values, pending):
             self._loss_sum += value * batch  # batch order: the same sums whatever the flush points
+        if not math.isfinite(self._loss_sum):
+            self.non_finite = True
         predictions = torch.cat([p for _, p, _, _ in pending])
         labels = torch.cat([l.to(predictions.device) for _, _, l, _ in pending])
         self._correct += int((predictions == labels).sum())
@@ -83,5 +87,6 @@ class MetricsTracker:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.reset()
         self._loss_sum = float(state["loss_sum"])
+        self.non_finite = not math.isfinite(self._loss_sum)
         self._correct = int(state["correct"])
         self.total_samples = int(state["total_samples"])

@@ -5,12 +5,20 @@ Per epoch: train, validate, step the scheduler, record history, redraw augmentat
 The checkpoint is the union of every stateful part's ``state_dict()``; restoring it with
 ``load_state_dict`` continues the run exactly (bit-identical on CPU), even mid-epoch.
 
-SIGINT and SIGTERM during ``train`` finish the current step, save a mid-epoch checkpoint
-and raise ``TrainingInterrupted`` (the CLI exits with 128 + the signal number).
+SIGINT, SIGTERM and SIGHUP during ``train`` finish the current step, save a mid-epoch
+checkpoint and raise ``TrainingInterrupted`` (the CLI exits with 128 + the signal number).
+With ``checkpoint_interval`` seconds, ``latest_checkpoint.pt`` is also refreshed mid-epoch
+(the same step-exact format), so a SIGKILL loses at most that much work.
+
+A non-finite training or validation loss stops the run with ``NonFiniteLossError``. It is
+detected where the metrics are read back anyway (the tracker's periodic flush, the end of
+each epoch) and before every checkpoint write, so it costs no per-step host sync; nothing
+non-finite is ever saved as best or latest.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -20,12 +28,14 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..errors import NonFiniteLossError, write_error
 from ..utils.seed import capture_rng_state, restore_rng_state
 from . import state_keys as keys
 from .checkpoint import CheckpointManager
 from .early_stopping import EarlyStopping
 from .experiment import ExperimentManager
 from .history import append_epoch, empty_history, read_log, write_log
+from .run_config import describe_run
 from .metrics import MetricsTracker
 from .plots import plot_history
 from .interrupts import StopRequest, TrainingInterrupted
@@ -47,6 +57,11 @@ class Trainer:
         grad_clip: clip the gradient norm to this value (0 disables).
         plot_interval: redraw the curves at most every this many seconds, and always
             after the last epoch (0 redraws every epoch). Drawing costs ~0.1 s.
+        checkpoint_interval: also refresh ``latest_checkpoint.pt`` mid-epoch at most
+            every this many seconds (0 disables; needs a loader with ``state_dict``).
+
+    Raises:
+        ValueError: an empty or missing validation (or training) loader, bad numbers.
     """
 
     def __init__(
@@ -72,7 +87,16 @@ class Trainer:
         grad_accum_steps: int = 1,
         grad_clip: float = 0.0,
         plot_interval: float = 10.0,
+        checkpoint_interval: float = 300.0,
     ):
+        for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+            if loader is None:
+                raise ValueError(f"{name} is None; the Trainer needs a {name.split('_')[0]}ing data loader.")
+            if hasattr(loader, "__len__") and len(loader) == 0:
+                raise ValueError(f"{name} is empty (0 batches); give it at least one sample.")
+        if not isinstance(checkpoint_interval, (int, float)) or not checkpoint_interval >= 0 \
+                or not math.isfinite(checkpoint_interval):
+            raise ValueError(f"checkpoint_interval must be a non-negative number of seconds, got {checkpoint_interval!r}.")
         self.model = model
         self.device = torch.device(device)
         self.train_loader = self._on_device(train_loader)
@@ -86,8 +110,8 @@ class Trainer:
         self.early_stopping = EarlyStopping(patience)
         if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}.")
-        if grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {grad_clip!r}.")
+        if not isinstance(grad_clip, (int, float)) or not grad_clip >= 0 or not math.isfinite(grad_clip):
+            raise ValueError(f"grad_clip must be a finite number >= 0 (0 disables clipping), got {grad_clip!r}.")
         self.precision = Precision(amp, self.device)
         self.channels_last = channels_last
         if channels_last:
@@ -98,7 +122,9 @@ class Trainer:
         self.grad_accum_steps = grad_accum_steps
         self.grad_clip = float(grad_clip)
         self.plot_interval = float(plot_interval)
+        self.checkpoint_interval = float(checkpoint_interval)
         self._last_plot, self._plotted_epoch = float("-inf"), None
+        self._last_save = time.monotonic()
         self.config = dict(config or {})
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self._history = empty_history()
@@ -160,16 +186,23 @@ class Trainer:
                 steps += 1
                 if accumulate == 1 or batch % accumulate == 0 or batch == total:
                     self._optimizer_step()
-                    # Stop only between optimizer steps: accumulated gradients are not saved.
+                    # Stop or save only between optimizer steps: accumulated gradients are not saved.
                     if self.stop_request.requested:
                         self._interrupt_mid_epoch()
+                    if self.checkpoint_interval and time.monotonic() - self._last_save >= self.checkpoint_interval:
+                        self._save_mid_epoch(epoch)
+                if tracker.non_finite:  # set when the tracker reads losses back (no extra sync)
+                    self._diverged("training", epoch, tracker.get_metrics()["loss"])
                 if progress is not None:
                     progress.step(tracker)
         finally:
             if progress is not None:
                 progress.close()
+        metrics = tracker.get_metrics()
+        if not math.isfinite(metrics["loss"]):
+            self._diverged("training", epoch, metrics["loss"])
         self._mid_epoch = False
-        return tracker.get_metrics(), steps / max(time.perf_counter() - start, 1e-9)
+        return metrics, steps / max(time.perf_counter() - start, 1e-9)
 
     @torch.inference_mode()
     def validate(self) -> Tuple[Dict[str, float], float]:
@@ -205,38 +238,55 @@ class Trainer:
 
         ``start_epoch`` defaults to the epochs already completed (after a resume).
         Returns the documented results dict.
+
+        Raises:
+            TrainingInterrupted: a signal stopped the run (state saved when possible).
+            NonFiniteLossError: the loss became NaN or infinite (last good checkpoints kept).
+            CheckpointSaveError, WriteError: a file could not be written.
         """
-        if not isinstance(epochs, int) or epochs <= 0:
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs <= 0:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
         start_epoch = max(int(start_epoch), self.epoch)
         self.epoch = start_epoch
         em = self.experiment_manager
-        if not Path(em.config_file).exists():
-            em.save_config(self.config or self._describe_run(epochs))
-        em.write_status("running", epoch=self.epoch, target_epochs=epochs)
         stopped_early, started = False, time.perf_counter()
-        self._last_plot = time.monotonic()  # first redraw after plot_interval, or at the end
+        self._last_plot = self._last_save = time.monotonic()  # first redraw/save after their intervals
         with self.stop_request:  # signals are noted until the outcome is recorded
             try:
+                if not Path(em.config_file).exists():
+                    em.save_config(self.config or describe_run(self, epochs))
+                em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
+                if self.stop_request.requested:
+                    raise TrainingInterrupted(
+                        self.stop_request.signum, saved=False,
+                        message=f"Interrupted by {signal.Signals(self.stop_request.signum).name} before training "
+                                f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
                 for epoch in range(start_epoch + 1, epochs + 1):
                     stopped_early = self._run_epoch(epoch, epochs)
-                    if self.stop_request.requested:
+                    if self.stop_request.requested and epoch < epochs and not stopped_early:
                         raise TrainingInterrupted(self.stop_request.signum, saved=self.checkpoint_manager is not None)
                     if stopped_early:
                         self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
                                   f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
                         break
-            except TrainingInterrupted as exc:
                 self._plot_if_stale()
+                em.write_status("stopped_early" if stopped_early else "completed", epoch=self.epoch,
+                                global_step=self.global_step, best_accuracy=self.best_accuracy, best_epoch=self.best_epoch)
+            except TrainingInterrupted as exc:
+                self._plot_if_stale(quiet=True)
                 self._record_status("interrupted", global_step=self.global_step, signal=signal.Signals(exc.signum).name)
+                raise
+            except NonFiniteLossError as exc:
+                self._plot_if_stale(quiet=True)
+                self._record_status("failed", reason="non-finite loss", error=str(exc))
                 raise
             except BaseException as exc:
                 self._record_status("failed", error=f"{type(exc).__name__}: {exc}")
                 raise
-        self._plot_if_stale()
+            if self.stop_request.requested:
+                self._log(f"{signal.Signals(self.stop_request.signum).name} arrived after the last epoch was saved; "
+                          "the run is complete.")
         training_time = time.perf_counter() - started
-        em.write_status("stopped_early" if stopped_early else "completed", epoch=self.epoch,
-                        best_accuracy=self.best_accuracy, best_epoch=self.best_epoch)
         return {
             "epochs_trained": self.epoch,
             "best_accuracy": self.best_accuracy,
@@ -252,8 +302,18 @@ class Trainer:
         may be the very thing that failed)."""
         try:
             self.experiment_manager.write_status(state, epoch=self.epoch, **details)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self._log(f"Warning: could not record status {state!r} ({exc}).")
+
+    def _diverged(self, what: str, epoch: int, loss: float) -> None:
+        """Stop: the ``what`` loss of ``epoch`` is not finite. Nothing of this epoch is saved."""
+        name = getattr(self.experiment_manager, "name", "the experiment")
+        kept = (f"the last good checkpoint (epoch {self.epoch}) is kept; fork from it with a lower learning rate, "
+                f"e.g. python train.py --fork {name} --lr <smaller>" if self.epoch > 0 else
+                "no epoch finished, so there is nothing to keep; start again with a lower learning rate")
+        raise NonFiniteLossError(
+            f"Training diverged: the {what} loss is {loss} in epoch {epoch} (by step {self.global_step}); {kept}."
+        )
 
     def _run_epoch(self, epoch: int, epochs: int) -> bool:
         """One full epoch and its bookkeeping; returns True when early stopping fires."""
@@ -261,6 +321,8 @@ class Trainer:
         learning_rate = self.optimizer.param_groups[0]["lr"]
         train_metrics, train_speed = self.train_epoch(epoch)
         val_metrics, _ = self.validate()
+        if not math.isfinite(val_metrics["loss"]):
+            self._diverged("validation", epoch, val_metrics["loss"])
         self._step_scheduler(val_metrics)
         improved = self.early_stopping.step(val_metrics["accuracy"], epoch)
         if self.dataset is not None:
@@ -277,7 +339,17 @@ class Trainer:
             self.checkpoint_manager.save_epoch_end(
                 self.model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], self._training_state()
             )
-        write_log(Path(self.experiment_manager.log_file), self._history)
+            self._last_save = time.monotonic()
+        log_file = Path(self.experiment_manager.log_file)
+        try:
+            write_log(log_file, self._history)
+        except OSError as exc:
+            raise write_error(log_file, exc, "write the training log") from None
+        self.experiment_manager.write_status(
+            "running", epoch=epoch, global_step=self.global_step, target_epochs=epochs,
+            best_accuracy=self.best_accuracy, best_epoch=self.best_epoch,
+            epochs_without_improvement=self.epochs_without_improvement, last_epoch_time=record["epoch_time"],
+        )
         if time.monotonic() - self._last_plot >= self.plot_interval:
             self._plot()
         self._log(
@@ -288,26 +360,23 @@ class Trainer:
         return self.early_stopping.should_stop
 
     def _plot(self) -> None:
-        plot_history(self._history, Path(self.experiment_manager.plot_file))
+        path = Path(self.experiment_manager.plot_file)
+        try:
+            plot_history(self._history, path)
+        except OSError as exc:
+            raise write_error(path, exc, "write the training curves") from None
         self._last_plot, self._plotted_epoch = time.monotonic(), self.epoch
 
-    def _plot_if_stale(self) -> None:
+    def _plot_if_stale(self, quiet: bool = False) -> None:
+        """Redraw if the plot lags the history; ``quiet``: on the way out of an error,
+        a failure to draw is only reported."""
         if self._history["epoch"] and self._plotted_epoch != self.epoch:
-            self._plot()
-
-    def _describe_run(self, epochs: int) -> Dict[str, Any]:
-        """A config record for runs built in Python without a RunConfig."""
-        return {
-            "epochs": epochs,
-            "model_config": getattr(self.model, "model_config", None),
-            "optimizer": type(self.optimizer).__name__,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "weight_decay": self.optimizer.param_groups[0].get("weight_decay"),
-            "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
-            "batch_size": getattr(self.train_loader, "batch_size", None),
-            "patience": self.early_stopping.patience,
-            "device": str(self.device),
-        }
+            try:
+                self._plot()
+            except Exception as exc:
+                if not quiet:
+                    raise
+                self._log(f"Warning: could not redraw the training curves ({exc}).")
 
     def _step_scheduler(self, val_metrics: Dict[str, float]) -> None:
         if self.scheduler is None:
@@ -375,24 +444,53 @@ class Trainer:
         self.global_step = int(state.get(keys.GLOBAL_STEP, 0))
 
     def load_history_from_log(self) -> int:
-        """Rebuild ``history`` from the experiment's log file; returns the last epoch (0 if none)."""
-        self._history = read_log(Path(self.experiment_manager.log_file))
-        return self._history["epoch"][-1] if self._history["epoch"] else 0
+        """Rebuild ``history`` from the experiment's log file, and with it the best
+        validation accuracy, its epoch and the epochs without improvement (so a resume
+        through the Python API keeps its best model and its patience). Returns the last
+        epoch (0 if none), which also becomes ``self.epoch``.
 
-    # -- interruption ----------------------------------------------------------------
+        Raises:
+            ValueError: a damaged line in the middle of the log (named).
+        """
+        self._history = read_log(Path(self.experiment_manager.log_file))
+        stopper = EarlyStopping(self.early_stopping.patience, self.early_stopping.mode, self.early_stopping.min_delta)
+        for epoch, accuracy in zip(self._history["epoch"], self._history["val_accuracy"]):
+            stopper.step(accuracy, epoch)
+        self.early_stopping = stopper
+        last = self._history["epoch"][-1] if self._history["epoch"] else 0
+        self.epoch = max(self.epoch, int(last))
+        return last
+
+    # -- mid-epoch saves -------------------------------------------------------------
+    def _save_position(self, epoch: int) -> Optional[Path]:
+        """Save the exact position inside ``epoch`` to latest (None if it cannot be recorded)."""
+        if self.checkpoint_manager is None or not hasattr(self.train_loader, "state_dict"):
+            return None
+        metrics = self.train_tracker.get_metrics()
+        if not math.isfinite(metrics["loss"]):
+            self._diverged("training", epoch, metrics["loss"])
+        path = self.checkpoint_manager.save_checkpoint(
+            self.model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
+            self.checkpoint_manager.latest_path, self._training_state(),
+        )
+        self._last_save = time.monotonic()
+        return path
+
+    def _save_mid_epoch(self, epoch: int) -> None:
+        """The periodic ``checkpoint_interval`` save."""
+        if self._save_position(epoch) is None:
+            self.checkpoint_interval = 0.0  # this loader cannot record its position
+            return
+        self.experiment_manager.write_status("running", epoch=self.epoch, global_step=self.global_step,
+                                             mid_epoch_checkpoint=True)
+
     def _interrupt_mid_epoch(self) -> None:
-        saved = False
-        if self.checkpoint_manager is not None and hasattr(self.train_loader, "state_dict"):
-            metrics = self.train_tracker.get_metrics()
-            path = self.checkpoint_manager.save_checkpoint(
-                self.model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
-                self.checkpoint_manager.latest_path, self._training_state(),
-            )
-            saved = True
+        path = self._save_position(self.epoch + 1)
+        if path is not None:
             self._log(f"Saved {path} at step {self.global_step} (epoch {self.epoch + 1}, batch {self.train_loader.position}).")
         else:
             self._log("This loader cannot record its position; the last end-of-epoch checkpoint is kept.")
-        raise TrainingInterrupted(self.stop_request.signum, saved)
+        raise TrainingInterrupted(self.stop_request.signum, path is not None)
 
     # -- output ----------------------------------------------------------------------
     def _progress(self, loader, description: str):

@@ -43,15 +43,29 @@ def test_resume_reopens_in_place_and_missing_lists_existing(tmp_path):
         ExperimentManager(str(runs), resume_exp="exp1", fork_exp="exp1")
 
 
-def test_fork_creates_new_experiment_with_parent(tmp_path):
+def test_fork_creates_new_experiment_with_parent_checkpoint_and_lineage(tmp_path):
+    import hashlib
+
+    import torch
+
+    from src.models import ModelRegistry
+    from src.training import CheckpointManager
+
     runs = tmp_path / "runs"
-    ExperimentManager(str(runs), lock=False)
+    parent = ExperimentManager(str(runs), lock=False)
+    with pytest.raises(ExperimentError, match="'exp1' has no valid checkpoint; there is nothing to fork from"):
+        ExperimentManager(str(runs), fork_exp="exp1", lock=False)
+    assert sorted(p.name for p in runs.iterdir()) == ["exp1"], "a refused fork leaves nothing behind"
+    model = ModelRegistry.create("mlp", hidden_sizes=[4])
+    CheckpointManager(parent.checkpoints_dir).save_latest_checkpoint(model, None, 3, 0.5, 50.0, {"global_step": 30})
     fork = ExperimentManager(str(runs), fork_exp="exp1", lock=False)
     assert Path(fork.experiment_dir).name == "exp2" and fork.parent_dir == runs / "exp1"
-    fork.record_lineage("exp1", 3, "runs/exp1/checkpoints/latest_checkpoint.pt", "ab" * 32)
+    assert fork.parent_checkpoint.name == "latest_checkpoint.pt" and fork.parent_state["epoch"] == 3
+    assert all(torch.equal(fork.parent_state["model_state_dict"][k], v) for k, v in model.state_dict().items())
     lineage = json.loads((Path(fork.experiment_dir) / "lineage.json").read_text())
-    assert lineage == {"parent": "exp1", "epoch": 3, "checkpoint": "runs/exp1/checkpoints/latest_checkpoint.pt",
-                       "sha256": "ab" * 32}
+    digest = hashlib.sha256(fork.parent_checkpoint.read_bytes()).hexdigest()
+    assert lineage == {"parent": "exp1", "epoch": 3, "step": 30, "checkpoint": str(fork.parent_checkpoint),
+                       "sha256": digest}
 
 
 @pytest.mark.parametrize("name", ["../../etc", "/etc", "a/b", "", ".", "..", "exp1/../../x", "~root", "a\\b"])

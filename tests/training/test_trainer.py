@@ -43,7 +43,9 @@ def test_train_returns_documented_results_and_writes_files(tmp_path, capsys):
     assert {"config.json", "status.json", "training_log.jsonl", "training_curves.png", "checkpoints"} <= {
         p.name for p in experiment.iterdir()}
     config = json.loads((experiment / "config.json").read_text())
-    assert config["model_config"]["name"] == "mlp" and config["optimizer"] == "AdamW" and config["epochs"] == 3
+    # The CLI's schema (RunConfig), so train.py can resume and fork a run made in Python.
+    assert config["model"] == "mlp" and config["model_options"] == {"hidden_sizes": [32], "dropout": 0.0}
+    assert config["optimizer"] == "adamw" and config["scheduler"] == "step" and config["epochs"] == 3
     assert (experiment / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {p.name for p in (experiment / "checkpoints").glob("*.pt")} == {
         "best_model.pt", "latest_checkpoint.pt", "epoch_1.pt", "epoch_2.pt", "epoch_3.pt"}

@@ -1,0 +1,79 @@
+"""The configuration record of a run built in Python, in the CLI's ``RunConfig`` schema.
+
+A run made with the Python API (the specification's Quick Start) writes the same
+``config.json`` as ``train.py``, so ``train.py --resume`` / ``--fork`` can rebuild it: the
+model from its ``model_config``, the data from the loader's ``origin`` (set by
+``BaseDataset.get_dataloaders`` for data sets made with ``DatasetRegistry.create``), the
+optimizer and scheduler from their classes. A part ``train.py`` cannot rebuild (a custom
+model, optimizer, scheduler or loader) is recorded as ``"custom:<ClassName>"``, which a
+resume from the command line refuses with a message naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+
+# Model constructor arguments that come from the data set, not from --model-option.
+DERIVED_MODEL_ARGS = ("name", "num_classes", "in_channels", "input_size")
+# Data set constructor arguments with their own RunConfig fields (or none at all).
+DERIVED_DATASET_ARGS = ("name", "data_dir", "augment", "seed", "progress", "download", "mirrors")
+
+_OPTIMIZERS = {torch.optim.AdamW: "adamw", torch.optim.Adam: "adam", torch.optim.SGD: "sgd"}
+_SCHEDULERS = {
+    torch.optim.lr_scheduler.CosineAnnealingLR: "cosine",
+    torch.optim.lr_scheduler.StepLR: "step",
+    torch.optim.lr_scheduler.ReduceLROnPlateau: "plateau",
+}
+
+
+def _custom(obj: Any) -> str:
+    return f"custom:{type(obj).__name__}"
+
+
+def describe_run(trainer, epochs: int) -> Dict[str, Any]:
+    """The ``RunConfig`` dict of a Trainer built in Python (see the module docstring)."""
+    from ..config import RunConfig
+    from ..models import ModelRegistry
+
+    config = RunConfig().to_dict()
+    config["epochs"] = int(epochs)
+    model_config = getattr(trainer.model, "model_config", None)
+    if isinstance(model_config, dict) and model_config.get("name") in ModelRegistry:
+        config["model"] = model_config["name"]
+        config["model_options"] = {k: v for k, v in model_config.items() if k not in DERIVED_MODEL_ARGS}
+    else:
+        config["model"] = _custom(trainer.model)
+    origin = getattr(trainer.train_loader, "origin", None)
+    if isinstance(origin, dict) and "name" in origin:
+        config["dataset"] = origin["name"]
+        config["dataset_options"] = {k: v for k, v in origin.items() if k not in DERIVED_DATASET_ARGS}
+        config["data_dir"] = origin.get("data_dir")
+        config["augment"] = bool(origin.get("augment", config["augment"]))
+        config["seed"] = int(origin.get("seed", config["seed"]))
+        config["data_fingerprint"] = origin.get("data_fingerprint")
+    else:
+        config["dataset"] = _custom(trainer.train_loader)
+    batch_size = getattr(trainer.train_loader, "batch_size", None)
+    if isinstance(batch_size, int):
+        config["batch_size"] = batch_size
+    group = trainer.optimizer.param_groups[0]
+    config["optimizer"] = _OPTIMIZERS.get(type(trainer.optimizer), _custom(trainer.optimizer))
+    config["lr"] = float(group.get("initial_lr", group["lr"]))
+    config["weight_decay"] = float(group.get("weight_decay", 0.0))
+    scheduler = trainer.scheduler
+    config["scheduler"] = "none" if scheduler is None else _SCHEDULERS.get(type(scheduler), _custom(scheduler))
+    config["patience"] = trainer.early_stopping.patience
+    manager = trainer.checkpoint_manager
+    if manager is not None:
+        config["save_frequency"], config["keep_last"] = manager.save_frequency, manager.keep_last
+    config["device"] = trainer.device.type if trainer.device.index is None else str(trainer.device)
+    config["reapply_transforms"] = trainer.dataset is not None
+    config["amp"] = trainer.precision.amp
+    config["compile"] = trainer.forward_model is not trainer.model
+    config["channels_last"] = bool(trainer.channels_last)
+    config["grad_accum"] = trainer.grad_accum_steps
+    config["grad_clip"] = trainer.grad_clip
+    config["checkpoint_interval"] = trainer.checkpoint_interval
+    return config
