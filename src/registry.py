@@ -58,7 +58,13 @@ class Registry:
         """Build ``name`` with ``kwargs``; kwargs that are None are dropped so unset
         options keep the factory's own defaults."""
         factory = self.get(name)
-        return factory(**{k: v for k, v in kwargs.items() if v is not None})
+        arguments = {k: v for k, v in kwargs.items() if v is not None}
+        created = factory(**arguments)
+        try:  # how it was made: lets a run built in Python be rebuilt from its config
+            created.origin = {"name": name, **arguments}
+        except AttributeError:
+            pass
+        return created
 
     def names(self) -> List[str]:
         return sorted(self._entries)

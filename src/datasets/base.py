@@ -243,6 +243,9 @@ class BaseDataset:
             shuffle=False, device=device,
         )
         self._train_loaders.append(weakref.ref(train_loader))
+        # Where the batches come from, so a run built in Python records a configuration
+        # train.py can rebuild (see src/training/run_config.py).
+        train_loader.source_dataset = self
         return train_loader, val_loader
 
 

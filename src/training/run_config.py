@@ -2,8 +2,8 @@
 
 A run made with the Python API (the specification's Quick Start) writes the same
 ``config.json`` as ``train.py``, so ``train.py --resume`` / ``--fork`` can rebuild it: the
-model from its ``model_config``, the data from the loader's ``origin`` (set by
-``BaseDataset.get_dataloaders`` for data sets made with ``DatasetRegistry.create``), the
+model from its ``model_config``; the data from how its data set was made (the loader
+points at its data set, whose ``origin`` ``DatasetRegistry.create`` records); the
 optimizer and scheduler from their classes. A part ``train.py`` cannot rebuild (a custom
 model, optimizer, scheduler or loader) is recorded as ``"custom:<ClassName>"``, which a
 resume from the command line refuses with a message naming it.
@@ -45,14 +45,15 @@ def describe_run(trainer, epochs: int) -> Dict[str, Any]:
         config["model_options"] = {k: v for k, v in model_config.items() if k not in DERIVED_MODEL_ARGS}
     else:
         config["model"] = _custom(trainer.model)
-    origin = getattr(trainer.train_loader, "origin", None)
+    dataset = getattr(trainer.train_loader, "source_dataset", None)
+    origin = getattr(dataset, "origin", None)
     if isinstance(origin, dict) and "name" in origin:
         config["dataset"] = origin["name"]
         config["dataset_options"] = {k: v for k, v in origin.items() if k not in DERIVED_DATASET_ARGS}
         config["data_dir"] = origin.get("data_dir")
         config["augment"] = bool(origin.get("augment", config["augment"]))
         config["seed"] = int(origin.get("seed", config["seed"]))
-        config["data_fingerprint"] = origin.get("data_fingerprint")
+        config["data_fingerprint"] = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
     else:
         config["dataset"] = _custom(trainer.train_loader)
     batch_size = getattr(trainer.train_loader, "batch_size", None)
