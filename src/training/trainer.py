@@ -327,7 +327,6 @@ class Trainer:
         improved = self.early_stopping.step(val_metrics["accuracy"], epoch)
         if self.dataset is not None:
             self.dataset.reapply_transforms(epoch)
-        self.epoch = epoch
         record = {
             "epoch": epoch,
             "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
@@ -340,6 +339,9 @@ class Trainer:
                 self.model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], self._training_state()
             )
             self._last_save = time.monotonic()
+        # Only now is the epoch complete: a failed save records the last saved epoch in
+        # status.json, so a resume does not see progress that no checkpoint holds.
+        self.epoch = epoch
         log_file = Path(self.experiment_manager.log_file)
         try:
             write_log(log_file, self._history)
