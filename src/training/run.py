@@ -146,6 +146,14 @@ def _check_compatible(payload: Dict[str, Any], model: nn.Module, what: str) -> N
 def check_runs_dir(runs_dir: str, must_exist: bool) -> Path:
     """Refuse a runs directory that is a file, unreachable or not writable, before any
     data is loaded (``ExperimentError``, exit code 2)."""
+    try:
+        return _check_runs_dir(runs_dir, must_exist)
+    except OSError as exc:  # a name too long, an I/O error while looking: the path cannot be used
+        raise ExperimentError(f"--runs-dir {runs_dir} cannot be used ({exc.strerror or exc}); "
+                              "pass a directory you can write to.") from None
+
+
+def _check_runs_dir(runs_dir: str, must_exist: bool) -> Path:
     path = Path(runs_dir)
     if path.exists() and not path.is_dir():
         raise ExperimentError(f"--runs-dir {runs_dir} is a file, not a directory; pass a directory.")
