@@ -109,6 +109,11 @@ def _create(registry, name: str, flag: str, options: Dict[str, Any],
     if unknown:
         choices = ", ".join(k for k in accepted if k not in fixed and k not in ("self", "kwargs", "_ignored"))
         raise ConfigError(f"{registry.kind} {name!r} has no option {', '.join(unknown)} ({flag}); its options: {choices}.")
+    clash = sorted(set(options) & set(fixed))
+    if clash:  # e.g. --dataset-option seed=5: the run passes seed itself
+        set_by = {"seed": "--seed", "data_dir": "--data-dir", "augment": "--no-augment"}
+        how = ", ".join(f"{k} from {set_by[k]}" if k in set_by else f"{k} from the data" for k in clash)
+        raise ConfigError(f"{flag} {', '.join(clash)} cannot be given for {registry.kind} {name!r}: the run sets {how}.")
     try:
         return registry.create(name, **fixed, **options)
     except TypeError as exc:
