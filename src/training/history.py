@@ -8,6 +8,7 @@ written by an older version or another tool), never a silent gap.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -61,9 +62,12 @@ def read_log(path: Path) -> Dict[str, List[Any]]:
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError(f"a {type(record).__name__}, not an object")
-            bad = [k for k in HISTORY_KEYS if not isinstance(record.get(k), (int, float)) or isinstance(record.get(k), bool)]
+            bad = [k for k in HISTORY_KEYS if not isinstance(record.get(k), (int, float)) or isinstance(record.get(k), bool)
+                   or (isinstance(record[k], float) and not math.isfinite(record[k]))]  # NaN/Infinity are damage
             if bad:
-                raise ValueError(f"{bad[0]} is {record.get(bad[0])!r}, not a number")
+                raise ValueError(f"{bad[0]} is {record.get(bad[0])!r}, not a finite number")
+            if not isinstance(record["epoch"], int) or record["epoch"] < 1:
+                raise ValueError(f"epoch is {record['epoch']!r}, not an epoch number")
             append_epoch(history, record)
         except ValueError as exc:
             raise ValueError(f"Line {number} of {path} is not a valid history record ({exc}).") from None
