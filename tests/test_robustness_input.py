@@ -1,0 +1,146 @@
+"""Bad input through train.py, end to end: damaged labels, a resume on other data, and
+every option value checked before an experiment exists (issue 7, cases 3, 4 and 14).
+
+Each case runs train.py in a subprocess, as a user would, and checks the exit code, the
+one line on stderr and what is (not) left on disk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from src.datasets.mnist import SAMPLE_DIR
+from tests.conftest import run_cli
+from tests.test_cli import tree_hashes
+
+TINY_MODEL = ("--model", "mlp", "--model-option", "hidden_sizes=[16]", "--quiet")
+SYNTHETIC = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--quiet")
+MLP, MYNET = ("--model", "mlp", "--model-option", "hidden_sizes=[16]"), ("--model", "mynet", "--model-option", "width=2")
+IMAGE_HEADER, LABEL_HEADER = 16, 8  # IDX header bytes of the image and label files
+
+
+def mnist_copy(root: Path) -> Path:
+    """``root`` holding the bundled mnist-sample files as ``MNIST/raw`` (what --dataset mnist reads)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in SAMPLE_DIR.glob("*-ubyte.gz"):
+        shutil.copyfile(source, raw / source.name)
+    assert len(list(raw.iterdir())) == 4
+    return root
+
+
+def edit_idx(path: Path, edit) -> None:
+    """Rewrite the gzipped IDX file ``path`` with ``edit(bytearray)`` applied."""
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    edit(data)
+    path.write_bytes(gzip.compress(bytes(data)))
+
+
+def stderr_lines(result) -> list:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_one_clear_line(result, *needles: str) -> str:
+    lines = stderr_lines(result)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def assert_no_experiment(runs: Path) -> None:
+    assert not runs.exists() or list(runs.iterdir()) == [], sorted(p.name for p in runs.iterdir())
+
+
+# -- case 3: a label outside the class range ------------------------------------------
+
+def test_out_of_range_label_is_one_line_naming_file_count_and_index(tmp_path):
+    data = mnist_copy(tmp_path / "data")
+    labels = data / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
+
+    def damage(raw: bytearray) -> None:
+        raw[LABEL_HEADER + 17] = 255
+        raw[LABEL_HEADER + 2000] = 10  # one past the last class counts too
+
+    edit_idx(labels, damage)
+    result = run_cli("--dataset", "mnist", "--data-dir", str(data), "--epochs", "1", *TINY_MODEL,
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = assert_one_clear_line(result, str(labels), "2 labels", "index 17", "0..9")
+    assert line.startswith("Error:")
+    assert_no_experiment(tmp_path / "runs")
+
+
+# -- case 4: a resume must train on the data it started with ---------------------------
+
+@pytest.mark.slow
+def test_resume_refuses_changed_data_fork_records_both_identical_copy_resumes(tmp_path):
+    a, b, c = (mnist_copy(tmp_path / name) for name in ("A", "B", "C"))
+
+    def flip_one_pixel(raw: bytearray) -> None:
+        raw[IMAGE_HEADER + 300] ^= 0xFF
+
+    edit_idx(b / "MNIST" / "raw" / "train-images-idx3-ubyte.gz", flip_one_pixel)
+    common = ("--dataset", "mnist", "--no-augment", *TINY_MODEL)
+    run_cli(*common, "--data-dir", str(a), "--epochs", "1", cwd=tmp_path)
+    exp1 = tmp_path / "runs" / "exp1"
+    recorded = json.loads((exp1 / "config.json").read_text())["data_fingerprint"]
+    assert recorded["train_samples"] == 4000 and len(recorded["sha256"]) == 64
+    before = tree_hashes(exp1)
+
+    refused = run_cli("--resume", "exp1", "--epochs", "2", "--data-dir", str(b), cwd=tmp_path, check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    line = assert_one_clear_line(refused, "different data", recorded["sha256"][:12], "--fork exp1")
+    assert line.count("sha256") == 2, line  # both fingerprints shown
+    assert tree_hashes(exp1) == before, "a refused resume changed exp1"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp1"]
+
+    forked = run_cli("--fork", "exp1", "--data-dir", str(b), cwd=tmp_path)
+    assert "Done: 2 epochs" in forked.stdout
+    lineage = json.loads((tmp_path / "runs" / "exp2" / "lineage.json").read_text())
+    assert lineage["parent"] == "exp1"
+    assert lineage["parent_data_fingerprint"] == recorded
+    assert lineage["data_fingerprint"]["sha256"] != recorded["sha256"]
+    assert lineage["data_fingerprint"] == json.loads((tmp_path / "runs" / "exp2" / "config.json").read_text())[
+        "data_fingerprint"]
+    assert tree_hashes(exp1) == before, "a fork changed its parent"
+    assert line.count(lineage["data_fingerprint"]["sha256"][:12]) == 1
+
+    resumed = run_cli("--resume", "exp1", "--epochs", "2", "--data-dir", str(c), cwd=tmp_path)
+    assert "Done: 2 epochs" in resumed.stdout
+    assert [json.loads(r)["epoch"] for r in (exp1 / "training_log.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((exp1 / "config.json").read_text())["data_fingerprint"] == recorded
+
+
+# -- case 14: every option is checked before an experiment is created ------------------
+
+BAD_OPTIONS = {
+    "width=-3": (("--model", "mynet", "--model-option", "width=-3"), ("width", ">= 1", "-3")),
+    "width=0": (("--model", "mynet", "--model-option", "width=0"), ("width", ">= 1", "got 0")),
+    "hidden_sizes=[-3]": (("--model", "mlp", "--model-option", "hidden_sizes=[-3]"), ("hidden_sizes", ">= 1", "[-3]")),
+    "hidden_sizes=abc": (("--model", "mlp", "--model-option", "hidden_sizes=abc"), ("hidden_sizes", "list of integers", "'abc'")),
+    "input_shape=[1,28,14]": ((*MLP, "--dataset-option", "input_shape=[1,28,14]"), ("mlp", "(1, 28, 14)", "--model-option")),
+    "num_samples=100.5": ((*MLP, "--dataset-option", "num_samples=100.5"), ("num_samples", ">= 1", "100.5")),
+    "num_samples=100000000": ((*MLP, "--dataset-option", "num_samples=100000000"), ("num_samples", "limit", "num_samples <=")),
+    "seed=2**64": ((*MLP, "--seed", "18446744073709551616"), ("seed", "2**63-1", "18446744073709551616")),
+    "seed=-1": ((*MLP, "--seed", "-1"), ("seed", "non-negative", "-1")),
+    # Beyond the issue's list: options that collide with what the run sets itself.
+    "dataset seed": ((*MLP, "--dataset-option", "seed=5"), ("--dataset-option seed", "--seed")),
+    "model num_classes": ((*MLP, "--model-option", "num_classes=3"), ("--model-option num_classes", "data")),
+    "dropout=NaN": ((*MLP, "--model-option", "dropout=NaN"), ("dropout", "finite")),
+    "input_shape=[1,2,2] mynet": ((*MYNET, "--dataset-option", "input_shape=[1,2,2]"), ("input_size", ">= 4")),
+}
+
+
+@pytest.mark.parametrize("args, needles", list(BAD_OPTIONS.values()), ids=list(BAD_OPTIONS))
+def test_bad_option_is_one_line_exit_2_and_no_experiment(tmp_path, args, needles):
+    result = run_cli(*SYNTHETIC, "--epochs", "1", *args, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert_one_clear_line(result, "Error:", *needles)
+    assert_no_experiment(tmp_path / "runs")
