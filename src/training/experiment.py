@@ -168,7 +168,7 @@ def _alive(pid: Any) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process (or a pid no system has)
         return False
     except PermissionError:
         return True
@@ -217,6 +217,7 @@ class ExperimentManager:
             self.name = self._dir.name
             if self.checkpoints_path.exists() and not self.checkpoints_path.is_dir():
                 raise ExperimentError(f"{self.checkpoints_path} is a file, not a directory; move it away and resume again.")
+            self._refuse_directories_as_files()
             if lock:
                 self._acquire_lock(self._dir)
             try:
@@ -239,6 +240,22 @@ class ExperimentManager:
     # -- names and directories -------------------------------------------------------
     def _existing(self, name: str) -> Path:
         return existing_experiment_dir(self.base_dir, name)
+
+    def _refuse_directories_as_files(self) -> None:
+        """A directory where a file of the run belongs (status, log, curves, lock, a
+        checkpoint or manifest) is bad input, refused before anything is written or trained."""
+        from .checkpoint import BEST_MODEL, LATEST_CHECKPOINT
+        from .manifest import MANIFEST_SUFFIX
+
+        names = [STATUS_FILE, LOG_FILE, PLOT_FILE, LOCK_FILE]
+        names += [f"{CHECKPOINTS_DIR}/{n}{s}" for n in (BEST_MODEL, LATEST_CHECKPOINT) for s in ("", MANIFEST_SUFFIX)]
+        if self.checkpoints_path.is_dir():
+            names += [f"{CHECKPOINTS_DIR}/{p.name}" for p in self.checkpoints_path.iterdir()
+                      if p.name.endswith((".pt", MANIFEST_SUFFIX))]
+        for name in names:
+            if (self._dir / name).is_dir():
+                raise ExperimentError(f"{self._dir / name} is a directory, not the file this run keeps there; "
+                                      "move it away and resume again.")
 
     def _choose_parent(self, fork_exp: str, parent: Any, config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """Pick (or take) the parent's checkpoint; return the lineage record."""
@@ -430,7 +447,7 @@ class ExperimentManager:
         except ExperimentError as exc:
             return {"state": "damaged", "error": str(exc)}
         if not isinstance(status.get("state"), str):
-            return {"state": "damaged", "error": f"{self._dir / STATUS_FILE} records no state"}
+            return {"state": "damaged", "error": f"{self._dir / STATUS_FILE} records no state."}
         other_process = status.get("pid") != os.getpid()
         holding_lock = os.path.realpath(self._dir) in _HELD_LOCKS  # then no one else can be running here
         if status.get("state") == "running" and other_process and (holding_lock or not _alive(status.get("pid"))):
