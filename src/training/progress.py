@@ -15,7 +15,10 @@ class ProgressBar:
     def __init__(self, loader, description: str):
         from tqdm.auto import tqdm
 
-        total = len(loader) - getattr(loader, "position", 0) if hasattr(loader, "__len__") else None
+        try:
+            total = len(loader) - getattr(loader, "position", 0)
+        except TypeError:  # an unsized loader (a DataLoader over an IterableDataset)
+            total = None
         self.bar = tqdm(total=total, desc=description, leave=False, mininterval=0.5, dynamic_ncols=True)
         self.last_postfix = 0.0
 

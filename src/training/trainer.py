@@ -43,6 +43,15 @@ from .precision import Precision
 from .progress import ProgressBar
 
 
+def loader_length(loader) -> Optional[int]:
+    """``len(loader)``, or None for an unsized one (a DataLoader over an IterableDataset
+    has ``__len__`` but raises TypeError)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 class Trainer:
     """See the module docstring. Extra keyword arguments beyond the specified ones:
 
@@ -92,7 +101,7 @@ class Trainer:
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             if loader is None:
                 raise ValueError(f"{name} is None; the Trainer needs a {name.split('_')[0]}ing data loader.")
-            if hasattr(loader, "__len__") and len(loader) == 0:
+            if loader_length(loader) == 0:  # an unsized stream is checked when it is read
                 raise ValueError(f"{name} is empty (0 batches); give it at least one sample.")
         if not isinstance(checkpoint_interval, (int, float)) or not checkpoint_interval >= 0 \
                 or not math.isfinite(checkpoint_interval):
@@ -169,7 +178,7 @@ class Trainer:
             self.train_tracker.reset()
         self._mid_epoch = True
         tracker, accumulate = self.train_tracker, self.grad_accum_steps
-        total = len(loader) if hasattr(loader, "__len__") else None
+        total = loader_length(loader)
         batch = getattr(loader, "position", 0)  # > 0 when resuming inside this epoch
         start, steps = time.perf_counter(), 0
         progress = self._progress(loader, f"epoch {epoch}")
@@ -199,6 +208,8 @@ class Trainer:
             if progress is not None:
                 progress.close()
         metrics = tracker.get_metrics()
+        if not metrics["total_samples"]:
+            raise ValueError(f"train_loader yielded no samples in epoch {epoch}; give it at least one sample.")
         if not math.isfinite(metrics["loss"]):
             self._diverged("training", epoch, metrics["loss"])
         self._mid_epoch = False
@@ -217,7 +228,10 @@ class Trainer:
                 loss = self.criterion(outputs, labels)
             tracker.update(loss, outputs, labels)
             steps += 1
-        return tracker.get_metrics(), steps / max(time.perf_counter() - start, 1e-9)
+        metrics = tracker.get_metrics()
+        if not metrics["total_samples"]:  # never a silent 0% "accuracy"
+            raise ValueError("val_loader yielded no samples; the Trainer needs validation data to measure accuracy.")
+        return metrics, steps / max(time.perf_counter() - start, 1e-9)
 
     def _to_device(self, images: torch.Tensor, labels: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
