@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import NonFiniteLossError, write_error
+from ..errors import NonFiniteLossError, WriteError, write_error
 from ..utils.seed import capture_rng_state, restore_rng_state
 from . import state_keys as keys
 from .checkpoint import CheckpointManager
@@ -316,7 +316,7 @@ class Trainer:
         may be the very thing that failed)."""
         try:
             self.experiment_manager.write_status(state, epoch=self.epoch, **details)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, WriteError) as exc:  # write_status raises WriteError on a full disk
             self._log(f"Warning: could not record status {state!r} ({exc}).")
 
     def _diverged(self, what: str, epoch: int, loss: float) -> None:
