@@ -28,7 +28,8 @@ from .experiment import (
     CHECKPOINTS_DIR, CONFIG_FILE, LOG_FILE, STATUS_FILE, ExperimentError, ExperimentManager, existing_experiment_dir,
     read_experiment_config, read_json_object,
 )
-from .history import read_log
+from .history import read_log, write_log
+from .plots import plot_history
 from .interrupts import StartupInterrupted, StopRequest
 from .optim import build_optimizer, build_scheduler
 from .trainer import Trainer
@@ -307,6 +308,7 @@ def run_training(
         finished = _finished_message(payload, config, resume)
         if finished is not None:
             log(finished)
+            _settle_finished_records(runs_dir, resume, payload, config, log)
             return {"nothing_to_do": True, "message": finished, "experiment_dir": str(Path(runs_dir) / resume)}
         _check_schedule_extension(payload, config, resume)
     if fork is not None:
@@ -361,6 +363,48 @@ def _finished_message(payload: Dict[str, Any], config: RunConfig, name: str) -> 
         return (f"{name} is complete at epoch {epoch} (--epochs {config.epochs}); nothing to do. "
                 f"To train further: python train.py --resume {name} --epochs N with N > {epoch}.")
     return None
+
+
+def _settle_finished_records(runs_dir: str, name: str, payload: Dict[str, Any], config: RunConfig, log) -> None:
+    """A finished run whose log or status lags its newest checkpoint (the disk filled, or
+    the process died, after the last save): bring log, curves and status up to date from
+    the checkpoint. A run whose records agree with it is not touched."""
+    directory = Path(runs_dir) / name
+    history = {k: list(v) for k, v in (payload.get(keys.HISTORY) or {}).items()}
+    try:
+        logged = read_log(directory / LOG_FILE)
+    except ValueError:
+        logged = None
+    try:
+        status = read_json_object(directory / STATUS_FILE, "status")
+    except (FileNotFoundError, ExperimentError):
+        status = {}
+    epoch = int(payload[keys.EPOCH])
+    log_lags = bool(history.get("epoch")) and logged != history
+    if not log_lags and status.get("state") in ("completed", "stopped_early") and status.get("epoch") == epoch:
+        return
+    stopper = EarlyStopping(config.patience)
+    if payload.get(keys.EARLY_STOPPING):
+        stopper.load_state_dict(payload[keys.EARLY_STOPPING])
+    try:
+        experiment = ExperimentManager(runs_dir, resume_exp=name)
+    except ExperimentError:
+        return  # another process holds the run and writes its records itself
+    try:
+        if log_lags:
+            write_log(Path(experiment.log_file), history)
+        if history.get("epoch"):
+            plot_history(history, Path(experiment.plot_file))
+        experiment.write_status("stopped_early" if stopper.should_stop else "completed", epoch=epoch,
+                                global_step=int(payload.get(keys.GLOBAL_STEP, 0)),
+                                best_accuracy=stopper.best_value or 0.0, best_epoch=stopper.best_epoch)
+    except OSError as exc:
+        raise write_error(directory, exc, "bring the records up to date in") from None
+    finally:
+        experiment.release()
+    was = status.get("state", "missing or damaged")
+    log(f"Warning: the records of {name} lagged its checkpoint at epoch {epoch} (status was {was!r}"
+        + (", the log was behind" if log_lags else "") + "); log, curves and status.json are brought up to date.")
 
 
 def _check_schedule_extension(payload: Dict[str, Any], config: RunConfig, name: str) -> None:
