@@ -238,7 +238,7 @@ class _Payload:
 
 
 def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path):
-    run_cli(*FAST, "--epochs", "2", cwd=tmp_path)
+    run_cli(*EXTENDABLE, "--epochs", "2", cwd=tmp_path)
     latest = tmp_path / "runs" / "exp1" / "checkpoints" / "latest_checkpoint.pt"
     marker = tmp_path / "code-ran"
     _Payload.marker = marker
