@@ -404,7 +404,7 @@ def _settle_finished_records(runs_dir: str, name: str, payload: Dict[str, Any], 
         experiment.release()
     was = status.get("state", "missing or damaged")
     log(f"Warning: the records of {name} lagged its checkpoint at epoch {epoch} (status was {was!r}"
-        + (", the log was behind" if log_lags else "") + "); log, curves and status.json are brought up to date.")
+        + (", the log was behind or damaged" if log_lags else "") + "); log, curves and status.json are brought up to date.")
 
 
 def _check_schedule_extension(payload: Dict[str, Any], config: RunConfig, name: str) -> None:
@@ -466,6 +466,15 @@ def _keep_longer_log(experiment: ExperimentManager, payload: Optional[Dict[str, 
     epoch = int(payload[keys.EPOCH]) if payload is not None else 0
     progress, _ = _recorded_progress(Path(experiment.experiment_dir))
     log_file = Path(experiment.log_file)
+    try:
+        read_log(log_file)
+    except ValueError as exc:  # rewritten from the checkpoint's history by the next epoch: say so, keep it
+        damaged = log_file.with_name(f"{LOG_FILE}.damaged")
+        try:
+            atomic_write_bytes(damaged, log_file.read_bytes())
+        except OSError as error:
+            raise write_error(damaged, error, "keep a copy of the damaged log as") from None
+        log(f"Warning: {exc} It is rewritten from the checkpoint's history; the damaged copy is kept as {damaged.name}.")
     if progress > epoch and log_file.exists():
         backup = log_file.with_name(f"{LOG_FILE}.until-epoch-{progress}")
         try:
