@@ -324,7 +324,10 @@ def run_training(
             log(f"Resuming {experiment.name} from {found.path.name} at epoch {trainer.epoch}, "
                 f"step {trainer.global_step}.")
         elif payload is not None:
-            parent_config = RunConfig.from_dict(payload[keys.CONFIG]) if payload.get(keys.CONFIG) else config
+            # A checkpoint written from Python holds no config: the parent's config.json
+            # describes it (never the fork's own, which would hide a changed optimizer).
+            parent_config = (RunConfig.from_dict(payload[keys.CONFIG]) if payload.get(keys.CONFIG)
+                             else _read_config(runs_dir, fork))
             _load_fork(trainer, payload, parent_config, config, overrides)
             log(f"Forked {fork} (epoch {payload[keys.EPOCH]}, {found.path.name}) into {experiment.name}.")
         elif resume is not None:
