@@ -224,6 +224,9 @@ class ExperimentManager:
                 self.checkpoints_path.mkdir(exist_ok=True)
                 if config is not None:
                     self.save_config(config)
+            except WriteError:  # config.json could not be written (save_config names it)
+                self.release()
+                raise
             except OSError as exc:
                 self.release()
                 raise write_error(self.checkpoints_path, exc, "write to") from None
