@@ -312,3 +312,21 @@ def test_python_run_with_a_custom_model_is_refused_by_cli_resume(tmp_path):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "custom:TinyNet" in lines[0]
     assert tree_hashes(exp1) == before
+
+
+def test_restoring_an_older_state_never_lowers_the_best_on_disk(tmp_path):
+    """trainer.load_state_dict(cm.read(epoch_2.pt)) after a better epoch 3: best_model.pt stays."""
+    trainer = make_trainer(tmp_path)
+    trainer.train(epochs=3)
+    checkpoints = trainer.checkpoint_manager
+    best = checkpoints.best_path.read_bytes()
+    best_accuracy = checkpoints.best_accuracy
+    accuracies = trainer.history["val_accuracy"]
+    for epoch in (1, 2, 3):  # each checkpoint knows the best up to and including its own epoch
+        state = checkpoints.read(checkpoints.epoch_path(epoch))
+        assert state["checkpoint_manager"]["best_accuracy"] == max(accuracies[:epoch])
+    reopened = CheckpointManager(checkpoints.checkpoints_dir, save_frequency=1)
+    reopened.load_state_dict({"best_accuracy": best_accuracy - 5.0})
+    assert reopened.best_accuracy == best_accuracy
+    assert not reopened.save_best_model(trainer.model, None, 2, 1.0, best_accuracy - 1.0)
+    assert reopened.best_path.read_bytes() == best

@@ -287,6 +287,11 @@ class CheckpointManager:
         ``save_frequency`` epochs; serializes once. Returns which files were written."""
         payload = self.build_payload(model, optimizer, epoch, loss, accuracy, additional_info)
         self._refuse_non_finite(payload, self.latest_path)
+        is_best = _finite(accuracy) and is_improvement(accuracy, self.best_accuracy)
+        if is_best and isinstance(payload.get(keys.CHECKPOINT_MANAGER), dict):
+            # The state was captured before this save: record this epoch's best in it, or a
+            # resume from this file would let a worse epoch replace best_model.pt.
+            payload[keys.CHECKPOINT_MANAGER] = {**payload[keys.CHECKPOINT_MANAGER], "best_accuracy": float(accuracy)}
         data, step = self.serialize(payload), payload[keys.GLOBAL_STEP]
         digest = hashlib.sha256(data).hexdigest()  # one hash for every copy
         # Epoch and best files first: if the disk fills, "latest" still names the
@@ -295,7 +300,6 @@ class CheckpointManager:
         if wrote_epoch:
             self.write_bytes(data, self.epoch_path(epoch), epoch, step, digest, accuracy)
             self.prune_epoch_checkpoints()
-        is_best = _finite(accuracy) and is_improvement(accuracy, self.best_accuracy)
         if is_best:
             self.write_bytes(data, self.best_path, epoch, step, digest, accuracy)
             self.best_accuracy = float(accuracy)
@@ -442,7 +446,11 @@ class CheckpointManager:
         return {"best_accuracy": self.best_accuracy}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.best_accuracy = state.get("best_accuracy")
+        """Restore the best accuracy so far; a better ``best_model.pt`` already on disk
+        (the state restored is older than it) still wins, so it is never replaced by a worse one."""
+        restored, on_disk = state.get("best_accuracy"), self._best_accuracy_on_disk()
+        known = [v for v in (restored, on_disk) if _finite(v)]
+        self.best_accuracy = float(max(known)) if known else None
 
 
 def load_model_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool, source: str = "checkpoint") -> Dict[str, Any]:
