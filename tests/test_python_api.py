@@ -330,3 +330,28 @@ def test_restoring_an_older_state_never_lowers_the_best_on_disk(tmp_path):
     assert reopened.best_accuracy == best_accuracy
     assert not reopened.save_best_model(trainer.model, None, 2, 1.0, best_accuracy - 1.0)
     assert reopened.best_path.read_bytes() == best
+
+
+def test_resume_after_a_best_epoch_keeps_it_against_a_worse_later_epoch(tmp_path, monkeypatch):
+    """The whole-run path (run_training, as train.py): validation accuracies 80, 90, then
+    85 after a resume. Epoch 2's best model must survive epoch 3."""
+    from src.training.run import run_training
+
+    scripted = iter([80.0, 90.0, 85.0])
+    original = Trainer.validate
+
+    def validate(self):
+        metrics, speed = original(self)
+        return {**metrics, "accuracy": next(scripted)}, speed
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    overrides = {"dataset": "synthetic", "dataset_options": {"num_samples": 64}, "model": "mlp",
+                 "model_options": {"hidden_sizes": [16]}, "epochs": 2, "device": "cpu", "save_frequency": 1}
+    runs = str(tmp_path / "runs")
+    run_training(overrides, runs_dir=runs, show_progress=False, log=lambda *a: None)
+    best = tmp_path / "runs" / "exp1" / "checkpoints" / "best_model.pt"
+    best_bytes = best.read_bytes()
+    results = run_training({"epochs": 3}, runs_dir=runs, resume="exp1", show_progress=False, log=lambda *a: None)
+    assert results["history"]["val_accuracy"] == [80.0, 90.0, 85.0]
+    assert best.read_bytes() == best_bytes, "a worse epoch replaced best_model.pt after a resume"
+    assert results["best_accuracy"] == 90.0 and results["best_epoch"] == 2
