@@ -25,7 +25,7 @@ from . import state_keys as keys
 from .checkpoint import CheckpointError, CheckpointManager, LoadedCheckpoint
 from .early_stopping import EarlyStopping
 from .experiment import (
-    CHECKPOINTS_DIR, CONFIG_FILE, LOG_FILE, STATUS_FILE, ExperimentError, ExperimentManager, existing_experiment_dir,
+    CHECKPOINTS_DIR, CONFIG_FILE, LINEAGE_FILE, LOG_FILE, STATUS_FILE, ExperimentError, ExperimentManager, existing_experiment_dir,
     read_experiment_config, read_json_object,
 )
 from .history import read_log, write_log
@@ -262,6 +262,14 @@ def run_training(
     check_runs_dir(runs_dir, must_exist=resume is not None or fork is not None)
     if resume is not None or fork is not None:
         existing_experiment_dir(Path(runs_dir), resume or fork)
+    into = None  # a fork that saved no checkpoint of its own (a full disk, a kill) restarts from its parent, in place
+    lineage = _unsaved_fork(Path(runs_dir), resume) if resume is not None else None
+    if lineage is not None:
+        own = resolve_config(overrides, runs_dir, resume, None).to_dict()
+        parent_config = _read_config(runs_dir, lineage["parent"]).to_dict()
+        overrides = {k: v for k, v in own.items() if parent_config.get(k) != v}
+        into, resume, fork = resume, None, lineage["parent"]
+        log(f"{into} is a fork of {fork} that saved no checkpoint of its own; it starts again from {fork}'s checkpoint.")
     config = resolve_config(overrides, runs_dir, resume, fork)
     parts = build_components(config, progress=show_progress is not False)
     log(f"Data: {parts.dataset.describe()}")
@@ -280,6 +288,11 @@ def run_training(
         payload = found.payload
         if payload is None and fork is not None:
             raise CheckpointError(f"Experiment {fork} has no checkpoint yet; there is nothing to fork from.")
+        if into is not None and found.entry["sha256"] != lineage["sha256"]:
+            raise CheckpointError(
+                f"{into} was forked from a checkpoint of {fork} (sha256 {lineage['sha256'][:12]}) that is no longer "
+                f"{fork}'s newest, and saved none of its own; nothing was changed. Fork again: python train.py --fork {fork}."
+            )
         if payload is None:
             progress, where = _recorded_progress(source_dir)
             if progress > 0:
@@ -316,7 +329,8 @@ def run_training(
 
     if stop is not None:
         stop.defer()  # from here on files are written: a signal is noted, not obeyed mid-write
-    experiment = ExperimentManager(runs_dir, resume_exp=resume, fork_exp=fork, config=config.to_dict(), parent=found)
+    experiment = ExperimentManager(runs_dir, resume_exp=resume or into, fork_exp=fork if into is None else None,
+                                   config=config.to_dict(), parent=found)
     try:
         trainer = _prepare_trainer(experiment, config, parts, show_progress, log, payload)
         if payload is not None and resume is not None:
@@ -348,6 +362,22 @@ def run_training(
         return trainer.train(config.epochs, start_epoch=trainer.epoch)
     finally:
         experiment.release()
+
+
+def _unsaved_fork(runs_dir: Path, name: str) -> Optional[Dict[str, Any]]:
+    """The lineage record of experiment ``name`` when it is a fork with no checkpoint file of its own."""
+    directory = existing_experiment_dir(runs_dir, name)
+    checkpoints = directory / CHECKPOINTS_DIR
+    if checkpoints.is_dir() and any(checkpoints.glob("*.pt")):
+        return None
+    try:
+        lineage = read_json_object(directory / LINEAGE_FILE, "lineage")
+    except (FileNotFoundError, ExperimentError):
+        return None
+    if not isinstance(lineage.get("parent"), str) or not isinstance(lineage.get("sha256"), str):
+        return None
+    existing_experiment_dir(runs_dir, lineage["parent"])  # a named error if the parent is gone
+    return lineage
 
 
 def _finished_message(payload: Dict[str, Any], config: RunConfig, name: str) -> Optional[str]:
@@ -502,8 +532,9 @@ def _load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, con
         state[keys.OPTIMIZER] = None
     if parent.scheduler != config.scheduler or replan:
         state[keys.SCHEDULER] = None
-    if any(getattr(parent, k) != getattr(config, k) for k in DATA_KEYS):
-        # A different data pipeline cannot continue the parent's data order mid-epoch.
+    other_data = parent.data_fingerprint and config.data_fingerprint and parent.data_fingerprint != config.data_fingerprint
+    if other_data or any(getattr(parent, k) != getattr(config, k) for k in DATA_KEYS):
+        # A different data pipeline (or other data: --data-dir) cannot continue the parent's data order mid-epoch.
         state.update({keys.TRAIN_LOADER: None, keys.DATASET: None, keys.MID_EPOCH: False})
     state.update({keys.EARLY_STOPPING: None, keys.CHECKPOINT_MANAGER: None})  # the branch tracks its own best
     trainer.load_state_dict(state)
