@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from src.datasets.mnist import SAMPLE_DIR
-from tests.conftest import run_cli
+from tests.conftest import load_checkpoint, run_cli
 from tests.test_cli import tree_hashes
 
 TINY_MODEL = ("--model", "mlp", "--model-option", "hidden_sizes=[16]", "--quiet")
@@ -144,3 +144,43 @@ def test_bad_option_is_one_line_exit_2_and_no_experiment(tmp_path, args, needles
     assert result.returncode == 2, result.stdout + result.stderr
     assert_one_clear_line(result, "Error:", *needles)
     assert_no_experiment(tmp_path / "runs")
+
+
+# -- beyond the issue: a fork onto other data never continues the parent's data order ----
+
+def test_fork_of_a_mid_epoch_parent_onto_other_data_trains_a_whole_epoch_of_it(tmp_path, monkeypatch):
+    """The parent stopped inside epoch 1 at batch 50 of 63 (4,000 images); the fork's
+    --data-dir holds 2,000 (32 batches). The fork must train those 32 batches, not resume
+    at batch 50 of a 32-batch epoch (training nothing and reporting the parent's numbers)."""
+    from src.training.run import run_training
+    from src.training.trainer import Trainer
+
+    mnist_copy(tmp_path / "A")
+    smaller = mnist_copy(tmp_path / "B") / "MNIST" / "raw"
+    for name, header, size in (("train-images-idx3-ubyte.gz", IMAGE_HEADER, 784), ("train-labels-idx1-ubyte.gz", LABEL_HEADER, 1)):
+        def keep_2000(raw: bytearray, header=header, size=size) -> None:
+            raw[4:8] = (2000).to_bytes(4, "big")
+            del raw[header + 2000 * size:]
+
+        edit_idx(smaller / name, keep_2000)
+    original, saves = Trainer._save_mid_epoch, []
+
+    def save_then_crash(self, epoch):
+        original(self, epoch)
+        saves.append(self.global_step)
+        if len(saves) == 50:
+            raise RuntimeError("crash inside epoch 1")
+
+    monkeypatch.setattr(Trainer, "_save_mid_epoch", save_then_crash)
+    runs, quiet = str(tmp_path / "runs"), {"show_progress": False, "log": lambda *a: None}
+    overrides = {"dataset": "mnist", "data_dir": str(tmp_path / "A"), "model": "mlp", "model_options": {"hidden_sizes": [16]},
+                 "epochs": 1, "device": "cpu", "checkpoint_interval": 1e-9}
+    with pytest.raises(RuntimeError, match="crash"):
+        run_training(overrides, runs_dir=runs, **quiet)
+    monkeypatch.setattr(Trainer, "_save_mid_epoch", original)
+    parent = load_checkpoint(tmp_path / "runs" / "exp1" / "checkpoints" / "latest_checkpoint.pt")
+    assert parent["mid_epoch"] and parent["train_loader"]["position"] == 50 == parent["global_step"]
+
+    run_training({"data_dir": str(tmp_path / "B"), "checkpoint_interval": 0}, runs_dir=runs, fork="exp1", **quiet)
+    fork = load_checkpoint(tmp_path / "runs" / "exp2" / "checkpoints" / "latest_checkpoint.pt")
+    assert fork["epoch"] == 1 and fork["global_step"] == 50 + 32, "the fork did not train a whole epoch of its data"
