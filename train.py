@@ -117,20 +117,69 @@ def _finite(value) -> bool:
     return True
 
 
-def main(argv=None) -> int:
-    """Run the command line; returns the exit code (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    # Signals are caught from the first moment: during start-up (nothing written yet) they
-    # stop at once; from the creation of the experiment on they are noted and obeyed at a
-    # safe point (see src/training/interrupts.py).
-    from src.training.interrupts import StartupInterrupted, StopRequest
+class _EarlySignal(BaseException):
+    """A signal before the run's own handlers are in place (importing torch takes seconds)."""
 
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_outcome_decided = False  # set once the run's outcome is recorded and printed
+
+
+def _on_signal_outside_run(signum, frame) -> None:
+    """Before the run's handlers: stop at once (nothing written yet). After the outcome is
+    decided: a late signal changes nothing (a note on stderr; no buffered I/O in a handler)."""
+    if not _outcome_decided:
+        raise _EarlySignal(signum)
+    os.write(2, f"{signal.Signals(signum).name} arrived after the run had ended; nothing changed.\n".encode())
+
+
+def _set_signal_handlers(handler) -> dict:
+    """Install ``handler`` for SIGINT/SIGTERM/SIGHUP; returns the previous ones ({} off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    return {sig: signal.signal(sig, handler) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
+
+
+def main(argv=None, *, exiting: bool = False) -> int:
+    """Run the command line; returns the exit code (see the module docstring).
+
+    ``exiting``: the process ends right after (the script), so signals stay handled (and
+    change nothing) until it has exited, instead of being handed back."""
+    global _outcome_decided
+    # Signals are caught from the first moment, before torch is imported: during start-up
+    # (nothing written yet) they stop at once; from the creation of the experiment on they
+    # are noted and obeyed at a safe point (see src/training/interrupts.py); once the
+    # outcome is recorded they change nothing.
+    _outcome_decided = False
+    previous = _set_signal_handlers(_on_signal_outside_run)
     try:
-        with StopRequest(immediate=True) as stop:
-            return _main(args, stop)
-    except StartupInterrupted as exc:
-        print(str(exc), file=sys.stderr)
+        args = build_parser().parse_args(argv)
+        from src.training.interrupts import StartupInterrupted, StopRequest
+
+        try:
+            with StopRequest(immediate=True) as stop:
+                code = _main(args, stop)
+                _outcome_decided = True
+                _set_signal_handlers(_on_signal_outside_run)  # StopRequest restores this one on exit too
+                return code
+        except StartupInterrupted as exc:
+            print(str(exc), file=sys.stderr)
+            return 128 + exc.signum
+    except _EarlySignal as exc:
+        print(f"Interrupted by {signal.Signals(exc.signum).name} during start-up; nothing was written.", file=sys.stderr)
         return 128 + exc.signum
+    finally:
+        _outcome_decided = True
+        if not exiting:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            _outcome_decided = False
 
 
 def _main(args, stop) -> int:
@@ -182,4 +231,4 @@ def _one_line(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exiting=True))
