@@ -245,7 +245,6 @@ def test_python_fork_of_a_parent_without_a_checkpoint_is_refused_and_leaves_noth
     assert tree_hashes(runs) == before
 
 
-@pytest.mark.slow
 def test_bare_cli_fork_of_a_finished_parent_trains_its_budget_again(tmp_path):
     run_cli("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
             "--model-option", "hidden_sizes=[16]", "--quiet", "--epochs", "2", cwd=tmp_path)
