@@ -78,6 +78,21 @@ def lock_is_free(lock_file: Path) -> bool:
         return False
 
 
+def refuse_if_busy(experiment_dir: Path) -> None:
+    """Refuse (``ExperimentError`` naming the holder's PID) an experiment another live
+    process is training in; read-only, so a resume is refused before it loads anything."""
+    experiment_dir = Path(experiment_dir)
+    if holds_lock(experiment_dir) or lock_is_free(experiment_dir / LOCK_FILE):
+        return
+    try:
+        holder = (experiment_dir / LOCK_FILE).read_text().strip() or "unknown"
+    except OSError:
+        holder = "unknown"
+    raise ExperimentError(
+        f"Experiment {experiment_dir.name!r} is in use by process {holder}; wait for it to finish or stop it first."
+    )
+
+
 def read_json_object(path: Path, what: str) -> Dict[str, Any]:
     """A JSON object from ``path``; any other content is one ``ExperimentError`` naming the file.
 

@@ -26,7 +26,7 @@ from .checkpoint import CheckpointError, CheckpointManager, LoadedCheckpoint
 from .early_stopping import EarlyStopping
 from .experiment import (
     CHECKPOINTS_DIR, CONFIG_FILE, LINEAGE_FILE, LOG_FILE, STATUS_FILE, ExperimentError, ExperimentManager, existing_experiment_dir,
-    read_experiment_config, read_json_object,
+    read_experiment_config, read_json_object, refuse_if_busy,
 )
 from .history import read_log, write_log
 from .plots import plot_history
@@ -262,6 +262,8 @@ def run_training(
     check_runs_dir(runs_dir, must_exist=resume is not None or fork is not None)
     if resume is not None or fork is not None:
         existing_experiment_dir(Path(runs_dir), resume or fork)
+    if resume is not None:  # a running experiment is refused before anything is loaded (or judged finished)
+        refuse_if_busy(Path(runs_dir) / resume)
     into = None  # a fork that saved no checkpoint of its own (a full disk, a kill) restarts from its parent, in place
     lineage = _unsaved_fork(Path(runs_dir), resume) if resume is not None else None
     if lineage is not None:
