@@ -134,6 +134,7 @@ class Trainer:
         self.checkpoint_interval = float(checkpoint_interval)
         self._last_plot, self._plotted_epoch = float("-inf"), None
         self._last_save = time.monotonic()
+        self._target_epochs: Optional[int] = None  # the epochs of the current train() call
         self.config = dict(config or {})
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self._history = empty_history()
@@ -267,8 +268,8 @@ class Trainer:
         self._last_plot = self._last_save = time.monotonic()  # first redraw/save after their intervals
         with self.stop_request:  # signals are noted until the outcome is recorded
             try:
-                if not Path(em.config_file).exists():
-                    em.save_config(self.config or describe_run(self, epochs))
+                self._adopt_config(epochs)
+                self._target_epochs = epochs
                 em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
                 if self.stop_request.requested:
                     raise TrainingInterrupted(
@@ -310,6 +311,21 @@ class Trainer:
             "stopped_early": stopped_early,
             "best_epoch": self.best_epoch,
         }
+
+    def _adopt_config(self, epochs: int) -> None:
+        """A Trainer built in Python has no config: describe the run in the CLI's schema
+        (or adopt the experiment's, when resuming one), write it if missing, and store it
+        in every checkpoint, so ``train.py --resume`` can check and rebuild the run."""
+        em = self.experiment_manager
+        exists = Path(em.config_file).exists()
+        if not self.config:
+            try:
+                self.config = em.load_config() if exists else describe_run(self, epochs)
+            except ValueError:  # a damaged config.json: describe the run instead
+                self.config = describe_run(self, epochs)
+            self.config["epochs"] = max(int(epochs), int(self.config.get("epochs") or 0))
+        if not exists:
+            em.save_config(self.config)
 
     def _record_status(self, state: str, **details: Any) -> None:
         """Record how the run ended without masking the error being raised (the disk
@@ -497,8 +513,12 @@ class Trainer:
         if self._save_position(epoch) is None:
             self.checkpoint_interval = 0.0  # this loader cannot record its position
             return
-        self.experiment_manager.write_status("running", epoch=self.epoch, global_step=self.global_step,
-                                             mid_epoch_checkpoint=True)
+        # The same progress fields as at an epoch end, so a reader never sees them vanish mid-epoch.
+        self.experiment_manager.write_status(
+            "running", epoch=self.epoch, global_step=self.global_step, target_epochs=self._target_epochs,
+            best_accuracy=self.best_accuracy, best_epoch=self.best_epoch,
+            epochs_without_improvement=self.epochs_without_improvement, mid_epoch_checkpoint=True,
+        )
 
     def _interrupt_mid_epoch(self) -> None:
         path = self._save_position(self.epoch + 1)
