@@ -400,6 +400,16 @@ class ExperimentManager:
                 except OSError:
                     pass
 
+    def reacquire(self) -> None:
+        """Take the lock again after ``release`` (``Trainer.train`` calls this, so a
+        notebook can train, let ``train.py --resume`` run, and train again).
+
+        Raises:
+            ExperimentError: another process holds it now.
+        """
+        if self._lock_wanted:
+            self._acquire_lock(self._dir)
+
     def release(self) -> None:
         """Release the experiment lock (also released when the process exits)."""
         handle = _HELD_LOCKS.pop(os.path.realpath(self._dir), None)

@@ -266,41 +266,47 @@ class Trainer:
         em = self.experiment_manager
         stopped_early, started = False, time.perf_counter()
         self._last_plot = self._last_save = time.monotonic()  # first redraw/save after their intervals
-        with self.stop_request:  # signals are noted until the outcome is recorded
-            try:
-                self._adopt_config(epochs)
-                self._target_epochs = epochs
-                em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
+        if hasattr(em, "reacquire"):
+            em.reacquire()  # released when a previous train() ended
+        try:
+            with self.stop_request:  # signals are noted until the outcome is recorded
+                try:
+                    self._adopt_config(epochs)
+                    self._target_epochs = epochs
+                    em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
+                    if self.stop_request.requested:
+                        raise TrainingInterrupted(
+                            self.stop_request.signum, saved=False,
+                            message=f"Interrupted by {signal.Signals(self.stop_request.signum).name} before training "
+                                    f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
+                    for epoch in range(start_epoch + 1, epochs + 1):
+                        stopped_early = self._run_epoch(epoch, epochs)
+                        if self.stop_request.requested and epoch < epochs and not stopped_early:
+                            raise TrainingInterrupted(self.stop_request.signum, saved=self.checkpoint_manager is not None)
+                        if stopped_early:
+                            self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
+                                      f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
+                            break
+                    self._plot_if_stale()
+                    em.write_status("stopped_early" if stopped_early else "completed", epoch=self.epoch,
+                                    global_step=self.global_step, best_accuracy=self.best_accuracy, best_epoch=self.best_epoch)
+                except TrainingInterrupted as exc:
+                    self._plot_if_stale(quiet=True)
+                    self._record_status("interrupted", global_step=self.global_step, signal=signal.Signals(exc.signum).name)
+                    raise
+                except NonFiniteLossError as exc:
+                    self._plot_if_stale(quiet=True)
+                    self._record_status("failed", reason="non-finite loss", error=str(exc))
+                    raise
+                except BaseException as exc:
+                    self._record_status("failed", error=f"{type(exc).__name__}: {exc}")
+                    raise
                 if self.stop_request.requested:
-                    raise TrainingInterrupted(
-                        self.stop_request.signum, saved=False,
-                        message=f"Interrupted by {signal.Signals(self.stop_request.signum).name} before training "
-                                f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
-                for epoch in range(start_epoch + 1, epochs + 1):
-                    stopped_early = self._run_epoch(epoch, epochs)
-                    if self.stop_request.requested and epoch < epochs and not stopped_early:
-                        raise TrainingInterrupted(self.stop_request.signum, saved=self.checkpoint_manager is not None)
-                    if stopped_early:
-                        self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
-                                  f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
-                        break
-                self._plot_if_stale()
-                em.write_status("stopped_early" if stopped_early else "completed", epoch=self.epoch,
-                                global_step=self.global_step, best_accuracy=self.best_accuracy, best_epoch=self.best_epoch)
-            except TrainingInterrupted as exc:
-                self._plot_if_stale(quiet=True)
-                self._record_status("interrupted", global_step=self.global_step, signal=signal.Signals(exc.signum).name)
-                raise
-            except NonFiniteLossError as exc:
-                self._plot_if_stale(quiet=True)
-                self._record_status("failed", reason="non-finite loss", error=str(exc))
-                raise
-            except BaseException as exc:
-                self._record_status("failed", error=f"{type(exc).__name__}: {exc}")
-                raise
-            if self.stop_request.requested:
-                self._log(f"{signal.Signals(self.stop_request.signum).name} arrived after the last epoch was saved; "
-                          "the run is complete.")
+                    self._log(f"{signal.Signals(self.stop_request.signum).name} arrived after the last epoch was saved; "
+                              "the run is complete.")
+        finally:
+            if hasattr(em, "release"):
+                em.release()  # a notebook's finished run does not block train.py --resume
         training_time = time.perf_counter() - started
         return {
             "epochs_trained": self.epoch,
