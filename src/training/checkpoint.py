@@ -338,8 +338,12 @@ class CheckpointManager:
 
         Returns ``(payload, manifest entry)``. Raises ``CheckpointCorruptError``."""
         filepath = Path(filepath)
-        data = _read_bytes(filepath)
-        ok, reason, entry = _match_manifest(filepath, data)
+        for _ in range(3):  # a file replaced while it was read (the lock holder saving) is read again
+            before = _identity(filepath)
+            data = _read_bytes(filepath)
+            ok, reason, entry = _match_manifest(filepath, data)
+            if ok or _identity(filepath) == before:
+                break  # a file that stayed in place and does not match is damaged
         if not ok:
             raise CheckpointCorruptError(f"Checkpoint {filepath} is corrupt ({reason}).")
         payload = _unpickle(filepath, data)
@@ -395,7 +399,8 @@ class CheckpointManager:
         for path in self.candidates():
             entries, reason = read_manifest(path)
             if entries is None:
-                problems.append(f"{path.name}: {reason}")
+                if path.exists():  # not one pruned since it was listed
+                    problems.append(f"{path.name}: {reason}")
                 continue
             claims.append(((*newest_claim(entries), preference.get(path.name, 1)), path))
         best_key: Optional[Tuple[int, int, int]] = None
@@ -406,7 +411,8 @@ class CheckpointManager:
             try:
                 payload, entry = self._load_verified(path)
             except CheckpointError as exc:
-                problems.append(f"{path.name}: {_reason(exc, path)}")
+                if path.exists():  # one removed meanwhile (pruned by the lock holder) is not damage
+                    problems.append(f"{path.name}: {_reason(exc, path)}")
                 continue
             # After a crash inside a save, a file may hold an older entry than it claims.
             key = (entry["epoch"], entry["step"], preference.get(path.name, 1))
@@ -502,6 +508,15 @@ def _may_clean(directory: Path) -> bool:
 
     parent = directory.parent
     return holds_lock(parent) or lock_is_free(parent / LOCK_FILE)
+
+
+def _identity(path: Path) -> Optional[Tuple[int, int, int]]:
+    """Inode, size and modification time of ``path`` (None if it is gone): a change means it was replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _read_bytes(filepath: Path) -> bytes:
