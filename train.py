@@ -136,6 +136,13 @@ def _on_signal_outside_run(signum, frame) -> None:
     os.write(2, f"{signal.Signals(signum).name} arrived after the run had ended; nothing changed.\n".encode())
 
 
+def _outcome_recorded() -> None:
+    """The run's outcome is recorded: from here on a signal changes nothing."""
+    global _outcome_decided
+    _outcome_decided = True
+    _set_signal_handlers(_on_signal_outside_run)
+
+
 def _set_signal_handlers(handler) -> dict:
     """Install ``handler`` for SIGINT/SIGTERM/SIGHUP; returns the previous ones ({} off the main thread)."""
     import threading
@@ -165,8 +172,7 @@ def main(argv=None, *, exiting: bool = False) -> int:
         try:
             with StopRequest(immediate=True) as stop:
                 code = _main(args, stop)
-                _outcome_decided = True
-                _set_signal_handlers(_on_signal_outside_run)  # StopRequest restores this one on exit too
+                _outcome_recorded()  # StopRequest restores the same handler on exit
                 return code
         except StartupInterrupted as exc:
             print(str(exc), file=sys.stderr)
@@ -215,6 +221,7 @@ def _main(args, stop) -> int:
         print(f"Error: unexpected {type(exc).__name__}: {_one_line(exc)} (set {DEBUG_ENV}=1 for the traceback).",
               file=sys.stderr)
         return EXIT_FAILED
+    _outcome_recorded()  # before the result line: a signal sent on seeing it must find the run ended
     if results.get("nothing_to_do"):
         return EXIT_OK
     print(
