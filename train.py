@@ -126,12 +126,17 @@ class _EarlySignal(BaseException):
 
 
 _outcome_decided = False  # set once the run's outcome is recorded and printed
+_early_signum = None  # a signal seen before the run's handlers (its exception may have been lost)
 
 
 def _on_signal_outside_run(signum, frame) -> None:
     """Before the run's handlers: stop at once (nothing written yet). After the outcome is
     decided: a late signal changes nothing (a note on stderr; no buffered I/O in a handler)."""
+    global _early_signum
     if not _outcome_decided:
+        # Kept as well as raised: an exception raised by a handler while Python compiles a
+        # module (every import under PYTHONDONTWRITEBYTECODE) can be dropped by the compiler.
+        _early_signum = signum
         raise _EarlySignal(signum)
     os.write(2, f"{signal.Signals(signum).name} arrived after the run had ended; nothing changed.\n".encode())
 
@@ -158,17 +163,19 @@ def main(argv=None, *, exiting: bool = False) -> int:
 
     ``exiting``: the process ends right after (the script), so signals stay handled (and
     change nothing) until it has exited, instead of being handed back."""
-    global _outcome_decided
+    global _outcome_decided, _early_signum
     # Signals are caught from the first moment, before torch is imported: during start-up
     # (nothing written yet) they stop at once; from the creation of the experiment on they
     # are noted and obeyed at a safe point (see src/training/interrupts.py); once the
     # outcome is recorded they change nothing.
-    _outcome_decided = False
+    _outcome_decided, _early_signum = False, None
     previous = _set_signal_handlers(_on_signal_outside_run)
     try:
         args = build_parser().parse_args(argv)
         from src.training.interrupts import StartupInterrupted, StopRequest
 
+        if _early_signum is not None:  # its exception was lost inside an import
+            raise _EarlySignal(_early_signum)
         try:
             with StopRequest(immediate=True) as stop:
                 code = _main(args, stop)

@@ -330,6 +330,8 @@ def run_training(
         config = _fork_epochs(payload, config, fork, overrides)
 
     if stop is not None:
+        if stop.requested:  # noted during start-up, but its exception was lost (raised inside compile())
+            raise StartupInterrupted(stop.signum)
         stop.defer()  # from here on files are written: a signal is noted, not obeyed mid-write
     experiment = ExperimentManager(runs_dir, resume_exp=resume or into, fork_exp=fork if into is None else None,
                                    config=config.to_dict(), parent=found)
