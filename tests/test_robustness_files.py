@@ -418,10 +418,17 @@ def test_fork_that_saved_no_checkpoint_restarts_from_its_parent(tmp_path, cli):
 
 # -- 6: resume after the checkpoints are gone --------------------------------------------
 
-@pytest.mark.parametrize("removed", ["pt files", "pt files and manifests", "checkpoints dir", "pt files and log"])
+@pytest.mark.parametrize("removed", ["pt files", "pt files and manifests", "checkpoints dir", "pt files and log",
+                                     "a fork's pt files"])
 def test_resume_without_checkpoints_is_refused_and_changes_nothing(tmp_path, cli, removed):
-    assert cli(*TINY, "--epochs", "2", "--save-frequency", "1").returncode == 0
-    experiment = tmp_path / "runs" / "exp1"
+    name, epochs = "exp1", 2
+    if removed.startswith("a fork"):  # a fork's own progress is not replaced by a restart from its parent
+        assert cli(*TINY, "--epochs", "1", "--save-frequency", "1").returncode == 0
+        name = "exp2"
+        assert cli("--fork", "exp1", "--epochs", "2").returncode == 0
+    else:
+        assert cli(*TINY, "--epochs", "2", "--save-frequency", "1").returncode == 0
+    experiment = tmp_path / "runs" / name
     checkpoints = experiment / "checkpoints"
     if removed == "checkpoints dir":
         shutil.rmtree(checkpoints)
@@ -432,10 +439,10 @@ def test_resume_without_checkpoints_is_refused_and_changes_nothing(tmp_path, cli
         (experiment / "training_log.jsonl").unlink()
     before = tree_hashes(experiment)
     for extra in ((), ("--epochs", "4")):
-        result = cli("--resume", "exp1", *extra)
+        result = cli("--resume", name, *extra)
         line = assert_one_line_error(result, 2)
         where = "status.json" if removed.endswith("log") else "training_log.jsonl"
-        assert f"records 2 finished epoch(s) in {where} but no checkpoint holds them" in line, line
+        assert f"records {epochs} finished epoch(s) in {where} but no checkpoint holds them" in line, line
         assert "checkpoints has none" in line and "nothing was changed" in line
         assert tree_hashes(experiment) == before, "log, curves and status are not overwritten"
     assert checkpoints.exists() == (removed != "checkpoints dir"), "nothing is recreated"

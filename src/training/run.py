@@ -369,7 +369,9 @@ def run_training(
 
 
 def _unsaved_fork(runs_dir: Path, name: str) -> Optional[Dict[str, Any]]:
-    """The lineage record of experiment ``name`` when it is a fork with no checkpoint file of its own."""
+    """The lineage record of experiment ``name`` when it is a fork with no checkpoint file of
+    its own and no recorded progress past its fork point (checkpoints deleted after the fork
+    trained are lost progress: refused like any other run's)."""
     directory = existing_experiment_dir(runs_dir, name)
     checkpoints = directory / CHECKPOINTS_DIR
     if checkpoints.is_dir() and any(checkpoints.glob("*.pt")):
@@ -378,7 +380,8 @@ def _unsaved_fork(runs_dir: Path, name: str) -> Optional[Dict[str, Any]]:
         lineage = read_json_object(directory / LINEAGE_FILE, "lineage")
     except (FileNotFoundError, ExperimentError):
         return None
-    if not isinstance(lineage.get("parent"), str) or not isinstance(lineage.get("sha256"), str):
+    if not isinstance(lineage.get("parent"), str) or not isinstance(lineage.get("sha256"), str) \
+            or not isinstance(lineage.get("epoch"), int) or _recorded_progress(directory)[0] > lineage["epoch"]:
         return None
     existing_experiment_dir(runs_dir, lineage["parent"])  # a named error if the parent is gone
     return lineage
