@@ -490,6 +490,28 @@ def test_every_manifest_claiming_a_future_epoch_is_one_clear_error(tmp_path, cli
     assert tree_hashes(experiment) == before
 
 
+def test_best_model_accuracy_claim_the_file_does_not_back_never_blocks_a_better_best(tmp_path, cli):
+    """best_model.pt's manifest claims its accuracy; a claim higher than the restored state's
+    best is believed only when the file verifies and holds it, else a later, better epoch
+    could never replace a forged or damaged best_model.pt."""
+    args = ("--dataset", "mnist-sample", "--model", "mlp", "--quiet", "--no-augment", "--save-frequency", "1")
+    assert cli(*args, "--epochs", "1").returncode == 0
+    checkpoints = tmp_path / "runs" / "exp1" / "checkpoints"
+    best = checkpoints / "best_model.pt"
+    manifest = checkpoints / "best_model.pt.manifest.json"
+    data = json.loads(manifest.read_text())
+    for entry in data["entries"]:
+        entry["accuracy"] = 100.0  # sha256, size, epoch and step still match the file
+    manifest.write_text(json.dumps(data))
+    result = cli("--resume", "exp1", "--epochs", "3")
+    assert result.returncode == 0, result
+    accuracies = [r["val_accuracy"] for r in log_records(tmp_path / "runs" / "exp1")]
+    assert max(accuracies[1:]) > accuracies[0], "the scenario needs a later, better epoch"
+    state = load_checkpoint(best)
+    assert state["epoch"] == 1 + accuracies[1:].index(max(accuracies[1:])) + 1
+    assert CheckpointManager(checkpoints, read_only=True).verify(best)[0]
+
+
 # -- 8: valid JSON of the wrong shape, directories where files belong --------------------
 
 SHAPES = {"list": "[1, 2]", "null": "null", "string": '"hello"', "epochs_text": '{"epochs": "ten"}',

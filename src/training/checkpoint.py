@@ -157,12 +157,13 @@ class CheckpointManager:
     def epoch_path(self, epoch: int) -> Path:
         return self.checkpoints_dir / EPOCH_CHECKPOINT.format(epoch)
 
-    def _best_accuracy_on_disk(self) -> Optional[float]:
-        """The accuracy recorded for ``best_model.pt`` (manifest, else the payload), or None."""
+    def _best_accuracy_on_disk(self, verify: bool = False) -> Optional[float]:
+        """The accuracy recorded for ``best_model.pt`` (manifest, else the payload), or None;
+        ``verify``: the payload's own, and None unless the file verifies (a claim that decides)."""
         if not self.best_path.is_file():
             return None
         entries, _ = read_manifest(self.best_path)
-        if entries and entries[-1].get("accuracy") is not None:
+        if entries and entries[-1].get("accuracy") is not None and not verify:
             return float(entries[-1]["accuracy"])
         try:  # a manifest from before accuracies were recorded: read the file once
             accuracy = self._load_verified(self.best_path)[0].get(keys.ACCURACY)
@@ -455,6 +456,10 @@ class CheckpointManager:
         """Restore the best accuracy so far; a better ``best_model.pt`` already on disk
         (the state restored is older than it) still wins, so it is never replaced by a worse one."""
         restored, on_disk = state.get("best_accuracy"), self._best_accuracy_on_disk()
+        if _finite(on_disk) and not (_finite(restored) and restored >= on_disk):
+            # The manifest's claim would win: only a best_model.pt that verifies, and holds
+            # that accuracy, may keep a better restored state from replacing it.
+            on_disk = self._best_accuracy_on_disk(verify=True)
         known = [v for v in (restored, on_disk) if _finite(v)]
         self.best_accuracy = float(max(known)) if known else None
 
