@@ -152,6 +152,8 @@ def _check_compatible(payload: Dict[str, Any], model: nn.Module, what: str) -> N
 def check_runs_dir(runs_dir: str, must_exist: bool) -> Path:
     """Refuse a runs directory that is a file, unreachable or not writable, before any
     data is loaded (``ExperimentError``, exit code 2)."""
+    if not isinstance(runs_dir, (str, os.PathLike)) or not str(runs_dir).strip():
+        raise ExperimentError(f"--runs-dir must name a directory, got {runs_dir!r}.")
     try:
         return _check_runs_dir(runs_dir, must_exist)
     except OSError as exc:  # a name too long, an I/O error while looking: the path cannot be used
