@@ -133,6 +133,8 @@ def _on_signal_outside_run(signum, frame) -> None:
     """Before the run's handlers: stop at once (nothing written yet). After the outcome is
     decided: a late signal changes nothing (a note on stderr; no buffered I/O in a handler)."""
     global _early_signum
+    if _early_signum is not None:
+        return  # a repeat (Ctrl-C pressed twice) while the first one stops the process
     if not _outcome_decided:
         # Kept as well as raised: an exception raised by a handler while Python compiles a
         # module (every import under PYTHONDONTWRITEBYTECODE) can be dropped by the compiler.
@@ -189,7 +191,11 @@ def main(argv=None, *, exiting: bool = False) -> int:
         return 128 + exc.signum
     finally:
         _outcome_decided = True
-        if not exiting:
+        if exiting:
+            # Ignored, not handled, from here: Python puts its own handlers back to the default
+            # action during interpreter shutdown, so a signal then would kill the process.
+            _set_signal_handlers(signal.SIG_IGN)
+        else:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             _outcome_decided = False
