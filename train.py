@@ -184,6 +184,7 @@ def main(argv=None, *, exiting: bool = False) -> int:
                 _outcome_recorded()  # StopRequest restores the same handler on exit
                 return code
         except StartupInterrupted as exc:
+            _early_signum = exc.signum  # a repeat now changes nothing
             print(str(exc), file=sys.stderr)
             return 128 + exc.signum
     except _EarlySignal as exc:
