@@ -276,7 +276,7 @@ class Trainer:
                     em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
                     if self.stop_request.requested:
                         raise TrainingInterrupted(
-                            self.stop_request.signum, saved=False,
+                            self.stop_request.signum, saved=self._save_start_if_unsaved(),
                             message=f"Interrupted by {signal.Signals(self.stop_request.signum).name} before training "
                                     f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
                     for epoch in range(start_epoch + 1, epochs + 1):
@@ -513,6 +513,16 @@ class Trainer:
         )
         self._last_save = time.monotonic()
         return path
+
+    def _save_start_if_unsaved(self) -> bool:
+        """Stopped before the first step: a run that starts from loaded progress (a fork)
+        but has no checkpoint of its own saves that start, so --resume can continue it (its
+        parent may have moved on from the checkpoint it was forked from)."""
+        if self.checkpoint_manager is None or (self.epoch == 0 and self.global_step == 0):
+            return False
+        if self.checkpoint_manager.candidates():
+            return False
+        return self._save_position(self.epoch + 1) is not None
 
     def _save_mid_epoch(self, epoch: int) -> None:
         """The periodic ``checkpoint_interval`` save."""
