@@ -514,6 +514,38 @@ def test_signal_between_experiment_creation_and_first_step_records_interrupted(t
         list(pool.map(lambda o: assert_resumes_to_completion(o[0], o[0] / "runs", "exp1", 2), outcomes))
 
 
+@pytest.mark.slow
+def test_fork_stopped_before_its_first_step_resumes_although_its_parent_moved_on(tmp_path):
+    """A fork of a running run, signalled the moment its directory appears (before its first
+    step), says "resume to continue": that must hold after the parent has saved newer
+    checkpoints (the bytes it was forked from are gone). It used to be refused, exit 2."""
+    runs = tmp_path / "runs"
+    parent = start_cli(*TINY, "--epochs", "100000", "--save-frequency", "0", cwd=tmp_path)
+    try:
+        wait_for_line(parent, "Epoch 2/100000")
+        drain(parent)
+        fork = start("--fork", "exp1", "--epochs", "1000000", "--lr", "1e-30", "--weight-decay", "0",
+                     "--patience", "1", "--quiet", cwd=tmp_path)
+        wait_until(lambda: (runs / "exp2").is_dir(), fork, "the fork's directory", pause=0.0005)
+        fork.send_signal(signal.SIGTERM)
+        out, err = fork.communicate(timeout=180)
+        assert fork.returncode == 128 + signal.SIGTERM, out + err
+        assert "Traceback" not in err and "resume to continue" in err, err
+        status = status_of(runs / "exp2")
+        assert status["state"] == "interrupted" and status["signal"] == "SIGTERM", status
+        assert (runs / "exp2" / "config.json").is_file()
+        lineage = json.loads((runs / "exp2" / "lineage.json").read_text())
+        wait_until(lambda: CheckpointManager(runs / "exp1" / "checkpoints", read_only=True).latest_valid()
+                   .entry["sha256"] != lineage["sha256"], parent, "the parent to save past the fork point")
+        resumed = run_cli("--resume", "exp2", cwd=tmp_path)
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=180)
+    assert "(stopped early)" in resumed.stdout, resumed.stdout  # lr 1e-30, patience 1: two epochs
+    assert status_of(runs / "exp2")["state"] == "stopped_early"
+    assert log_epochs(runs / "exp2") == list(range(1, lineage["epoch"] + 3))
+
+
 # -- case 3: progress is visible and bounded --------------------------------------------
 def assert_status_matches_log(experiment: Path, status: dict, target: int) -> None:
     """status.json's progress fields agree with the log of the epochs it says are done."""
