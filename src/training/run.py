@@ -325,6 +325,8 @@ def run_training(
         finished = _finished_message(payload, config, resume)
         if finished is not None:
             log(finished)
+            if stop is not None:
+                stop.defer()  # the records may be rewritten: a signal must not tear a write
             _settle_finished_records(runs_dir, resume, payload, config, log)
             return {"nothing_to_do": True, "message": finished, "experiment_dir": str(Path(runs_dir) / resume)}
         _check_schedule_extension(payload, config, resume)
