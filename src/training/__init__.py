@@ -3,7 +3,8 @@
 ``Trainer`` (trainer.py) runs the loop; ``CheckpointManager`` (checkpoint.py) owns the
 checkpoint files; ``ExperimentManager`` (experiment.py) owns the experiment directories;
 ``MetricsTracker`` (metrics.py) the numbers; history.py the log; plots.py the curves;
-early_stopping.py the patience rule; run.py builds a whole run from a configuration.
+early_stopping.py the patience rule; run.py builds a whole run from a configuration,
+with resume.py's decisions on where a resume or fork starts and what is left to do.
 """
 
 from .checkpoint import CheckpointCorruptError, CheckpointError, CheckpointManager, CheckpointSaveError

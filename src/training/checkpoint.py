@@ -44,7 +44,7 @@ from ..errors import BadInputError, NonFiniteLossError, WriteError
 from ..utils.io import atomic_write_bytes, is_temp_file
 from . import state_keys as keys
 from .early_stopping import is_improvement
-from .manifest import MANIFEST_SUFFIX, manifest_path, newest_claim, read_manifest, write_manifest
+from .manifest import manifest_path, newest_claim, read_manifest, write_manifest
 
 FORMAT_VERSION = 1
 BEST_MODEL = "best_model.pt"
