@@ -90,7 +90,7 @@ def parse_key_values(items, flag: str) -> dict:
     """``["width=16", "name=x"]`` -> ``{"width": 16, "name": "x"}`` (JSON values, else text)."""
     import json
 
-    from src.config import ConfigError
+    from src.config import ConfigError, is_finite_value
 
     result = {}
     for item in items:
@@ -101,20 +101,10 @@ def parse_key_values(items, flag: str) -> dict:
             parsed = json.loads(value)
         except ValueError:
             parsed = value
-        if not _finite(parsed):
+        if not is_finite_value(parsed):
             raise ConfigError(f"{flag} {key.strip()}={value} is not a finite number; give a finite value.")
         result[key.strip()] = parsed
     return result
-
-
-def _finite(value) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    return True
 
 
 class _EarlySignal(BaseException):

@@ -103,7 +103,7 @@ class RunConfig:
         for name in ("dataset_options", "model_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping of option names to values, got {getattr(self, name)!r}.")
-            bad = [k for k, v in getattr(self, name).items() if not _finite_json(v)]
+            bad = [k for k, v in getattr(self, name).items() if not is_finite_value(v)]
             if bad:
                 raise ConfigError(f"{name} {bad[0]}={getattr(self, name)[bad[0]]!r} is not finite; give a finite number.")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
@@ -149,12 +149,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _finite_json(value: Any) -> bool:
+def is_finite_value(value: Any) -> bool:
     """No NaN or infinity anywhere inside an option value."""
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, (list, tuple)):
-        return all(_finite_json(v) for v in value)
+        return all(is_finite_value(v) for v in value)
     if isinstance(value, dict):
-        return all(_finite_json(v) for v in value.values())
+        return all(is_finite_value(v) for v in value.values())
     return True
