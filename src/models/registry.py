@@ -98,8 +98,7 @@ def model_data_arguments(name: str, dataset: Any) -> Dict[str, int]:
             f"Model {name!r} needs square images but the data set's are {height}x{width} (height x width); "
             f"crop or resize them to a square, or use a model that takes any shape: {', '.join(takes_any)}."
         )
-    return {"num_classes": num_classes, "in_channels": channels,
-            "input_size": min(height, width)}
+    return {"num_classes": num_classes, "in_channels": channels, "input_size": min(height, width)}
 
 
 def create_model_for(name: str, dataset: Any, **options: Any) -> nn.Module:
@@ -116,13 +115,16 @@ def create_model_for(name: str, dataset: Any, **options: Any) -> nn.Module:
             value, or data the model cannot take (non-square, too small).
     """
     arguments = model_data_arguments(name, dataset)
-    accepted = [k for k in inspect.signature(ModelRegistry.get(name)).parameters if k not in DATA_ARGUMENTS]
+    parameters = inspect.signature(ModelRegistry.get(name)).parameters.values()
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)  # a factory(**kwargs) checks its own
+    accepted = [p.name for p in parameters
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in DATA_ARGUMENTS]
     clash = sorted(set(options) & set(DATA_ARGUMENTS))
     if clash:
         raise ConfigError(f"create_model_for takes {', '.join(clash)} for model {name!r} from the data set; "
                           f"do not pass {'it' if len(clash) == 1 else 'them'}.")
     unknown = sorted(set(options) - set(accepted))
-    if unknown:
+    if unknown and not takes_any:
         raise ConfigError(f"Model {name!r} has no option {', '.join(unknown)}; "
                           f"its options: {', '.join(accepted) or 'none'}.")
     return ModelRegistry.create(name, **arguments, **options)

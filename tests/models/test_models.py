@@ -281,3 +281,17 @@ def test_create_model_for_refuses_clearly(data, options, fragment):
 def test_create_model_for_an_unknown_model_lists_the_known_ones():
     with pytest.raises(KeyError, match="Unknown model 'resnet9000'; choose one of: fastnet, lenet5"):
         create_model_for("resnet9000", FakeData(num_classes=10, input_shape=(3, 32, 32)))
+
+
+def test_create_model_for_leaves_a_factory_taking_any_keyword_to_check_its_own(monkeypatch):
+    from src.models import registry
+
+    made = {}
+
+    def factory(num_classes, in_channels, input_size, **options):
+        made.update(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options)
+        return torch.nn.Identity()
+
+    monkeypatch.setitem(registry.ModelRegistry._entries, "anything", factory)
+    create_model_for("anything", FakeData(num_classes=2, input_shape=(1, 9, 9)), depth=3)
+    assert made == {"num_classes": 2, "in_channels": 1, "input_size": 9, "depth": 3}
