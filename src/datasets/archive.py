@@ -320,12 +320,18 @@ def ensure_archive_folder(
     verified and kept.
 
     Raises:
-        DataError: files are missing and ``download`` is false, every mirror failed, or
-            the parent folder cannot be written; one message names ``folder``, the
+        DataError: a required path is not a file; files are missing and ``download`` is
+            false, every mirror failed, or the parent folder cannot be written; one message names ``folder``, the
             files to put there and where the archive comes from. Also any error of
             ``extract_folder``.
     """
     folder = Path(folder)
+    for name in required:
+        if os.path.lexists(folder / name) and not (folder / name).is_file():
+            raise DataError(
+                f"{folder / name} is not a file (a folder or a broken link); remove it, or put the {display_name} "
+                f"file {name} there."
+            )
     missing = [name for name in required if not (folder / name).is_file()]
     if not missing:
         return {name: folder / name for name in required}

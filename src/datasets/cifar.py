@@ -84,9 +84,11 @@ def read_batch(path: Path, labels_key: str, num_classes: int) -> Tuple[np.ndarra
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         first = int(np.argmax(bad))
+        count = int(bad.sum())
+        what = labels_key[:-1] if count == 1 else labels_key  # "1 label", "3 fine_labels"
         raise DataError(
-            f"{path} has {int(bad.sum())} {labels_key} outside 0..{num_classes - 1} (first at index {first}: "
-            f"{labels[first]}); the file is damaged, replace it with the file from the official archive."
+            f"{path} has {count} {what} outside 0..{num_classes - 1} (first at index {first}: {labels[first]}); "
+            "the file is damaged, replace it with the file from the official archive."
         )
     return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
 
@@ -133,6 +135,9 @@ class CIFAR(BaseDataset):
         mirrors: base URLs the archive is downloaded from, tried in order (default: the
             official site).
         progress: show a download progress bar.
+        augmentation: ``"crop-flip"`` (the default), ``"affine"`` or ``"none"``.
+
+    Normalisation is per channel, computed from the training split.
 
     Raises:
         ConfigError: an option of the wrong type (``download="no"``, ``mirrors="http://..."``).
@@ -152,8 +157,8 @@ class CIFAR(BaseDataset):
     names_key = "label_names"
     classes_count: Optional[int] = None
     mirrors: Sequence[str] = ("https://www.cs.toronto.edu/~kriz/",)
-    mean: Any = None
-    std: Any = None
+    mean = None  # per channel, computed from the training split
+    std = None
     default_augmentation = "crop-flip"
 
     def __init__(
@@ -164,8 +169,9 @@ class CIFAR(BaseDataset):
         download: bool = True,
         mirrors: Optional[Sequence[str]] = None,
         progress: bool = True,
+        augmentation: Optional[str] = None,
     ):
-        super().__init__(augment=augment, seed=seed)
+        super().__init__(augment=augment, seed=seed, augmentation=augmentation)
         download = check_bool(download, self.name, "download", flag="--dataset-option")
         progress = check_bool(progress, self.name, "progress", flag="--dataset-option")
         if mirrors is not None and (
@@ -187,7 +193,7 @@ class CIFAR(BaseDataset):
 
     def _load_files(self, files: Dict[str, Path]) -> None:
         count = self.classes_count
-        self.class_names = read_class_names(files[self.meta_file], self.names_key, count)
+        class_names = read_class_names(files[self.meta_file], self.names_key, count)
         train = [read_batch(files[name], self.labels_key, count) for name in self.train_files]
         train_images = np.concatenate([images for images, _ in train]) if len(train) > 1 else train[0][0]
         train_labels = np.concatenate([labels for _, labels in train]) if len(train) > 1 else train[0][1]
@@ -195,7 +201,7 @@ class CIFAR(BaseDataset):
         test_images, test_labels = read_batch(files[self.test_file], self.labels_key, count)
         self._set_data(
             train_images, train_labels, test_images, test_labels, num_classes=count,
-            sources={"train": self.folder / self.train_files[0], "test": files[self.test_file]},
+            sources={"train": files[self.train_files[0]], "test": files[self.test_file]}, class_names=class_names,
         )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import os
 import pickle
 import re
@@ -23,6 +24,7 @@ import pytest
 from src.datasets import DataError, DatasetRegistry
 from src.datasets.archive import extract_folder, load_restricted_pickle
 from src.datasets.cifar import CIFAR10, CIFAR100, read_batch, read_class_names
+from tests.conftest import run_cli
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_NAMES = [f"class_{i:02d}" for i in range(100)]
@@ -216,7 +218,7 @@ def test_other_globals_are_refused(tmp_path, payload, asks_for):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda b: b.__setitem__(b"labels", b.pop(b"labels")[:-1]), "not one integer per image"),
-    (lambda b: b[b"labels"].__setitem__(3, 10), r"1 labels outside 0\.\.9 \(first at index 3: 10\)"),
+    (lambda b: b[b"labels"].__setitem__(3, 10), r"has 1 label outside 0\.\.9 \(first at index 3: 10\)"),
     (lambda b: b[b"labels"].__setitem__(0, -1), "outside 0..9"),
     (lambda b: b[b"labels"].__setitem__(0, "cat"), "not one integer per image"),
     (lambda b: b[b"labels"].__setitem__(0, 2**70), "not one integer per image"),
@@ -431,8 +433,53 @@ def test_bad_option_types(tmp_path, option, value):
     assert listing(tmp_path) == []
 
 
+def test_a_folder_where_a_file_should_be(tmp_path):
+    write_cifar10(tmp_path)
+    blocker = tmp_path / "cifar-10-batches-py" / "test_batch"
+    blocker.unlink()
+    blocker.mkdir()
+    with pytest.raises(DataError, match="test_batch is not a file") as error:
+        DatasetRegistry.create("cifar10", data_dir=str(tmp_path), mirrors=[_dead_url()], progress=False)
+    assert str(blocker) in str(error.value)
+
+
 def test_data_dir_that_is_a_file(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_bytes(b"x")
     with pytest.raises(DataError, match="is a file, not a folder"):
         DatasetRegistry.create("cifar10", data_dir=str(blocker), download=False)
+
+
+# -- the data set API and the command line ----------------------------------------------
+
+def test_dataset_defaults_crop_flip_and_per_channel_normalisation(tmp_path):
+    written = write_cifar10(tmp_path)
+    dataset = DatasetRegistry.create("cifar10", data_dir=str(tmp_path), download=False)
+    assert dataset.augmentation_policy == "crop-flip"
+    train = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)]).reshape(-1, 3, 1024) / 255.0
+    np.testing.assert_allclose(dataset.mean, train.mean(axis=(0, 2)), rtol=1e-9)
+    np.testing.assert_allclose(dataset.std, train.std(axis=(0, 2)), rtol=1e-6)
+    train_loader, val_loader = dataset.get_dataloaders(batch_size=32)
+    images, labels = next(iter(val_loader))
+    assert images.shape == (PER_BATCH, 3, 32, 32) and labels.tolist() == written["test_batch"][1]
+    expected = (written["test_batch"][0].reshape(-1, 3, 32, 32) / 255.0 - np.array(dataset.mean)[:, None, None]) \
+        / np.array(dataset.std)[:, None, None]
+    np.testing.assert_allclose(images.numpy(), expected, atol=1e-5)
+    plain = DatasetRegistry.create("cifar10", data_dir=str(tmp_path), download=False, augmentation="none")
+    assert plain.augmentation_policy == "none"
+
+
+def test_train_py_end_to_end(tmp_path):
+    write_cifar10(tmp_path / "data")
+    offline = run_cli("--dataset", "cifar100", "--data-dir", str(tmp_path / "data"), "--dataset-option",
+                      "download=false", "--model", "mlp", "--epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+                      cwd=tmp_path, check=False)
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr
+    assert str(tmp_path / "data" / "cifar-100-python") in offline.stderr and "train, test, meta" in offline.stderr
+    result = run_cli("--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--model", "mlp",
+                     "--epochs", "1", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert "cifar10: 100 train / 20 validation samples, input (3, 32, 32), 10 classes, augmentation crop-flip" \
+        in result.stdout
+    config = json.loads((tmp_path / "runs" / "exp1" / "config.json").read_text())
+    assert config["dataset"] == "cifar10" and config["data_fingerprint"]["train_samples"] == 100
+    assert len(config["data_fingerprint"]["mean"]) == 3
