@@ -393,6 +393,20 @@ def test_download_with_the_right_md5(tmp_path, served, monkeypatch, name, cls, a
     assert again.train_labels.tolist() == dataset.train_labels.tolist()
 
 
+def test_leftovers_of_a_killed_download_are_removed(tmp_path, served, monkeypatch):
+    url, md5s = served
+    monkeypatch.setattr(CIFAR10, "md5", md5s["cifar-10-python.tar.gz"])
+    root = tmp_path / "data"
+    dead_pid = 2**22 + 1  # above Linux's largest pid_max: no process has it
+    staging = root / f".cifar-10-batches-py.tmp-{dead_pid}-0123abcd"
+    (staging / "cifar-10-batches-py").mkdir(parents=True)
+    (root / f".cifar-10-python.tar.gz.tmp-{dead_pid}-0123abcd").write_bytes(b"partial")
+    alive = root / f".cifar-10-batches-py.tmp-{os.getpid()}-0123abcd"  # a running process's: kept
+    alive.mkdir()
+    DatasetRegistry.create("cifar10", data_dir=str(root), mirrors=[url], augment=False, progress=False)
+    assert sorted(os.listdir(root)) == sorted(["cifar-10-python.tar.gz", "cifar-10-batches-py", alive.name])
+
+
 def test_download_with_a_wrong_md5_leaves_nothing(tmp_path, served, monkeypatch):
     url, _ = served
     monkeypatch.setattr(CIFAR10, "md5", "0" * 32)
