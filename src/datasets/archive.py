@@ -222,6 +222,8 @@ def extract_folder(archive: Path, folder: Path, required: Sequence[str],
                 f"The archive {archive} does not hold {', '.join(folder.name + '/' + n for n in lacking)}; "
                 "it is not the expected archive, delete it and download it again."
             )
+        for name in required:  # durable before the rename makes them visible
+            _fsync_file(extracted / name)
         _move_into_place(extracted, folder, required)
     except DataError:
         raise
@@ -236,6 +238,14 @@ def extract_folder(archive: Path, folder: Path, required: Sequence[str],
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _move_into_place(extracted: Path, folder: Path, required: Sequence[str]) -> None:
@@ -263,6 +273,7 @@ def _replace_across(source: Path, destination: Path) -> None:
         tmp = temp_path_for(destination)
         try:
             shutil.copyfile(source, tmp)
+            _fsync_file(tmp)
             os.replace(tmp, destination)
         finally:
             if os.path.lexists(tmp):
