@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dataset", metavar="NAME|PATH",
         help="data set: mnist, fashion_mnist, mnist-sample (bundled, offline), cifar10, cifar100, synthetic, "
              f"or a folder PATH with train/<class>/ and val/<class>/ images (default {d.dataset})")
-    add("--model", help=f"model: mynet, lenet5, mlp (default {d.model})")
+    add("--model", help="model: mynet, lenet5, mlp, resnet18, resnet20, resnet56, fastnet, or one a --import "
+                        f"registers (default {d.model})")
     add("--epochs", type=int, help=f"total epochs to train to; raise it to extend a finished run (default {d.epochs})")
     add("--batch-size", dest="batch_size", type=int, help=f"training batch size (default {d.batch_size})")
     add("--lr", type=float, help=f"learning rate (default {d.lr})")

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig
 from ..datasets import DatasetRegistry
 from ..errors import WriteError
-from ..models import ModelRegistry
+from ..models import ModelRegistry, model_data_arguments
 from ..utils import get_device, seed_everything
 from . import state_keys as keys
 from .checkpoint import CheckpointError, CheckpointManager
@@ -85,9 +85,8 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", config.dataset_options,
                       optional={"progress": progress}, chosen=chosen,
                       data_dir=config.data_dir, augment=config.augment, seed=config.seed)
-    channels, height, _ = dataset.input_shape
     model = _create(ModelRegistry, config.model, "--model-option", config.model_options,
-                    num_classes=dataset.num_classes, in_channels=channels, input_size=height).to(device)
+                    **model_data_arguments(config.model, dataset)).to(device)
     train_loader, val_loader = dataset.get_dataloaders(batch_size=config.batch_size, device=device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
     scheduler = build_scheduler(config.scheduler, optimizer, config.epochs)
