@@ -191,3 +191,36 @@ def test_array_dataset_refuses_bad_input_clearly():
         ArrayDataset(train_x, train_y, test_x, test_y, std=0.0)
     named = ArrayDataset(train_x, train_y, test_x, test_y, class_names=["w", "x", "y", "z"])
     assert named.class_names == ["w", "x", "y", "z"] and named.num_classes == 4
+
+
+def _resident_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("this kernel reports no RssFile")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_reading_a_memory_mapped_data_set_keeps_its_resident_pages_bounded(tmp_path):
+    train = np.lib.format.open_memmap(tmp_path / "train.npy", "w+", np.uint8, (16384, 3, 32, 32))  # 48 MiB
+    train[:] = 7
+    train.flush()
+    del train
+    test = np.zeros((8, 3, 32, 32), dtype=np.uint8)
+    labels = np.zeros(16384, dtype=np.int64)
+
+    def read_all(budget: int) -> int:
+        """Peak growth of the resident file pages (KiB) over one epoch with a page budget."""
+        dataset = ArrayDataset(np.load(tmp_path / "train.npy", mmap_mode="r"), labels, test, labels[:8],
+                               num_classes=1, mean=0.5, std=0.5, augment=False)
+        dataset.page_budget_bytes = budget
+        loader, _ = dataset.get_dataloaders(batch_size=64)
+        start, peak = _resident_file_kib(), 0
+        for _ in loader:
+            peak = max(peak, _resident_file_kib() - start)
+        return peak
+
+    unbounded = read_all(1 << 40)
+    bounded = read_all(4 << 20)
+    assert unbounded > 40 * 1024, "without a budget the whole 48 MiB map becomes resident"
+    assert bounded < 12 * 1024, f"with a 4 MiB page budget the resident growth stayed at {bounded} KiB"
