@@ -124,7 +124,7 @@ def verify_plugins(records: Any, purpose: str = "resume", experiment: Optional[s
         if _is_path(module):
             _load_file(module, path, source_bytes, digest)
         else:
-            _reimport_module(module, path, digest)
+            _reimport_module(module, path)
         verified.append({"module": module, "path": str(path), "sha256": digest})
     return verified
 
@@ -170,7 +170,8 @@ def merge_imports(recorded: List[Dict[str, str]], given: List[Dict[str, str]]) -
 
 # -- importing --------------------------------------------------------------------------
 def _is_path(spec: str) -> bool:
-    return spec.endswith(".py") or "/" in spec or os.sep in spec
+    """A path (``x.py``, ``dir/x``, or an existing file like ``notes.txt``), not a module name."""
+    return spec.endswith(".py") or "/" in spec or os.sep in spec or os.path.isfile(spec)
 
 
 def _import_path(spec: str) -> Dict[str, str]:
@@ -236,7 +237,7 @@ def _import_module(spec: str) -> Dict[str, str]:
     return {"module": spec, "path": str(path), "sha256": digest}
 
 
-def _reimport_module(spec: str, path: Path, digest: str) -> None:
+def _reimport_module(spec: str, path: Path) -> None:
     """Import module ``spec`` from the directory its recorded ``path`` implies (so a resume
     need not run from the original directory), and check that it is that file."""
     found, _ = _load_module(spec, _package_root(spec, path) or os.getcwd())
@@ -274,6 +275,14 @@ def _load_module(spec: str, root: str) -> Tuple[Path, str]:
             result.update(path=path, sha256=_hash_file(spec, path))
             return
         source_bytes = _read(spec, path)
+        digest = hashlib.sha256(source_bytes).hexdigest()
+        result.update(path=path, sha256=digest)
+        previous = _loaded.get(str(path))
+        if previous is not None and previous["sha256"] == digest:  # this file already ran (given as a path)
+            result["ran"] = False
+            return
+        if previous is not None:
+            _forget(_loaded.pop(str(path)))
         module = importlib.util.module_from_spec(found)
         sys.modules[spec] = module
         try:
@@ -285,10 +294,10 @@ def _load_module(spec: str, root: str) -> Tuple[Path, str]:
         parent, _, child = spec.rpartition(".")
         if parent in sys.modules:
             setattr(sys.modules[parent], child, module)
-        result.update(path=path, sha256=hashlib.sha256(source_bytes).hexdigest())
 
     added = _run_recording(spec, run, extra_path=root)
-    _loaded[str(result["path"])] = {"sha256": result["sha256"], "module_name": spec, "registered": added}
+    if result.get("ran", True):
+        _loaded[str(result["path"])] = {"sha256": result["sha256"], "module_name": spec, "registered": added}
     return result["path"], result["sha256"]
 
 
@@ -324,7 +333,7 @@ def _run_recording(spec: str, run, extra_path: str) -> List[Tuple[str, str]]:
     """Call ``run`` (the import) with ``extra_path`` first on ``sys.path``; return the
     ``(kind, name)`` registrations it added. On failure, undo them and raise one
     ``ConfigError`` naming the plug-in and the error's first line and place."""
-    before = {registry.kind: set(registry.names()) for registry in _REGISTRIES}
+    before = _registered()
     sys.path.insert(0, extra_path)
     try:
         run()
@@ -343,9 +352,13 @@ def _run_recording(spec: str, run, extra_path: str) -> List[Tuple[str, str]]:
     return _added(before)
 
 
-def _added(before: Dict[str, set]) -> List[Tuple[str, str]]:
-    return [(registry.kind, name) for registry in _REGISTRIES for name in registry.names()
-            if name not in before[registry.kind]]
+def _registered() -> Dict[Tuple[str, str], Any]:
+    return {(registry.kind, name): registry.get(name) for registry in _REGISTRIES for name in registry.names()}
+
+
+def _added(before: Dict[Tuple[str, str], Any]) -> List[Tuple[str, str]]:
+    """The registrations made since ``before`` (new names, and names forgotten and registered again)."""
+    return [key for key, factory in _registered().items() if before.get(key) is not factory]
 
 
 def _forget(previous: Dict[str, Any]) -> None:
