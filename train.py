@@ -4,6 +4,7 @@
     python train.py --dataset mnist-sample --epochs 10     # new experiment runs/expN
     python train.py --resume exp1                          # continue exp1 in place
     python train.py --fork exp1 --lr 1e-4 --epochs 30      # branch exp1 into a new expN
+    python train.py --import my_models.py --model mine     # your own model or data set
 
 Exit codes: 0 done (completed, stopped early, or a resume with nothing left to do);
 1 a file could not be written (disk full, permissions) or an unexpected error;
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     add("--data-dir", dest="data_dir", help="data root holding MNIST/raw and FashionMNIST/raw (default $EXPTRAIN_DATA_DIR or ./data)")
     parser.add_argument("--runs-dir", default="runs", help="where experiments live (default runs)")
+    add("--import", dest="imports", action="append", metavar="MODULE",
+        help="import your own code first, repeatable: a module importable from the current directory or a path "
+             "to a .py file; the models and data sets it registers become --model / --dataset names. Recorded "
+             "(with a SHA-256 of the file) so --resume and --fork import it again")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", metavar="EXP", default=None,
                        help="continue experiment EXP in place from its latest valid checkpoint, with its saved configuration")
@@ -214,6 +219,10 @@ def _main(args, stop) -> int:
         for key in ("model_options", "dataset_options"):
             if hasattr(args, key):
                 overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))
+        if hasattr(args, "imports"):  # before the configuration names the models and data sets they register
+            from src.plugins import import_plugins
+
+            overrides["imports"] = import_plugins(args.imports)
         if hasattr(args, "image_size"):
             if args.image_size < 1:
                 raise ConfigError(f"--image-size must be a positive number of pixels, got {args.image_size}.")

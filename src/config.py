@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import BadInputError
 
@@ -64,6 +64,8 @@ class RunConfig:
     dataset_options: Dict[str, Any] = field(default_factory=dict)
     model_options: Dict[str, Any] = field(default_factory=dict)
     data_fingerprint: Optional[Dict[str, Any]] = None
+    # Plug-ins (train.py --import) as {"module", "path", "sha256"} records; see src/plugins.py.
+    imports: List[Dict[str, str]] = field(default_factory=list)
 
     def validate(self) -> "RunConfig":
         """Check every value; returns ``self``.
@@ -73,7 +75,9 @@ class RunConfig:
         """
         from .datasets import DatasetRegistry
         from .models import ModelRegistry
+        from .plugins import check_records
 
+        check_records(self.imports)  # before the names: a plug-in may define them
         for name in ("dataset", "model", "optimizer", "scheduler", "device"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a name (text), got {getattr(self, name)!r}.")

@@ -19,6 +19,7 @@ from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig
 from ..datasets import DatasetRegistry
 from ..errors import WriteError
 from ..models import ModelRegistry, model_data_arguments
+from ..plugins import check_resume_imports, merge_imports, verify_plugins
 from ..utils import get_device, seed_everything
 from . import state_keys as keys
 from .checkpoint import CheckpointError, CheckpointManager
@@ -35,10 +36,13 @@ from .resume import (
 )
 
 
-def _read_config(runs_dir: str, name: str) -> RunConfig:
-    """The saved configuration of experiment ``name`` (name validated, nothing written)."""
+def _read_config(runs_dir: str, name: str, purpose: str = "resume") -> RunConfig:
+    """The saved configuration of experiment ``name`` (name validated, nothing written),
+    after importing its plug-ins again (they define its model and data set names):
+    ``purpose`` ``"resume"`` refuses a changed plug-in, ``"fork"`` records its new hash."""
     directory = existing_experiment_dir(Path(runs_dir), name)
     config = RunConfig.from_dict(read_experiment_config(directory), source=str(directory / CONFIG_FILE))
+    config.imports = verify_plugins(config.imports, purpose, experiment=name, source=str(directory / CONFIG_FILE))
     try:
         return config.validate()
     except ConfigError as exc:
@@ -53,6 +57,9 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         raise ExperimentError("Give either --resume or --fork, not both.")
     if resume is not None:
         saved = _read_config(runs_dir, resume)
+        if "imports" in overrides:  # the run's own plug-ins may be named again, no others
+            overrides = dict(overrides)
+            check_resume_imports(saved.imports, overrides.pop("imports"), resume)
         changed = {k: v for k, v in overrides.items() if getattr(saved, k) != v}
         frozen = sorted(k for k in changed if k not in RESUME_MUTABLE_KEYS)
         if frozen:
@@ -63,7 +70,10 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
             )
         return saved.replace(**changed).validate()
     if fork is not None:
-        return _read_config(runs_dir, fork).replace(**overrides).validate()
+        parent = _read_config(runs_dir, fork, purpose="fork")
+        if "imports" in overrides:  # a fork may add plug-ins to its parent's
+            overrides = {**overrides, "imports": merge_imports(parent.imports, overrides["imports"])}
+        return parent.replace(**overrides).validate()
     return RunConfig(**overrides).validate()
 
 
@@ -208,7 +218,7 @@ def run_training(
     lineage = unsaved_fork(Path(runs_dir), resume) if resume is not None else None
     if lineage is not None:
         own = resolve_config(overrides, runs_dir, resume, None).to_dict()
-        parent_config = _read_config(runs_dir, lineage["parent"]).to_dict()
+        parent_config = _read_config(runs_dir, lineage["parent"], purpose="fork").to_dict()
         overrides = {k: v for k, v in own.items() if parent_config.get(k) != v}
         into, resume, fork = resume, None, lineage["parent"]
         log(f"{into} is a fork of {fork} that saved no checkpoint of its own; it starts again from {fork}'s checkpoint.")
@@ -287,7 +297,7 @@ def run_training(
             # A checkpoint written from Python holds no config: the parent's config.json
             # describes it (never the fork's own, which would hide a changed optimizer).
             parent_config = (RunConfig.from_dict(payload[keys.CONFIG]) if payload.get(keys.CONFIG)
-                             else _read_config(runs_dir, fork))
+                             else _read_config(runs_dir, fork, purpose="fork"))
             load_fork(trainer, payload, parent_config, config, overrides)
             log(f"Forked {fork} (epoch {payload[keys.EPOCH]}, {found.path.name}) into {experiment.name}.")
         elif resume is not None:
