@@ -165,7 +165,7 @@ def resize_and_crop(image, size: int):
             new_size = (size, max(size, int(size * height / width)))
         else:
             new_size = (max(size, int(size * width / height)), size)
-        image = image.resize(new_size, Image.Resampling.BILINEAR)
+        image = image.resize(new_size, getattr(Image, "Resampling", Image).BILINEAR)  # Pillow < 9.1: Image.BILINEAR
         width, height = image.size
     left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
@@ -446,8 +446,11 @@ def _decode_into(staging: Path, root: Path, class_names: Sequence[str],
         else:
             sizes[image.path] = header[:2]
             all_grey = all_grey and header[2] in GREY_MODES
-    if bad and not skip_bad_images:
-        raise DataError(_bad_files_message(root, _as_list(bad)))
+    if not sizes:
+        raise DataError(_bad_files_message(root, _as_list(bad)) if not skip_bad_images else
+                        f"No image in {root} could be read ({len(bad)} unreadable files skipped); "
+                        "fix or replace the files.")
+    # Files that cannot be opened are reported with the truncated ones after decoding, in one error.
     if image_size is None:
         height, width = _common_size(root, sizes)
     else:
@@ -529,9 +532,7 @@ def skipped_warning(root: Path, skipped: Sequence[Mapping[str, str]]) -> str:
 def _common_size(root: Path, sizes: Mapping[str, Tuple[int, int]]) -> Tuple[int, int]:
     """The one ``(height, width)`` all images share, or a DataError naming two that differ."""
     paths = sorted(sizes)
-    first = paths[0] if paths else None
-    if first is None:
-        raise DataError(f"No image in {root} could be read; fix or replace the files.")
+    first = paths[0]
     for path in paths:
         if sizes[path] != sizes[first]:
             (w1, h1), (w2, h2) = sizes[first], sizes[path]
@@ -583,7 +584,8 @@ def _digest_and_statistics(staging: Path, meta_splits: Mapping[str, Any],
                            labels: Mapping[str, np.ndarray]) -> Tuple[str, List[float], List[float]]:
     """One streaming pass over the image files: the content SHA-256 exactly as
     ``BaseDataset.fingerprint`` computes it, and the training split's per-channel mean and
-    (population) std on the 0..1 scale, from exact integer histograms."""
+    (population) std on the 0..1 scale, from exact integer histograms (std 1 for a
+    constant channel, as ``channel_statistics``)."""
     digest = hashlib.sha256()
     shape = meta_splits["train"]["shape"]
     channels, row_bytes = shape[1], math.prod(shape[1:])
@@ -614,7 +616,8 @@ def _digest_and_statistics(staging: Path, meta_splits: Mapping[str, Any],
         total = int((histogram[channel] * values).sum())
         squares = sum(int(c) * v * v for v, c in enumerate(histogram[channel].tolist()))
         mean.append(total / (255 * count))
-        std.append(math.sqrt(max(count * squares - total * total, 0)) / (255 * count))
+        deviation = math.sqrt(max(count * squares - total * total, 0)) / (255 * count)
+        std.append(deviation if deviation > 1e-6 else 1.0)  # as channel_statistics: never divide by 0
     return digest.hexdigest(), mean, std
 
 

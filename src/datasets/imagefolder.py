@@ -31,7 +31,7 @@ from .base import BaseDataset
 from .idx import DataError
 from .image_cache import (SPLITS, SourceImage, image_extensions, load_split, open_cache, resolve_cache_dir,
                           skipped_warning)
-from .options import check_bool, check_int, check_number, format_bytes
+from .options import check_bool, check_int, check_number
 from .registry import DatasetRegistry
 
 FLAG = "--dataset-option"
@@ -247,9 +247,7 @@ class ImageFolderDataset(BaseDataset):
         )
 
     def describe(self) -> str:
-        where = "memory-mapped" if self.memory_mapped else "in memory"
-        return (f"{super().describe()}, {self.root} ({where}, "
-                f"{format_bytes(self.train_images.numel() + self.test_images.numel())})")
+        return f"{super().describe()}, from {self.root}"
 
 
 def _check_path(value: Any, name: str) -> Path:
