@@ -294,10 +294,8 @@ def cache_key(root: Path, class_names: Sequence[str], splits: Mapping[str, Seque
         "resize": RESIZE_POLICY if image_size is not None else "none", "channels": CHANNEL_POLICY,
         "classes": list(class_names), "folders": dict(folders),
     }).encode())
-    for split in SPLITS:
-        for image in splits[split]:
-            digest.update(json.dumps([split, image.path, image.label, image.size, image.mtime_ns]).encode())
-            digest.update(b"\n")
+    digest.update(json.dumps([[split, image.path, image.label, image.size, image.mtime_ns]
+                              for split in SPLITS for image in splits[split]]).encode())
     return digest.hexdigest()
 
 
