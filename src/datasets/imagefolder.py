@@ -31,7 +31,7 @@ from .base import BaseDataset
 from .idx import DataError
 from .image_cache import (SPLITS, SourceImage, image_extensions, load_split, open_cache, resolve_cache_dir,
                           skipped_warning)
-from .options import check_bool, check_int, check_number
+from .options import BUDGET_TEXT, check_bool, check_int, check_number, format_bytes
 from .registry import DatasetRegistry
 
 FLAG = "--dataset-option"
@@ -226,6 +226,8 @@ class ImageFolderDataset(BaseDataset):
         workers = check_int(workers, self.name, "workers", 1, flag=FLAG) if workers is not None else \
             min(4, os.cpu_count() or 1)
         progress = check_bool(progress, self.name, "progress", flag=FLAG)
+        if image_size is not None:
+            _check_decoding_memory(image_size, workers)
 
         listing = scan_image_folder(root)
         if listing.ignored:
@@ -263,6 +265,20 @@ def _check_path(value: Any, name: str) -> Path:
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise ConfigError(f"{FLAG} {name} for imagefolder must be a folder path, got {value!r}.")
     return Path(value)
+
+
+def _check_decoding_memory(image_size: int, workers: int) -> None:
+    """Refuse an image size whose decoding alone would exhaust memory: each process holds
+    about four copies of one image (decoded, converted, resized, cropped)."""
+    budget = options.memory_budget_bytes()
+    needed = 4 * 3 * image_size * image_size * workers
+    if needed > budget:
+        largest = int((budget / (12 * workers)) ** 0.5)
+        raise ConfigError(
+            f"{FLAG} image_size={image_size} for imagefolder would need about {format_bytes(needed)} to decode "
+            f"with {workers} process{'es' if workers > 1 else ''}, over the {format_bytes(budget)} limit "
+            f"({BUDGET_TEXT}); use image_size <= {largest:,}."
+        )
 
 
 def _check_cache_outside_splits(cache_root: Path, listing: FolderListing) -> None:

@@ -19,6 +19,7 @@ from src.config import ConfigError
 from src.datasets import DataError, DatasetRegistry
 from src.datasets import image_cache
 from src.datasets.image_cache import decode_image
+from src.errors import WriteError
 from src.models import ModelRegistry
 from src.training import ExperimentManager, Trainer
 from tests.conftest import run_cli
@@ -175,6 +176,7 @@ BAD_OPTIONS = [
     ({"image_size": "32"}, "image_size", "got '32'"),
     ({"image_size": True}, "image_size", "got True"),
     ({"image_size": 16.5}, "image_size", "got 16.5"),
+    ({"image_size": 100_000}, "image_size", "limit"),
     ({"memory_budget_mb": -1}, "memory_budget_mb", "got -1"),
     ({"memory_budget_mb": float("nan")}, "memory_budget_mb", "nan"),
     ({"memory_budget_mb": "1GB"}, "memory_budget_mb", "'1GB'"),
@@ -392,6 +394,21 @@ def test_an_unwritable_root_caches_elsewhere_and_says_so(folder, monkeypatch, tm
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="cache folder .*file.* cannot be created or written; pass another cache_dir"):
         create(root, cache_dir=str(tmp_path / "file"))
+
+
+def test_a_full_disk_is_refused_before_and_reported_during_the_build(folder, monkeypatch):
+    root = folder("uniform")
+    monkeypatch.setattr(image_cache.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 1 << 20))
+    with pytest.raises(DataError, match="needs 81.0 KiB in .*, but only 1.0 MiB is free; free disk space"):
+        create(root)
+    monkeypatch.undo()
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(WriteError, match="Could not write the image cache in .*: No space left on device; free"):
+        create(root)
+    assert list((root / ".exptrain-cache").iterdir()) == []
 
 
 def test_parallel_decoding_equals_serial(folder, monkeypatch):
