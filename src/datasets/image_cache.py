@@ -222,7 +222,7 @@ def _run_tasks(function, tasks: Sequence[tuple], workers: int, progress: bool, d
 
     results: List[Any] = [None] * len(tasks)
     with tqdm(total=sum(sizes), desc=description, unit="img", file=sys.stderr, disable=not progress,
-              leave=False, dynamic_ncols=True) as bar:
+              leave=description.startswith("Decoding"), dynamic_ncols=True) as bar:
         if workers <= 1 or len(tasks) <= 1:
             for index, task in enumerate(tasks):
                 results[index] = function(*task)
