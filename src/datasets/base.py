@@ -37,6 +37,18 @@ from .transforms import AugmentationDraw, build_policy, check_policy
 Normalisation = Union[float, Sequence[float]]
 
 
+def _advise(array: np.memmap, advice: str) -> None:
+    """``madvise`` the whole mapping of ``array`` (where the platform has it)."""
+    import mmap
+
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, advice):
+        try:
+            mapping.madvise(getattr(mmap, advice))
+        except (OSError, ValueError):  # advice is a hint: never fail a run on it
+            pass
+
+
 def channel_statistics(images, chunk: int = 4096) -> Tuple[List[float], List[float]]:
     """Per-channel mean and standard deviation of uint8 ``images`` ``(N, C, H, W)`` on the
     0..1 scale, summed in float64 chunk by chunk (a memory-mapped array is never loaded
@@ -102,6 +114,8 @@ class BaseDataset:
         self.augmentation_fingerprint: Optional[str] = None  # SHA-1 identifying the live draw (audits, tests)
         self.augmented_train_images: Optional[torch.Tensor] = None
         self.memory_mapped = False
+        # A memory-mapped data set keeps at most about this many bytes of its pages resident.
+        self.page_budget_bytes = memory_budget_bytes() // 4
         self.materialize_augmentation = True
         self._draw: Optional[AugmentationDraw] = None
         self._train_loaders: List[weakref.ref] = []
@@ -145,6 +159,9 @@ class BaseDataset:
                 different image shapes, or class names that do not match the count.
         """
         self.memory_mapped = isinstance(train_images, np.memmap) or isinstance(test_images, np.memmap)
+        self._maps = [array for array in (train_images, test_images) if isinstance(array, np.memmap)]
+        if isinstance(train_images, np.memmap):
+            _advise(train_images, "MADV_RANDOM")  # batches gather scattered samples: no read-ahead
         self.train_images = self._as_nchw(train_images)
         self.train_labels = torch.as_tensor(np.asarray(train_labels) if not torch.is_tensor(train_labels)
                                             else train_labels).long()
@@ -191,6 +208,14 @@ class BaseDataset:
         self.augmentation_epoch, self.augmentation_fingerprint = None, None  # new data: no draw is live yet
         if self.augment and self.augmentation is not None:
             self.reapply_transforms(0)
+
+    def release_mapped_pages(self) -> None:
+        """Drop the pages of the memory-mapped arrays from this process's resident memory
+        (they stay in the page cache; the next read maps them back). The loaders call it
+        after every ``page_budget_bytes`` they read, so the resident set of a data set
+        larger than memory stays bounded."""
+        for array in getattr(self, "_maps", ()):
+            _advise(array, "MADV_DONTNEED")
 
     def _set_normalisation(self, mean: Optional[Normalisation], std: Optional[Normalisation]) -> None:
         """Per-instance ``mean``/``std``: given, else the class's, else computed (per channel)."""
@@ -396,10 +421,14 @@ class BaseDataset:
         train_loader = TensorLoader(
             images, self.train_labels, batch_size, self.mean, self.std,
             shuffle=shuffle, seed=self.seed, device=device, transform=self._draw, mapped=self.memory_mapped,
+            release_pages=self.release_mapped_pages if self.memory_mapped else None,
+            release_bytes=self.page_budget_bytes,
         )
         val_loader = TensorLoader(
             self.test_images, self.test_labels, val_batch_size or max(batch_size, 256), self.mean, self.std,
             shuffle=False, device=device, mapped=self.memory_mapped,
+            release_pages=self.release_mapped_pages if self.memory_mapped else None,
+            release_bytes=self.page_budget_bytes,
         )
         self._train_loaders.append(weakref.ref(train_loader))
         # Where the batches come from, so a run built in Python records a configuration

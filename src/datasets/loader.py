@@ -38,6 +38,10 @@ class TensorLoader:
             they are).
         mapped: ``images`` is a memory map: it is never pinned or copied whole to the
             host; batches are gathered from the map.
+        release_pages, release_bytes: for a memory map, called once the batches read
+            may have made ``release_bytes`` of the map resident (each sample counts its size
+            plus the kernel's 64 KiB fault-around window), to drop the mapped pages from the
+            resident set (``BaseDataset.release_mapped_pages``).
     """
 
     DEVICE_MEMORY_SHARE = 0.5
@@ -54,6 +58,8 @@ class TensorLoader:
         device: Optional[torch.device] = None,
         transform: Optional[Callable[..., torch.Tensor]] = None,
         mapped: bool = False,
+        release_pages: Optional[Callable[[], None]] = None,
+        release_bytes: int = 256 << 20,
     ):
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -63,6 +69,8 @@ class TensorLoader:
         self.shuffle = shuffle
         self.seed = int(seed)
         self.mapped = bool(mapped)
+        self.release_pages, self.release_bytes = release_pages, max(int(release_bytes), 1)
+        self._read_since_release = 0
         self.transform = transform
         self._set_normalisation(mean, std, images.shape[1])
         self.images, self.labels = images, labels
@@ -161,6 +169,13 @@ class TensorLoader:
             if self.storage_device != self.device:  # data too large for the device
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
+            if self.release_pages is not None:
+                # A page fault maps the whole fault-around window (64 KiB on Linux) of a
+                # file, so a scattered sample can make that much resident.
+                self._read_since_release += images.shape[0] * (images[0].nbytes + 65536) if images.shape[0] else 0
+                if self._read_since_release >= self.release_bytes:
+                    self.release_pages()
+                    self._read_since_release = 0
             if self.transform is not None:
                 images = self.transform(images, index, start=lo)
             self.position = batch + 1
