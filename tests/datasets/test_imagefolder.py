@@ -523,10 +523,13 @@ def test_a_model_learns_the_shapes_and_memory_mapping_changes_nothing(folder, tm
         assert torch.equal(weights[key], mapped_weights[key]), key
 
 
-def test_train_py_trains_on_an_image_folder(folder, tmp_path):
-    root = folder("uniform")
-    result = run_cli("--dataset", "imagefolder", "--dataset-option", f"root={root}", "--dataset-option",
-                     "image_size=16", "--model", "mlp", "--epochs", "1", "--quiet", cwd=tmp_path)
+def test_train_py_trains_on_a_folder_path_and_refuses_mixed_sizes(folder, tmp_path):
+    root = folder("mixed")
+    result = run_cli("--dataset", str(root), "--model", "mlp", "--epochs", "1", "--quiet", cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "have different sizes" in result.stderr and "pass --image-size N" in result.stderr
+    result = run_cli("--dataset", str(root), "--image-size", "16", "--model", "mlp", "--epochs", "1", "--quiet",
+                     cwd=tmp_path)
     assert "imagefolder: 36 train / 12 validation samples, input (3, 16, 16)" in result.stdout + result.stderr
     status = json.loads((tmp_path / "runs" / "exp1" / "status.json").read_text())
     assert status["state"] == "completed"
