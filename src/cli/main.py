@@ -152,6 +152,7 @@ def run_train(argv: List[str]) -> int:
         spec = importlib.util.spec_from_file_location("train", script)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+    sys.argv[0] = "exptrain train"  # the name train.py's usage line shows
     return module.main(argv, exiting=True)
 
 
