@@ -89,16 +89,12 @@ def _serialize(model: nn.Module, fmt: str, example: torch.Tensor) -> bytes:
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
+    from importlib.util import find_spec
+
+    if find_spec("onnx") is None:
         raise ToolError("ONNX export needs the onnx package (pip install onnx); nothing was written. "
-                        "The default --format safetensors needs no extra package.") from None
-    try:
-        import onnxscript  # noqa: F401
-        dynamo = True
-    except ImportError:
-        dynamo = False  # the TorchScript-based exporter needs only onnx
+                        "The default --format safetensors needs no extra package.")
+    dynamo = find_spec("onnxscript") is not None  # else the TorchScript-based exporter, which needs only onnx
     torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=dynamo)
 
