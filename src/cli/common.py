@@ -9,7 +9,8 @@ live here; ``tests/cli/test_common.py`` checks that they agree with
 Whether an experiment's lock is held is read from ``/proc/locks`` (Linux), which lists
 every ``flock`` with the locked file's device and inode: a reader never takes the lock,
 not even for an instant, so a ``train.py --resume`` starting at that moment is never
-refused because of a listing. Elsewhere the pid recorded in ``status.json`` is checked.
+refused because of a listing. Elsewhere (or for a run that takes no lock, so has no lock
+file) the pid recorded in ``status.json`` is checked.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ class LockTable:
     """The ``flock`` locks held on this machine, read once from ``/proc/locks``.
 
     ``held(lock_file)`` is True when some process holds ``lock_file``; None when this
-    system offers no such table (then ``lock_state`` falls back to the recorded pid).
+    system offers no such table or there is no lock file (a run made with
+    ``ExperimentManager(lock=False)``): ``lock_holder`` then checks the recorded pid.
     """
 
     def __init__(self) -> None:
@@ -208,7 +210,7 @@ class LockTable:
         try:
             st = os.stat(lock_file)
         except OSError:
-            return False  # no lock file: nobody can hold it
+            return None  # no lock file: a run that does not lock; its recorded pid tells
         if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in self._exact:
             return True
         # Overlay file systems may report another device number than the kernel's
@@ -246,9 +248,9 @@ def lock_holder(experiment_dir: Path, table: Optional[LockTable] = None,
     lock file names none), or None when no live process holds its lock. Never takes the lock."""
     lock_file = Path(experiment_dir) / LOCK_FILE
     held = (table or LockTable()).held(lock_file)
-    if held is None:  # no lock table here: the pid recorded by a running process
+    if held is None:  # no lock table here, or no lock file: the pid recorded by a running process
         pid = (status or {}).get("pid")
-        held = (status or {}).get("state") == "running" and pid_alive(pid)
+        return str(pid) if (status or {}).get("state") == "running" and pid_alive(pid) else None
     if not held:
         return None
     pid = _lock_file_pid(lock_file)

@@ -163,10 +163,10 @@ def mistakes_png(images: torch.Tensor, true: List[str], predicted: List[str], co
         if index >= count:
             continue
         image = images[index]
-        if image.shape[0] == 1:
+        if image.shape[0] == 3:
+            axes.imshow(image.permute(1, 2, 0).numpy())
+        else:  # grey, or a channel count no picture shows: its first channel
             axes.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
-        else:
-            axes.imshow(image[:3].permute(1, 2, 0).numpy())
         axes.set_title(f"true: {true[index]}\npred: {predicted[index]} ({confidence[index]:.0%})", fontsize=8)
     if not count:
         axes_grid[0][0].text(0.5, 0.5, "no mistakes", ha="center", va="center")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, ExptrainError
+from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInputError, ExptrainError
 
 DEBUG_ENV = "EXPTRAIN_DEBUG"  # set to 1 to see the traceback of an unexpected error
 CHECKPOINT_HELP = "best (default), latest (the newest valid one) or epoch_N"
@@ -114,6 +114,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_train(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        if not args.runs_dir.strip():
+            raise BadInputError("--runs-dir must name a directory, got ''.")
         module = importlib.import_module(f"{__package__}.{COMMAND_MODULES[args.command]}")
         return module.run(args)
     except ExptrainError as exc:

@@ -49,7 +49,7 @@ def fabricate(runs: Path, name: str, source: Path, status=None, with_checkpoints
     asked), with ``status`` written as status.json when given."""
     target = runs / name
     target.mkdir(parents=True)
-    for file_name in ("config.json", "training_log.jsonl", "lineage.json", "status.json"):
+    for file_name in ("config.json", "training_log.jsonl", "lineage.json", "status.json", ".lock"):
         if (source / file_name).exists():
             shutil.copy2(source / file_name, target / file_name)
     if with_checkpoints:

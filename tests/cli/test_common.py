@@ -33,6 +33,7 @@ def test_lock_table_sees_a_lock_held_by_another_process_or_this_one(tmp_path, lo
     (free / ".lock").write_text("1")
     holder = lock_holder(held)
     assert LockTable().held(held / ".lock") is True and LockTable().held(free / ".lock") is False
+    assert LockTable().held(tmp_path / ".lock") is None, "no lock file: unknown, the recorded pid decides"
     assert common.lock_holder(held) == str(holder.pid) and common.lock_holder(free) is None
     assert experiment.lock_is_free(held / ".lock") is False  # the owner's probe agrees
     holder.release()
@@ -42,11 +43,13 @@ def test_lock_table_sees_a_lock_held_by_another_process_or_this_one(tmp_path, lo
         assert LockTable().held(free / ".lock") is True
 
 
-def test_without_a_lock_table_the_recorded_pid_decides(tmp_path, monkeypatch):
+@pytest.mark.parametrize("lock_table", [False, True])
+def test_without_a_lock_table_or_lock_file_the_recorded_pid_decides(lock_table, tmp_path, monkeypatch):
     import os
 
-    monkeypatch.setattr(common, "PROC_LOCKS", tmp_path / "no-such-file")
-    (tmp_path / ".lock").write_text(str(os.getpid()))
+    if not lock_table:
+        monkeypatch.setattr(common, "PROC_LOCKS", tmp_path / "no-such-file")
+        (tmp_path / ".lock").write_text(str(os.getpid()))
     assert common.lock_holder(tmp_path, status={"state": "running", "pid": os.getpid()}) == str(os.getpid())
     assert common.lock_holder(tmp_path, status={"state": "running", "pid": 2**22 + 12345}) is None
     assert common.lock_holder(tmp_path, status={"state": "completed", "pid": os.getpid()}) is None

@@ -112,6 +112,7 @@ def test_sort_puts_missing_values_last():
 @pytest.mark.parametrize("argv, message", [
     (["--sort", "speed"], "Unknown --sort column 'speed'; choose one of: name, status"),
     (["--runs-dir", "nowhere"], "does not exist"),
+    (["--runs-dir", " "], "--runs-dir must name a directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
