@@ -30,6 +30,7 @@ OPTIONS = {
     "weight_decay": "weight_decay", "optimizer": "optimizer", "scheduler": "scheduler", "patience": "patience",
     "save_frequency": "save_frequency", "keep_last": "keep_last", "seed": "seed", "device": "device",
     "data_dir": "data_dir", "reapply_transforms": "reapply_transforms", "augment": "augment",
+    "augmentation": "augmentation",
     "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval",
 }
@@ -45,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     add = parser.add_argument
-    add("--dataset", help=f"data set: mnist, fashion_mnist, mnist-sample (bundled, offline), synthetic (default {d.dataset})")
-    add("--model", help=f"model: mynet, lenet5, mlp (default {d.model})")
+    add("--dataset", metavar="NAME|PATH",
+        help="data set: mnist, fashion_mnist, mnist-sample (bundled, offline), cifar10, cifar100, synthetic, "
+             f"or a folder PATH with train/<class>/ and val/<class>/ images (default {d.dataset})")
+    add("--model", help="model: mynet, lenet5, mlp, resnet18, resnet20, resnet56, fastnet, or one a --import "
+                        f"registers (default {d.model})")
     add("--epochs", type=int, help=f"total epochs to train to; raise it to extend a finished run (default {d.epochs})")
     add("--batch-size", dest="batch_size", type=int, help=f"training batch size (default {d.batch_size})")
     add("--lr", type=float, help=f"learning rate (default {d.lr})")
@@ -69,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--reapply-transforms", dest="reapply_transforms", action="store_true",
         help="draw fresh random augmentations of the training set after every epoch")
     add("--no-augment", dest="augment", action="store_false", help="train on the original images, without augmentation")
+    add("--augment", dest="augmentation", metavar="POLICY", choices=("affine", "crop-flip", "none"),
+        help="augmentation policy: affine (small warp, digits), crop-flip (pad, random crop, mirror: natural "
+             "images) or none (default: the data set's own, affine for grey, crop-flip for colour images)")
+    add("--image-size", dest="image_size", type=int, metavar="N",
+        help="image folders: resize the shorter side to N and centre-crop N x N (needed when sizes differ)")
     add("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
         help="extra model argument, repeatable, e.g. --model-option width=16 (values parsed as JSON, else text)")
     add("--dataset-option", dest="dataset_options", action="append", metavar="KEY=VALUE",
@@ -205,6 +214,16 @@ def _main(args, stop) -> int:
         for key in ("model_options", "dataset_options"):
             if hasattr(args, key):
                 overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))
+        if hasattr(args, "image_size"):
+            if args.image_size < 1:
+                raise ConfigError(f"--image-size must be a positive number of pixels, got {args.image_size}.")
+            overrides["dataset_options"] = {**overrides.get("dataset_options", {}), "image_size": args.image_size}
+        if "dataset" in overrides:
+            from src.config import dataset_from_path
+
+            folder = dataset_from_path(overrides["dataset"], overrides.get("dataset_options", {}))
+            if folder is not None:
+                overrides["dataset"], overrides["dataset_options"] = folder
         results = run_training(
             overrides, runs_dir=args.runs_dir, resume=args.resume, fork=args.fork,
             show_progress=False if args.quiet else None, stop=stop,

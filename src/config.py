@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .errors import BadInputError
 
@@ -53,6 +53,7 @@ class RunConfig:
     device: str = "auto"
     data_dir: Optional[str] = None
     augment: bool = True
+    augmentation: Optional[str] = None  # a policy name; None: the data set's default
     reapply_transforms: bool = False
     amp: Optional[str] = None
     compile: bool = False
@@ -110,6 +111,12 @@ class RunConfig:
             raise ConfigError(f"data_dir must be a path (text), got {self.data_dir!r}.")
         if self.data_fingerprint is not None and not isinstance(self.data_fingerprint, dict):
             raise ConfigError(f"data_fingerprint must be a recorded fingerprint, got {self.data_fingerprint!r}.")
+        if self.augmentation is not None:
+            from .datasets.transforms import POLICIES
+
+            if not isinstance(self.augmentation, str) or self.augmentation not in POLICIES:
+                raise ConfigError(f"Unknown augmentation policy {self.augmentation!r}; "
+                                  f"choose one of: {', '.join(POLICIES)}.")
         if self.amp not in (None, *AMP_MODES):
             raise ConfigError(f"Unknown AMP mode {self.amp!r}; choose one of: {', '.join(AMP_MODES)}.")
         if not _is_int(self.grad_accum) or self.grad_accum < 1:
@@ -139,6 +146,37 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+def dataset_from_path(dataset: Any, dataset_options: Dict[str, Any]) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """``--dataset PATH``: ``("imagefolder", options with root=absolute PATH)`` when
+    ``dataset`` is not a registered name but reads as a path; ``None`` otherwise.
+
+    Raises:
+        ConfigError: the path does not exist or is not a directory.
+    """
+    import os
+
+    from .datasets import DatasetRegistry
+
+    if not isinstance(dataset, str) or dataset in DatasetRegistry:
+        return None
+    looks_like_path = os.sep in dataset or dataset.startswith(".") or dataset.startswith("~") or os.path.isdir(dataset)
+    if not looks_like_path:
+        return None
+    path = os.path.abspath(os.path.expanduser(dataset))
+    if not os.path.exists(path):
+        raise ConfigError(f"--dataset {dataset}: no such directory; give a folder holding train/<class>/ and "
+                          f"val/<class>/ images, or one of: {', '.join(DatasetRegistry.names())}.")
+    if not os.path.isdir(path):
+        raise ConfigError(f"--dataset {dataset} is a file; give a folder holding train/<class>/ and val/<class>/ images.")
+    if "imagefolder" not in DatasetRegistry:
+        raise ConfigError("--dataset PATH needs the imagefolder data set, which is not installed.")
+    options = dict(dataset_options)
+    if "root" in options and options["root"] != path:
+        raise ConfigError(f"--dataset {dataset} and --dataset-option root={options['root']} disagree; give one.")
+    options["root"] = path
+    return "imagefolder", options
 
 
 def _is_int(value: Any) -> bool:

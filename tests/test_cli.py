@@ -110,8 +110,8 @@ def test_reapply_transforms_new_draw_each_epoch_and_same_after_resume(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (("--dataset", "imagenet"), "Unknown dataset 'imagenet'; choose one of: fashion_mnist, mnist, mnist-sample, synthetic"),
-    (("--model", "gpt5"), "Unknown model 'gpt5'; choose one of: lenet5, mlp, mynet"),
+    (("--dataset", "imagenet"), "Unknown dataset 'imagenet'; choose one of: "),
+    (("--model", "gpt5"), "Unknown model 'gpt5'; choose one of: "),
     (("--epochs", "0"), "epochs must be a positive integer, got 0"),
     (("--batch-size", "-3"), "batch_size must be a positive integer, got -3"),
     (("--optimizer", "lion"), "Unknown optimizer 'lion'"),

@@ -1,14 +1,16 @@
 """Datasets: the registry, BaseDataset, and the built-in data sets.
 
-Importing this package registers ``mnist``, ``fashion_mnist``, ``mnist-sample`` and
-``synthetic``; nothing is read or downloaded until a data set is created.
+Importing this package registers ``mnist``, ``fashion_mnist``, ``mnist-sample``,
+``cifar10``, ``cifar100`` and ``synthetic``; nothing is read or downloaded until a data set is created.
 """
 
-from .base import BaseDataset
+from .arrays import ArrayDataset
+from .base import BaseDataset, channel_statistics
 from .idx import DataError
 from .loader import TensorLoader
 from .registry import DatasetRegistry
 from . import mnist as _mnist  # noqa: F401  (registers mnist, fashion_mnist, mnist-sample)
+from . import cifar as _cifar  # noqa: F401  (registers cifar10, cifar100)
 from . import synthetic as _synthetic  # noqa: F401  (registers synthetic)
 
-__all__ = ["BaseDataset", "DataError", "DatasetRegistry", "TensorLoader"]
+__all__ = ["ArrayDataset", "BaseDataset", "DataError", "DatasetRegistry", "TensorLoader", "channel_statistics"]

@@ -1,10 +1,15 @@
-"""BaseDataset: an in-memory image classification data set with seeded augmentation.
+"""BaseDataset: an image classification data set with seeded augmentation, in memory or
+memory-mapped.
 
 A subclass loads uint8 images and int64 labels for its train and test splits; this class
 owns normalisation, the augmentation draws and the loaders. The training images the
-loaders serve are one augmentation draw of the original images: drawn once at creation
-from ``(seed, 0)``, and redrawn from ``(seed, epoch)`` by ``reapply_transforms(epoch)``,
-so a resumed run sees exactly the draws an uninterrupted one saw.
+loaders serve are one augmentation draw of the original images: drawn at creation from
+``(seed, 0)``, and redrawn from ``(seed, epoch)`` by ``reapply_transforms(epoch)``, so a
+resumed run sees exactly the draws an uninterrupted one saw. Sample ``i``'s parameters
+are a function of (seed, draw, i) (``transforms.py``): an in-memory training set is
+transformed once per draw (an augmented copy, the fastest path); a memory-mapped one, or
+one over the memory budget, is transformed batch by batch on the training device, with
+the same bytes.
 
 The class count is part of a data set's definition (``classes_count``, or the count its
 constructor passes to ``_set_data``), never inferred from the labels: every label of both
@@ -15,51 +20,93 @@ splits is checked against it, so one damaged label cannot silently widen the mod
 from __future__ import annotations
 
 import hashlib
+import math
+import warnings
 import weakref
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from ..utils.seed import derive_seed
 from .idx import DataError
 from .loader import TensorLoader
-from .options import check_bool, check_int, is_integer
-from .transforms import AffineAugmentation
+from .options import check_bool, check_int, is_integer, memory_budget_bytes
+from .transforms import AugmentationDraw, build_policy, check_policy
+
+Normalisation = Union[float, Sequence[float]]
+
+
+def channel_statistics(images, chunk: int = 4096) -> Tuple[List[float], List[float]]:
+    """Per-channel mean and standard deviation of uint8 ``images`` ``(N, C, H, W)`` on the
+    0..1 scale, summed in float64 chunk by chunk (a memory-mapped array is never loaded
+    whole). An empty or constant channel gets std 1, so normalising never divides by 0."""
+    array = images.numpy() if torch.is_tensor(images) else np.asarray(images)
+    if array.ndim == 3:
+        array = array[:, None]
+    channels = array.shape[1]
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    for start in range(0, array.shape[0], chunk):
+        block = np.asarray(array[start : start + chunk], dtype=np.float64) / 255.0
+        total += block.sum(axis=(0, 2, 3))
+        squares += np.square(block).sum(axis=(0, 2, 3))
+    count = max(array.shape[0] * array.shape[2] * array.shape[3], 1)
+    mean = total / count
+    variance = np.maximum(squares / count - mean**2, 0.0)
+    std = np.sqrt(variance)
+    return [float(m) for m in mean], [float(s) if s > 1e-6 else 1.0 for s in std]
 
 
 class BaseDataset:
     """Holds ``train_images``/``train_labels`` and ``test_images``/``test_labels``.
 
-    Subclasses call ``_set_data(...)`` from their constructor. The validation split is the
-    data set's test split.
+    Subclasses call ``_set_data(...)`` from their constructor (the one method a data set
+    implements). The validation split is the data set's test split.
 
     Args:
-        augment: apply the random affine augmentation to the training images.
+        augment: augment the training images (``False``: serve the originals).
         seed: the run seed (an integer >= 0) the augmentation draws and the shuffle order
             derive from.
+        augmentation: the policy, ``"affine"``, ``"crop-flip"`` or ``"none"`` (see
+            ``transforms.py``); ``None`` takes the data set's ``default_augmentation``.
 
     Raises:
-        ConfigError: ``augment`` is not a bool, or ``seed`` not an integer >= 0.
+        ConfigError: ``augment`` is not a bool, ``seed`` not an integer >= 0, or an
+            unknown policy.
 
     Attributes:
         classes_count: the number of classes a subclass defines (labels are ``0 ..
             classes_count - 1``); ``None`` when the constructor passes it to ``_set_data``
             (or, for a third-party subclass that does neither, ``max(label) + 1``).
+        mean, std: normalisation, ``(x / 255 - mean) / std``: numbers, per-channel lists,
+            or ``None`` to compute per-channel values from the training split.
+        default_augmentation: the policy when none is given; ``None`` picks ``affine``
+            for one channel (digits, clothes) and ``crop-flip`` for colour images.
+        class_names: one name per class (set by ``_set_data``; default ``"0"``, ``"1"``, ...).
     """
 
     name = "base"
-    mean = 0.5
-    std = 0.5
+    mean: Optional[Normalisation] = 0.5
+    std: Optional[Normalisation] = 0.5
     classes_count: Optional[int] = None
+    default_augmentation: Optional[str] = None
 
-    def __init__(self, augment: bool = True, seed: int = 42):
+    def __init__(self, augment: bool = True, seed: int = 42, augmentation: Optional[str] = None):
         self.augment = check_bool(augment, self.name, "augment")
         self.seed = check_int(seed, self.name, "seed", 0)
-        self.augmentation = AffineAugmentation()
+        self.requested_augmentation = None if augmentation is None else check_policy(augmentation, self.name)
+        self.augmentation_policy: Optional[str] = None  # the policy in use, set by _set_data
+        self.augmentation = None
         self.augmentation_epoch: Optional[int] = None  # which draw is live; None = no augmentation
         self.augmentation_fingerprint: Optional[str] = None  # SHA-1 identifying the live draw (audits, tests)
+        self.augmented_train_images: Optional[torch.Tensor] = None
+        self.memory_mapped = False
+        self.materialize_augmentation = True
+        self._draw: Optional[AugmentationDraw] = None
         self._train_loaders: List[weakref.ref] = []
         self._data_fingerprint: Optional[Dict[str, Any]] = None
+        self._content_sha256: Optional[str] = None
 
     # -- data ----------------------------------------------------------------------
     def _set_data(
@@ -70,22 +117,43 @@ class BaseDataset:
         test_labels,
         num_classes: Optional[int] = None,
         sources: Optional[Mapping[str, Any]] = None,
+        class_names: Optional[Sequence[str]] = None,
+        mean: Optional[Normalisation] = None,
+        std: Optional[Normalisation] = None,
+        content_sha256: Optional[str] = None,
     ) -> None:
-        """Install both splits (uint8 images, integer labels) and check the labels.
+        """Install both splits and check the labels.
 
         Args:
+            train_images, test_images: uint8 ``(N, H, W)`` or ``(N, C, H, W)``, a tensor or
+                a NumPy array. A ``numpy.memmap`` is used in place, never copied: the
+                training set is then augmented batch by batch.
+            train_labels, test_labels: integer labels, one per image.
             num_classes: the class count; default ``classes_count``, else (third-party
                 subclasses only) the largest label + 1.
             sources: ``{"train": path, "test": path}``, the label files, named in errors.
+            class_names: one name per class (default ``"0"``, ``"1"``, ...).
+            mean, std: per-channel normalisation (e.g. stored in a cache); default the
+                class's ``mean``/``std``, computed from the training split when ``None``.
+            content_sha256: the data's SHA-256 when already known (a cache records it),
+                so ``fingerprint()`` does not read a huge memory-mapped array again.
 
         Raises:
             DataError: a split has not one label per image, or a label outside
                 ``0 .. num_classes - 1``; the message names the file (or the split).
+            ValueError: images that are not uint8 ``(N, [C,] H, W)``, splits with
+                different image shapes, or class names that do not match the count.
         """
+        self.memory_mapped = isinstance(train_images, np.memmap) or isinstance(test_images, np.memmap)
         self.train_images = self._as_nchw(train_images)
-        self.train_labels = torch.as_tensor(train_labels).long()
+        self.train_labels = torch.as_tensor(np.asarray(train_labels) if not torch.is_tensor(train_labels)
+                                            else train_labels).long()
         self.test_images = self._as_nchw(test_images)
-        self.test_labels = torch.as_tensor(test_labels).long()
+        self.test_labels = torch.as_tensor(np.asarray(test_labels) if not torch.is_tensor(test_labels)
+                                           else test_labels).long()
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise ValueError(f"{self.name}: train images are {tuple(self.train_images.shape[1:])} but test images "
+                             f"{tuple(self.test_images.shape[1:])}; both splits need one image shape.")
         if num_classes is None:
             num_classes = self.classes_count
         if num_classes is None:  # a third-party subclass that declares no count
@@ -100,11 +168,53 @@ class BaseDataset:
             where = str(source) if source else f"The {self.name} {split} split"
             self._check_labels(where, images, labels, num_classes, from_file=bool(source))
         self._num_classes = int(num_classes)
+        if class_names is None:
+            class_names = [str(i) for i in range(self._num_classes)]
+        class_names = [str(name) for name in class_names]
+        if len(class_names) != self._num_classes:
+            raise ValueError(f"{self.name}: {len(class_names)} class names for {self._num_classes} classes.")
+        self.class_names = class_names
+        self._set_normalisation(mean, std)
+        self._content_sha256 = content_sha256
         self._data_fingerprint = None
-        self.augmented_train_images = self.train_images
+        policy = self.requested_augmentation or self.default_augmentation
+        if policy is None:
+            policy = "affine" if self.train_images.shape[1] == 1 else "crop-flip"
+        self.augmentation_policy = check_policy(policy, self.name)
+        self.augmentation = build_policy(self.augmentation_policy)
+        # An augmented copy only when the originals are in memory and the copy fits the budget.
+        self.materialize_augmentation = (
+            not self.memory_mapped and self.train_images.numel() <= memory_budget_bytes()
+        )
+        self.augmented_train_images = self.train_images if self.materialize_augmentation else None
+        self._draw = None
         self.augmentation_epoch, self.augmentation_fingerprint = None, None  # new data: no draw is live yet
-        if self.augment:
+        if self.augment and self.augmentation is not None:
             self.reapply_transforms(0)
+
+    def _set_normalisation(self, mean: Optional[Normalisation], std: Optional[Normalisation]) -> None:
+        """Per-instance ``mean``/``std``: given, else the class's, else computed (per channel)."""
+        channels = self.train_images.shape[1]
+        if mean is None:
+            mean = type(self).mean
+        if std is None:
+            std = type(self).std
+        self.normalisation_computed = mean is None or std is None
+        if self.normalisation_computed:
+            computed_mean, computed_std = channel_statistics(self.train_images)
+            mean = computed_mean if mean is None else mean
+            std = computed_std if std is None else std
+        for label, values in (("mean", mean), ("std", std)):
+            listed = list(values) if isinstance(values, (list, tuple)) else None
+            if listed is not None and len(listed) not in (1, channels):
+                raise ValueError(f"{self.name}: {label} has {len(listed)} values for {channels} channels.")
+            numbers = listed if listed is not None else [values]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+                raise ValueError(f"{self.name}: {label} must be finite numbers, got {values!r}.")
+            if label == "std" and not all(v > 0 for v in numbers):
+                raise ValueError(f"{self.name}: std must be positive, got {values!r}.")
+        self.mean = [float(v) for v in mean] if isinstance(mean, (list, tuple)) else float(mean)
+        self.std = [float(v) for v in std] if isinstance(std, (list, tuple)) else float(std)
 
     @staticmethod
     def _check_labels(where: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -123,6 +233,12 @@ class BaseDataset:
 
     @staticmethod
     def _as_nchw(images) -> torch.Tensor:
+        if isinstance(images, np.ndarray):
+            if images.dtype != np.uint8:
+                raise TypeError(f"Images must be uint8, got {images.dtype}.")
+            with warnings.catch_warnings():  # a read-only memory map: the data is only ever read
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                images = torch.from_numpy(images if images.flags.c_contiguous else np.ascontiguousarray(images))
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8:
             raise TypeError(f"Images must be uint8, got {images.dtype}.")
@@ -151,29 +267,44 @@ class BaseDataset:
             ``{"train_samples", "val_samples", "input_shape": [c, h, w], "num_classes",
             "sha256"}``, where ``sha256`` hashes the original (un-augmented) train images,
             train labels, test images and test labels: each one's name, dtype and shape,
-            then its raw bytes. Augmentation never changes it. Computed on the first call
-            (about 0.05 s for the 55 MB of Fashion-MNIST) and cached until ``_set_data``
-            installs new data; the data is not expected to change in place meanwhile.
+            then its raw bytes (or is the ``content_sha256`` a cache recorded). Augmentation
+            never changes it. When the normalisation was computed from the data, ``"mean"``
+            and ``"std"`` are recorded too. Computed on the first call (about 0.05 s for the
+            55 MB of Fashion-MNIST) and cached until ``_set_data`` installs new data; the
+            data is not expected to change in place meanwhile.
         """
         if getattr(self, "_data_fingerprint", None) is None:
-            digest = hashlib.sha256()
-            for name in ("train_images", "train_labels", "test_images", "test_labels"):
-                array = getattr(self, name).detach().cpu().contiguous().numpy()
-                digest.update(f"{name} {array.dtype.str} {list(array.shape)}\n".encode())
-                digest.update(array.reshape(-1).view("uint8"))
+            sha256 = getattr(self, "_content_sha256", None) or self._hash_content()
             self._data_fingerprint = {
                 "train_samples": int(self.train_labels.shape[0]),
                 "val_samples": int(self.test_labels.shape[0]),
                 "input_shape": [int(d) for d in self.input_shape],
                 "num_classes": int(self.num_classes),
-                "sha256": digest.hexdigest(),
+                "sha256": sha256,
             }
-        return {**self._data_fingerprint, "input_shape": list(self._data_fingerprint["input_shape"])}
+            if getattr(self, "normalisation_computed", False):
+                self._data_fingerprint["mean"] = self.mean
+                self._data_fingerprint["std"] = self.std
+        return {key: list(value) if isinstance(value, list) else value
+                for key, value in self._data_fingerprint.items()}
+
+    def _hash_content(self) -> str:
+        digest = hashlib.sha256()
+        for name in ("train_images", "train_labels", "test_images", "test_labels"):
+            tensor = getattr(self, name).detach().cpu()
+            array = tensor.contiguous().numpy()
+            digest.update(f"{name} {array.dtype.str} {list(array.shape)}\n".encode())
+            flat = array.reshape(-1).view("uint8")
+            for start in range(0, flat.shape[0], 1 << 26):  # 64 MB at a time: a memory map stays paged
+                digest.update(flat[start : start + (1 << 26)])
+        return digest.hexdigest()
 
     def describe(self) -> str:
+        augmentation = self.augmentation_policy if self.augment and self.augmentation is not None else "off"
+        stored = ", memory-mapped" if self.memory_mapped else ""
         return (
             f"{self.name}: {len(self.train_labels)} train / {len(self.test_labels)} validation samples, "
-            f"input {self.input_shape}, {self.num_classes} classes, augmentation {'on' if self.augment else 'off'}"
+            f"input {self.input_shape}, {self.num_classes} classes, augmentation {augmentation}{stored}"
         )
 
     # -- augmentation --------------------------------------------------------------
@@ -184,25 +315,47 @@ class BaseDataset:
             epoch: the draw number; the draw is seeded from ``(seed, epoch)``. ``None``
                 takes the draw after the current one.
         """
-        if not self.augment:
+        if not self.augment or self.augmentation is None:
             return
         if epoch is None:
             epoch = 0 if self.augmentation_epoch is None else self.augmentation_epoch + 1
         if epoch == self.augmentation_epoch:
             return
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0xA06))
-        self.augmented_train_images = self.augmentation(self.train_images, generator)
+        _, _, height, width = self.train_images.shape
+        draw = AugmentationDraw(self.augmentation, len(self), generator, height, width)
+        if self.materialize_augmentation:
+            augmented = torch.empty_like(self.train_images)
+            for start in range(0, len(self), 4096):  # bounds the temporaries of a crop-flip gather
+                augmented[start : start + 4096] = draw(self.train_images[start : start + 4096], start=start)
+            self.augmented_train_images, self._draw = augmented, None
+        else:
+            self.augmented_train_images, self._draw = None, draw
         self.augmentation_epoch = int(epoch)
-        self.augmentation_fingerprint = _augmentation_fingerprint(self.augmented_train_images)
+        self.augmentation_fingerprint = self._draw_fingerprint()
         for ref in self._train_loaders:
             loader = ref()
             if loader is not None:
-                loader.set_images(self.augmented_train_images)
+                if self.materialize_augmentation:
+                    loader.set_images(self.augmented_train_images)
+                else:
+                    loader.set_transform(self._draw)
+
+    def _draw_fingerprint(self, samples: int = 1024) -> str:
+        """SHA-1 of evenly spaced images of the live draw: tells draws apart (a fresh draw
+        changes nearly every image) at a few hundred kB of hashing instead of the whole set;
+        the same for the in-memory and the memory-mapped path."""
+        index = torch.linspace(0, len(self) - 1, min(samples, len(self))).long()
+        if self._draw is None:
+            images = self.augmented_train_images[index]
+        else:
+            images = self._draw(self.train_images.index_select(0, index), index)
+        return hashlib.sha1(images.cpu().contiguous().numpy().tobytes()).hexdigest()
 
     def state_dict(self) -> Dict[str, Any]:
         return {
             "augment": self.augment, "seed": self.seed, "augmentation_epoch": self.augmentation_epoch,
-            "augmentation_fingerprint": self.augmentation_fingerprint,
+            "augmentation_fingerprint": self.augmentation_fingerprint, "policy": self.augmentation_policy,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -212,6 +365,10 @@ class BaseDataset:
                 f"Dataset state was saved with augment={state['augment']} seed={state['seed']}, "
                 f"this dataset has augment={self.augment} seed={self.seed}."
             )
+        policy = state.get("policy", "affine")  # checkpoints before policies existed: affine
+        if self.augment and policy != self.augmentation_policy:
+            raise ValueError(f"Dataset state was saved with augmentation {policy!r}, "
+                             f"this dataset uses {self.augmentation_policy!r}.")
         if state["augmentation_epoch"] is not None:
             self.reapply_transforms(int(state["augmentation_epoch"]))
 
@@ -228,29 +385,24 @@ class BaseDataset:
         Args:
             batch_size: training batch size.
             shuffle: shuffle the training set each epoch (seeded from the dataset seed).
-            device: where batches are produced (``None``: CPU). The uint8 data is moved
-                there once, so there is no per-batch host-to-device copy.
+            device: where batches are produced (``None``: CPU). In-memory uint8 data is
+                moved there once when it fits, so there is no per-batch host-to-device copy.
             val_batch_size: validation batch size (default: ``max(batch_size, 256)``).
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        images = self.augmented_train_images if self._draw is None and self.augmented_train_images is not None \
+            else self.train_images
         train_loader = TensorLoader(
-            self.augmented_train_images, self.train_labels, batch_size, self.mean, self.std,
-            shuffle=shuffle, seed=self.seed, device=device,
+            images, self.train_labels, batch_size, self.mean, self.std,
+            shuffle=shuffle, seed=self.seed, device=device, transform=self._draw, mapped=self.memory_mapped,
         )
         val_loader = TensorLoader(
             self.test_images, self.test_labels, val_batch_size or max(batch_size, 256), self.mean, self.std,
-            shuffle=False, device=device,
+            shuffle=False, device=device, mapped=self.memory_mapped,
         )
         self._train_loaders.append(weakref.ref(train_loader))
         # Where the batches come from, so a run built in Python records a configuration
         # train.py can rebuild (see src/training/run_config.py).
         train_loader.source_dataset = self
         return train_loader, val_loader
-
-
-def _augmentation_fingerprint(images: torch.Tensor, samples: int = 1024) -> str:
-    """SHA-1 of evenly spaced images of a draw: tells draws apart (a fresh warp changes
-    nearly every image) at a few hundred kB of hashing instead of the whole set."""
-    index = torch.linspace(0, images.shape[0] - 1, min(samples, images.shape[0])).long()
-    return hashlib.sha1(images[index].cpu().contiguous().numpy().tobytes()).hexdigest()

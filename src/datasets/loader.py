@@ -1,14 +1,15 @@
-"""The tensor-resident batch loader: whole data set in memory, batches by index.
+"""The tensor-resident batch loader: the data set as one uint8 tensor, batches by index.
 
-Holds uint8 images and int64 labels (on the training device when they fit) and yields
-normalised float batches. No per-sample Python work. The shuffle order of epoch ``e`` is
+Holds uint8 images and int64 labels (on the training device when they fit, or a memory
+map when the data set is larger than memory) and yields normalised float batches, each
+optionally transformed by an augmentation draw on the device. No per-sample Python work. The shuffle order of epoch ``e`` is
 a function of ``(seed, e)`` only, so the loader's whole state is (epoch, position in the
 epoch): that is what makes a mid-epoch resume exact.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -25,12 +26,18 @@ class TensorLoader:
         images: uint8 tensor ``(N, C, H, W)``.
         labels: int64 tensor ``(N,)``.
         batch_size: samples per batch (the last batch may be smaller).
-        mean, std: normalisation applied as ``(x / 255 - mean) / std``.
+        mean, std: normalisation applied as ``(x / 255 - mean) / std``: numbers, or one
+            per channel.
         shuffle: draw a fresh permutation each epoch from ``(seed, epoch)``.
         device: where batches are produced. The uint8 data is moved there once when it
-            fits (on a GPU: under half its free memory); otherwise it stays in pinned host
-            memory and each uint8 batch is copied over (non-blocking), then normalised
-            on the device.
+            fits (on a GPU: under half its free memory); otherwise it stays in (pinned)
+            host memory and each uint8 batch is copied over (non-blocking), then
+            normalised on the device.
+        transform: an augmentation draw, ``transform(images, index)`` for the uint8 batch
+            of samples ``index``, applied on the device (``None``: serve ``images`` as
+            they are).
+        mapped: ``images`` is a memory map: it is never pinned or copied whole to the
+            host; batches are gathered from the map.
     """
 
     DEVICE_MEMORY_SHARE = 0.5
@@ -45,6 +52,8 @@ class TensorLoader:
         shuffle: bool = False,
         seed: int = 0,
         device: Optional[torch.device] = None,
+        transform: Optional[Callable[..., torch.Tensor]] = None,
+        mapped: bool = False,
     ):
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -53,8 +62,9 @@ class TensorLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.scale = 1.0 / (255.0 * std)
-        self.offset = -mean / std
+        self.mapped = bool(mapped)
+        self.transform = transform
+        self._set_normalisation(mean, std, images.shape[1])
         self.images, self.labels = images, labels
         self.to_device(torch.device(device) if device is not None else images.device)
         self.epoch = 0
@@ -71,12 +81,37 @@ class TensorLoader:
             raise ValueError(f"New images have shape {tuple(images.shape)}, expected {tuple(self.images.shape)}.")
         self.images = self._store(images)
 
+    def set_transform(self, transform: Optional[Callable[..., torch.Tensor]]) -> None:
+        """Swap in a new augmentation draw (the memory-mapped path)."""
+        self.transform = transform
+
+    def _set_normalisation(self, mean, std, channels: int) -> None:
+        means = list(mean) if isinstance(mean, (list, tuple)) else [mean]
+        stds = list(std) if isinstance(std, (list, tuple)) else [std]
+        if len(means) not in (1, channels) or len(stds) not in (1, channels):
+            raise ValueError(f"mean/std need 1 or {channels} values, got {mean!r} and {std!r}.")
+        if len(set(means)) == 1 and len(set(stds)) == 1:
+            # One number for all channels: a scalar scale (the fused path below).
+            self.scale = 1.0 / (255.0 * stds[0])
+            self.offset = -means[0] / stds[0]
+            self._channel_scale = None
+        else:
+            means = means * channels if len(means) == 1 else means
+            stds = stds * channels if len(stds) == 1 else stds
+            self.scale = [1.0 / (255.0 * s) for s in stds]
+            self.offset = [-m / s for m, s in zip(means, stds)]
+            self._channel_scale = True
+
     def to_device(self, device: torch.device) -> "TensorLoader":
         """Produce batches on ``device``, moving the data there once if it fits."""
         self.device = torch.device(device)
         self.storage_device = self.device if self._fits(self.device) else torch.device("cpu")
         self.images, self.labels = self._store(self.images), self._store(self.labels)
-        self._offset = torch.tensor(self.offset, dtype=torch.float32, device=self.device)
+        if self._channel_scale is None:
+            self._offset = torch.tensor(self.offset, dtype=torch.float32, device=self.device)
+        else:
+            self._offset = torch.tensor(self.offset, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+            self._scale = torch.tensor(self.scale, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         return self
 
     def _fits(self, device: torch.device) -> bool:
@@ -87,7 +122,8 @@ class TensorLoader:
 
     def _store(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.storage_device)
-        if self.storage_device != self.device and self.device.type == "cuda" and not tensor.is_pinned():
+        if (self.storage_device != self.device and self.device.type == "cuda" and not tensor.is_pinned()
+                and not self.mapped):
             tensor = tensor.pin_memory()
         return tensor
 
@@ -117,6 +153,7 @@ class TensorLoader:
         for batch in range(start_batch, len(self)):
             lo, hi = batch * self.batch_size, min((batch + 1) * self.batch_size, self.dataset_size)
             if order is None:
+                index = None
                 images, labels = self.images[lo:hi], self.labels[lo:hi]
             else:
                 index = order[lo:hi]
@@ -124,12 +161,19 @@ class TensorLoader:
             if self.storage_device != self.device:  # data too large for the device
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
+            if self.transform is not None:
+                images = self.transform(images, index, start=lo)
             self.position = batch + 1
-            # One fused op: uint8 -> float32, scaled and shifted (offset + scale * x).
-            yield torch.add(self._offset, images, alpha=self.scale), labels
+            yield self._normalise(images), labels
         # A finished pass starts the next one at the beginning of the next epoch's order.
         self.epoch += 1
         self.position = 0
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        if self._channel_scale is None:
+            # One fused op: uint8 -> float32, scaled and shifted (offset + scale * x).
+            return torch.add(self._offset, images, alpha=self.scale)
+        return torch.addcmul(self._offset, images.to(torch.float32), self._scale)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle}

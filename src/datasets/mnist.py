@@ -21,6 +21,9 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "mnist_sample"
 class IdxImageDataset(BaseDataset):
     """A data set stored as the four standard IDX files."""
 
+    default_augmentation = "affine"  # digits and clothes: a small warp, never a flip
+    names: Optional[Sequence[str]] = None  # class names (default "0" .. "9")
+
     def _load_files(self, files: Dict[str, Path]) -> None:
         train_images = read_idx(files["train-images-idx3-ubyte.gz"])
         train_labels = read_idx(files["train-labels-idx1-ubyte.gz"])
@@ -35,6 +38,7 @@ class IdxImageDataset(BaseDataset):
         self._set_data(
             train_images.copy(), train_labels.astype("int64"), test_images.copy(), test_labels.astype("int64"),
             sources={"train": files["train-labels-idx1-ubyte.gz"], "test": files["t10k-labels-idx1-ubyte.gz"]},
+            class_names=self.names,
         )
 
 
@@ -78,8 +82,9 @@ class MNIST(IdxImageDataset):
         download: bool = True,
         mirrors: Optional[Sequence[str]] = None,
         progress: bool = True,
+        augmentation: Optional[str] = None,
     ):
-        super().__init__(augment=augment, seed=seed)
+        super().__init__(augment=augment, seed=seed, augmentation=augmentation)
         download = check_bool(download, self.name, "download", flag="--dataset-option")
         progress = check_bool(progress, self.name, "progress", flag="--dataset-option")
         if mirrors is not None and (
@@ -107,6 +112,7 @@ class FashionMNIST(MNIST):
     name = "fashion_mnist"
     folder_name = "FashionMNIST"
     mean, std = 0.2860, 0.3530
+    names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     mirrors = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
     md5s = {
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -129,8 +135,9 @@ class MNISTSample(IdxImageDataset):
     mean, std = 0.1307, 0.3081
     classes_count = 10
 
-    def __init__(self, data_dir: Optional[str] = None, augment: bool = True, seed: int = 42, **_ignored):
-        super().__init__(augment=augment, seed=seed)
+    def __init__(self, data_dir: Optional[str] = None, augment: bool = True, seed: int = 42,
+                 augmentation: Optional[str] = None, **_ignored):
+        super().__init__(augment=augment, seed=seed, augmentation=augmentation)
         try:
             files = ensure_idx_files(SAMPLE_DIR, (), {}, self.name, download=False)
         except DataError:

@@ -48,8 +48,9 @@ class SyntheticDataset(BaseDataset):
         augment: bool = False,
         seed: int = 42,
         data_dir: Optional[str] = None,
+        augmentation: Optional[str] = None,
     ):
-        super().__init__(augment=augment, seed=seed)
+        super().__init__(augment=augment, seed=seed, augmentation=augmentation)
         num_samples = check_int(num_samples, self.name, "num_samples", 1, flag=FLAG)
         num_classes = check_int(num_classes, self.name, "num_classes", 2, flag=FLAG)
         shape = tuple(check_int_list(input_shape, self.name, "input_shape", length=3, flag=FLAG,

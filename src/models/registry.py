@@ -1,13 +1,16 @@
-"""The model registry, rebuilding a model from its recorded configuration, and the checks
-of the arguments every model takes from the data (class count, channels, image size)."""
+"""The model registry, rebuilding a model from its recorded configuration, and the
+arguments every model takes from the data (class count, channels, image size): their
+checks, and filling them in from a data set (``create_model_for``)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, Tuple
 
 import torch.nn as nn
 
-from ..datasets.options import check_int
+from ..config import ConfigError
+from ..datasets.options import check_int, is_integer
 from ..registry import Registry
 
 ModelRegistry = Registry("model")
@@ -37,7 +40,13 @@ class ConfigurableModel(nn.Module):
 
     Subclasses call ``self._record_config(name, **kwargs)`` in ``__init__``; the result
     is ``model_config`` (stored in every checkpoint).
+
+    A model whose layers work on any image shape (global pooling before the classifier)
+    sets ``accepts_non_square_inputs = True``; its ``input_size`` is then the smaller side
+    and only sets the minimum. Others (a flattening classifier) need square images.
     """
+
+    accepts_non_square_inputs = False
 
     def _record_config(self, name: str, **kwargs: Any) -> None:
         self._model_config = {"name": name, **kwargs}
@@ -54,3 +63,68 @@ def build_model(model_config: Dict[str, Any]) -> nn.Module:
     if name is None:
         raise ValueError(f"model_config {model_config!r} has no 'name'; it cannot be rebuilt.")
     return ModelRegistry.create(name, **config)
+
+
+DATA_ARGUMENTS = ("num_classes", "in_channels", "input_size")  # what a run takes from the data
+
+
+def model_data_arguments(name: str, dataset: Any) -> Dict[str, int]:
+    """``{"num_classes", "in_channels", "input_size"}`` for model ``name`` on ``dataset``
+    (anything with ``num_classes`` and ``input_shape`` = ``(C, H, W)``).
+
+    Images must be square (``H == W``) unless the model sets ``accepts_non_square_inputs``;
+    then ``input_size`` is ``min(H, W)``. The model's own checks (minimum size, say) run
+    when it is built.
+
+    Raises:
+        KeyError: an unknown model, listing the known ones.
+        ConfigError: a data set without a ``(C, H, W)`` input shape, or non-square images
+            for a model that needs square ones.
+    """
+    factory = ModelRegistry.get(name)
+    shape = getattr(dataset, "input_shape", None)
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else shape  # torch.Size is a tuple
+    if not isinstance(shape, tuple) or len(shape) != 3 or not all(is_integer(side) for side in shape):
+        raise ConfigError(f"Model {name!r} needs a data set whose input_shape is (channels, height, width), "
+                          f"got {shape!r} from {type(dataset).__name__}.")
+    num_classes = getattr(dataset, "num_classes", None)
+    if num_classes is None:  # never let the model's default class count stand in silently
+        raise ConfigError(f"Model {name!r} needs a data set with num_classes; {type(dataset).__name__} has none.")
+    channels, height, width = (int(side) for side in shape)
+    if height != width and not getattr(factory, "accepts_non_square_inputs", False):
+        takes_any = [other for other in ModelRegistry.names()
+                     if getattr(ModelRegistry.get(other), "accepts_non_square_inputs", False)]
+        raise ConfigError(
+            f"Model {name!r} needs square images but the data set's are {height}x{width} (height x width); "
+            f"crop or resize them to a square, or use a model that takes any shape: {', '.join(takes_any)}."
+        )
+    return {"num_classes": num_classes, "in_channels": channels, "input_size": min(height, width)}
+
+
+def create_model_for(name: str, dataset: Any, **options: Any) -> nn.Module:
+    """Model ``name`` sized for ``dataset``: its class count, channels and image size come
+    from the data (see ``model_data_arguments``), ``options`` are the model's own.
+
+    Example::
+
+        model = create_model_for("resnet18", DatasetRegistry.create("synthetic"), width=32)
+
+    Raises:
+        KeyError: an unknown model, listing the known ones.
+        ConfigError: an option the model does not have or one the data sets, a bad option
+            value, or data the model cannot take (non-square, too small).
+    """
+    arguments = model_data_arguments(name, dataset)
+    parameters = inspect.signature(ModelRegistry.get(name)).parameters.values()
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)  # a factory(**kwargs) checks its own
+    accepted = [p.name for p in parameters
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in DATA_ARGUMENTS]
+    clash = sorted(set(options) & set(DATA_ARGUMENTS))
+    if clash:
+        raise ConfigError(f"create_model_for takes {', '.join(clash)} for model {name!r} from the data set; "
+                          f"do not pass {'it' if len(clash) == 1 else 'them'}.")
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not takes_any:
+        raise ConfigError(f"Model {name!r} has no option {', '.join(unknown)}; "
+                          f"its options: {', '.join(accepted) or 'none'}.")
+    return ModelRegistry.create(name, **arguments, **options)

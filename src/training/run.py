@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig
 from ..datasets import DatasetRegistry
 from ..errors import WriteError
-from ..models import ModelRegistry
+from ..models import ModelRegistry, model_data_arguments
 from ..utils import get_device, seed_everything
 from . import state_keys as keys
 from .checkpoint import CheckpointError, CheckpointManager
@@ -81,12 +81,12 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     """Seeded dataset, model (on its device), loaders, optimizer and scheduler."""
     seed_everything(config.seed)
     device = get_device(config.device)
+    chosen = {"augmentation": config.augmentation} if config.augmentation is not None else {}
     dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", config.dataset_options,
-                      optional={"progress": progress},
+                      optional={"progress": progress}, chosen=chosen,
                       data_dir=config.data_dir, augment=config.augment, seed=config.seed)
-    channels, height, _ = dataset.input_shape
     model = _create(ModelRegistry, config.model, "--model-option", config.model_options,
-                    num_classes=dataset.num_classes, in_channels=channels, input_size=height).to(device)
+                    **model_data_arguments(config.model, dataset)).to(device)
     train_loader, val_loader = dataset.get_dataloaders(batch_size=config.batch_size, device=device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
     scheduler = build_scheduler(config.scheduler, optimizer, config.epochs)
@@ -94,13 +94,20 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
 
 
 def _create(registry, name: str, flag: str, options: Dict[str, Any],
-            optional: Optional[Dict[str, Any]] = None, **fixed: Any):
+            optional: Optional[Dict[str, Any]] = None, chosen: Optional[Dict[str, Any]] = None, **fixed: Any):
     """``registry.create(name, **fixed, **options)`` with a clear error for a bad option;
-    ``optional`` arguments (a download progress bar, say) go only to factories taking them."""
+    ``optional`` arguments (a download progress bar, say) go only to factories taking them;
+    ``chosen`` ones (``--augment``) are an error for a factory that does not take them."""
     import inspect
 
     factory = registry.get(name)
     accepted = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    for key, value in (chosen or {}).items():
+        if key not in accepted and not takes_any:
+            flag_of = {"augmentation": "--augment"}.get(key, key)
+            raise ConfigError(f"{registry.kind} {name!r} does not take {flag_of}; leave it out for this data set.")
+        fixed[key] = value
     fixed.update({k: v for k, v in (optional or {}).items() if k in accepted and k not in options})
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -108,7 +115,7 @@ def _create(registry, name: str, flag: str, options: Dict[str, Any],
         raise ConfigError(f"{registry.kind} {name!r} has no option {', '.join(unknown)} ({flag}); its options: {choices}.")
     clash = sorted(set(options) & set(fixed))
     if clash:  # e.g. --dataset-option seed=5: the run passes seed itself
-        set_by = {"seed": "--seed", "data_dir": "--data-dir", "augment": "--no-augment"}
+        set_by = {"seed": "--seed", "data_dir": "--data-dir", "augment": "--no-augment", "augmentation": "--augment"}
         how = ", ".join(f"{k} from {set_by[k]}" if k in set_by else f"{k} from the data" for k in clash)
         raise ConfigError(f"{flag} {', '.join(clash)} cannot be given for {registry.kind} {name!r}: the run sets {how}.")
     try:

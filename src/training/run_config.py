@@ -18,7 +18,7 @@ import torch
 # Model constructor arguments that come from the data set, not from --model-option.
 DERIVED_MODEL_ARGS = ("name", "num_classes", "in_channels", "input_size")
 # Data set constructor arguments with their own RunConfig fields (or none at all).
-DERIVED_DATASET_ARGS = ("name", "data_dir", "augment", "seed", "progress", "download", "mirrors")
+DERIVED_DATASET_ARGS = ("name", "data_dir", "augment", "augmentation", "seed", "progress", "download", "mirrors")
 
 _OPTIMIZERS = {torch.optim.AdamW: "adamw", torch.optim.Adam: "adam", torch.optim.SGD: "sgd"}
 _SCHEDULERS = {
@@ -52,6 +52,7 @@ def describe_run(trainer, epochs: int) -> Dict[str, Any]:
         config["dataset_options"] = {k: v for k, v in origin.items() if k not in DERIVED_DATASET_ARGS}
         config["data_dir"] = origin.get("data_dir")
         config["augment"] = bool(origin.get("augment", config["augment"]))
+        config["augmentation"] = origin.get("augmentation")
         config["seed"] = int(origin.get("seed", config["seed"]))
         config["data_fingerprint"] = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
     else:

@@ -2,4 +2,4 @@
 
 # Configuration keys that change what the data pipeline produces; a fork that changes
 # one of them restarts the data order instead of continuing the parent's.
-DATA_KEYS = ("dataset", "batch_size", "seed", "augment", "reapply_transforms", "dataset_options")
+DATA_KEYS = ("dataset", "batch_size", "seed", "augment", "augmentation", "reapply_transforms", "dataset_options")
