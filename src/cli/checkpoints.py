@@ -8,7 +8,6 @@ the manifest, ``weights_only`` unpickling). Nothing in the experiment is written
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
@@ -18,7 +17,7 @@ import torch.nn as nn
 from ..models import build_model
 from ..training import state_keys as keys
 from ..training.checkpoint import CheckpointManager, load_model_state
-from .common import CHECKPOINTS_DIR, ToolError, checkpoint_file_name, number
+from .common import CHECKPOINTS_DIR, ToolError, checkpoint_file_name, number, print_warning
 
 
 class LoadedModel(NamedTuple):
@@ -34,10 +33,6 @@ class LoadedModel(NamedTuple):
     accuracy: Optional[float]
 
 
-def _warn(message: str) -> None:
-    print(f"Warning: {message}", file=sys.stderr)
-
-
 def available_checkpoints(checkpoints_dir: Path) -> List[str]:
     """The ``--checkpoint`` names that have a file: best, latest, epoch_N (by epoch)."""
     names = []
@@ -49,7 +44,7 @@ def available_checkpoints(checkpoints_dir: Path) -> List[str]:
     return names + [f"epoch_{e}" for e in epochs]
 
 
-def read_checkpoint(experiment_dir: Path, choice: str, warn=_warn) -> Tuple[Path, Dict[str, Any], Optional[str]]:
+def read_checkpoint(experiment_dir: Path, choice: str, warn=print_warning) -> Tuple[Path, Dict[str, Any], Optional[str]]:
     """``(path, payload, sha256)`` of checkpoint ``choice`` of an experiment, verified.
 
     ``latest`` is the newest valid checkpoint by recorded (epoch, step), passing over
@@ -93,7 +88,7 @@ def read_checkpoint(experiment_dir: Path, choice: str, warn=_warn) -> Tuple[Path
     raise ToolError(f"{path} kept changing while it was read (the run is saving); try again.")
 
 
-def load_model(experiment_dir: Path, choice: str, warn=_warn) -> LoadedModel:
+def load_model(experiment_dir: Path, choice: str, warn=print_warning) -> LoadedModel:
     """Rebuild the model of checkpoint ``choice`` (best, latest, epoch_N) of an experiment.
 
     Raises:

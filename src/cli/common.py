@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -47,6 +48,11 @@ KNOWN_CLASS_NAMES = {
 class ToolError(BadInputError):
     """A tool cannot do what was asked (unknown experiment, damaged record, running
     experiment, bad checkpoint name); the message says what to do (exit code 2)."""
+
+
+def print_warning(message: str) -> None:
+    """One ``Warning: ...`` line on stderr (something was passed over, the command goes on)."""
+    print(f"Warning: {message}", file=sys.stderr)
 
 
 # -- experiments -----------------------------------------------------------------------

@@ -16,7 +16,6 @@ import inspect
 import io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -29,7 +28,7 @@ from ..utils import get_device
 from ..utils.io import atomic_write_bytes
 from .checkpoints import describe, load_model
 from .common import (
-    EVALUATION_DIR, ToolError, checkpoint_file_name, class_names_for, find_experiment, read_config, refuse_if_running,
+    EVALUATION_DIR, ToolError, checkpoint_file_name, print_warning, class_names_for, find_experiment, read_config, refuse_if_running,
 )
 
 RESULT_FILE = "evaluation.json"
@@ -69,15 +68,24 @@ def split_tensors(dataset, split: str):
     raise ToolError(f"Unknown split {split!r}; choose test or train.")
 
 
+def split_loader(dataset, split: str, batch_size: int, device) -> TensorLoader:
+    """Batches of ``split`` in order, normalised by the data set's own loader: the run's
+    validation loader for ``test``, the same over the un-augmented images for ``train``."""
+    if split == "test":
+        return dataset.get_dataloaders(batch_size=batch_size, shuffle=False, device=device, val_batch_size=batch_size)[1]
+    images, labels = split_tensors(dataset, split)
+    return TensorLoader(images, labels, batch_size, dataset.mean, dataset.std, shuffle=False, device=device,
+                        mapped=bool(getattr(dataset, "memory_mapped", False)))
+
+
 @torch.inference_mode()
-def predict_split(model, images, labels, mean: float, std: float, batch_size: int, device, tta: bool = False):
-    """Run ``model`` over uint8 ``images``, normalised as the run's loaders do.
+def predict_split(model, loader, device, tta: bool = False):
+    """Run ``model`` over the batches of ``loader``.
 
     Returns ``(probabilities (N, C), predictions (N,), mean loss)``; the loss is summed
     per batch as ``MetricsTracker`` does. With ``tta``, each image's probabilities are
     averaged with those of its mirror image (and predictions and loss follow them).
     """
-    loader = TensorLoader(images, labels, batch_size, mean, std, shuffle=False, device=device)
     model = model.to(device).eval()
     probabilities, predictions, loss_sum = [], [], 0.0
     for batch, targets in loader:
@@ -91,7 +99,9 @@ def predict_split(model, images, labels, mean: float, std: float, batch_size: in
         loss_sum += float(loss) * targets.shape[0]
         probabilities.append(probs.cpu())
         predictions.append(predicted.cpu())
-    total = int(labels.shape[0])
+    total = sum(p.shape[0] for p in predictions)
+    if not total:
+        raise ToolError("The split holds no images; there is nothing to evaluate.")
     return torch.cat(probabilities), torch.cat(predictions), loss_sum / total
 
 
@@ -202,7 +212,6 @@ def evaluate_experiment(runs_dir: str, name: str, checkpoint: str = "best", spli
     loaded = load_model(experiment_dir, checkpoint)
     dataset = build_dataset(config, data_dir)
     images, labels = split_tensors(dataset, split)
-    channels, height, width = dataset.input_shape
     classes = int(dataset.num_classes)
     expected = loaded.model_config.get("num_classes")
     if expected is not None and expected != classes:
@@ -210,8 +219,9 @@ def evaluate_experiment(runs_dir: str, name: str, checkpoint: str = "best", spli
                         "evaluate it on the data it was trained on.")
     names = class_names_for(config.get("dataset"), classes, dataset)
     batch_size = max(int(config.get("batch_size") or 64), 256)  # the run's validation batch size
-    probabilities, predictions, loss = predict_split(loaded.model, images, labels, dataset.mean, dataset.std,
-                                                     batch_size, get_device(device), tta)
+    device = get_device(device)
+    probabilities, predictions, loss = predict_split(loaded.model, split_loader(dataset, split, batch_size, device),
+                                                     device, tta)
     labels = labels.cpu()
     correct = int((predictions == labels).sum())
     confusion = torch.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
@@ -219,8 +229,8 @@ def evaluate_experiment(runs_dir: str, name: str, checkpoint: str = "best", spli
     recorded = (config.get("data_fingerprint") or {}).get("sha256") if isinstance(config.get("data_fingerprint"), dict) else None
     matches = None if recorded is None else recorded == dataset.fingerprint()["sha256"]
     if matches is False:
-        print(f"Warning: the {config.get('dataset')} data found now differs from the data {name} was trained on "
-              "(its fingerprint changed).", file=sys.stderr)
+        print_warning(f"the {config.get('dataset')} data found now differs from the data {name} was trained on "
+                      "(its fingerprint changed).")
     accuracy = 100.0 * correct / int(labels.shape[0])
     record = {
         "experiment": name, "checkpoint": {"name": checkpoint, **describe(loaded)}, "split": split, "tta": tta,

@@ -26,9 +26,9 @@ from ..errors import write_error
 from ..models import build_model
 from ..utils.io import atomic_write_bytes
 from .checkpoints import describe, input_shape, load_model
-from .common import EXPORT_DIR, ToolError, checkpoint_file_name, class_names_for, find_experiment, read_config
+from .common import print_warning, EXPORT_DIR, ToolError, checkpoint_file_name, find_experiment, read_config
 from .evaluate import _inside
-from .predict import normalisation
+from .predict import data_description
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 CONFIG_NAME = "model.json"
@@ -157,16 +157,16 @@ def export_experiment(runs_dir: str, name: str, checkpoint: str = "best", fmt: s
     config = read_config(experiment_dir)
     loaded = load_model(experiment_dir, checkpoint)
     shape = input_shape(config, loaded.model_config)
-    mean, std, factory = normalisation(config)
-    classes = loaded.model_config.get("num_classes")
+    description = data_description(config, warn=print_warning)
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
     data = _serialize(loaded.model, fmt, example)
     check = _check_round_trip(loaded.model, fmt, data, example, target)
     record = {
         "format_version": EXPORT_VERSION, "format": fmt, "weights": FILE_NAMES[fmt],
         "weights_sha256": hashlib.sha256(data).hexdigest(), "model_config": loaded.model_config,
-        "input_shape": list(shape), "normalisation": {"mean": mean, "std": std, "formula": "(x / 255 - mean) / std"},
-        "class_names": class_names_for(config.get("dataset"), classes, factory) if isinstance(classes, int) else None,
+        "input_shape": list(shape),
+        "normalisation": {"mean": description["mean"], "std": description["std"], "formula": "(x / 255 - mean) / std"},
+        "class_names": description["class_names"],
         "dataset": config.get("dataset"), "experiment": name, "checkpoint": {"name": checkpoint, **describe(loaded)},
         "check": check,
     }

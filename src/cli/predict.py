@@ -1,8 +1,8 @@
 """``exptrain predict``: the top-k classes of image files, with probabilities.
 
 Each image is converted to the model's channels (grey or RGB) and input size, then
-normalised with the data set's mean and std exactly as the training loader does. The
-data set itself is not loaded; nothing is written.
+normalised with the data set's mean and std (per channel where it has them) by the
+training loader itself. Nothing is written.
 """
 
 from __future__ import annotations
@@ -13,23 +13,46 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from ..datasets import DatasetRegistry
+from ..datasets import DatasetRegistry, TensorLoader
 from .checkpoints import input_shape, load_model
-from .common import ToolError, class_names_for, find_experiment, number, read_config
+from .common import print_warning, ToolError, class_names_for, find_experiment, read_config
 
 MODES = {1: "L", 3: "RGB"}
 
 
-def normalisation(config: Dict[str, Any]):
-    """``(mean, std, data set class)`` of the configuration's data set (class attributes)."""
+def data_description(config: Dict[str, Any], warn=None) -> Dict[str, Any]:
+    """``{"mean", "std", "class_names", "num_classes"}`` of the run's data set.
+
+    The data set is built (read-only, no download) for its exact normalisation (which
+    may be computed from the data) and class names; when its files are not here, the
+    normalisation recorded in ``config.json``'s data fingerprint or declared by the data
+    set's class is used, with a warning.
+
+    Raises:
+        ToolError: the data set is unknown, or unavailable with no recorded normalisation.
+    """
+    from ..datasets import DataError
+    from .evaluate import build_dataset
+
     name = config.get("dataset")
-    if not isinstance(name, str) or name not in DatasetRegistry:
-        raise ToolError(f"The configuration's dataset {name!r} is not available: {DatasetRegistry.unknown_message(name)}")
-    factory = DatasetRegistry.get(name)
-    mean, std = number(getattr(factory, "mean", None)), number(getattr(factory, "std", None))
-    if mean is None or std is None or std <= 0:
-        raise ToolError(f"Data set {name!r} declares no mean and std, so its normalisation is unknown.")
-    return mean, std, factory
+    try:
+        dataset = build_dataset(config)
+    except DataError as exc:
+        if not isinstance(name, str) or name not in DatasetRegistry:
+            raise
+        factory = DatasetRegistry.get(name)
+        fingerprint = config.get("data_fingerprint") if isinstance(config.get("data_fingerprint"), dict) else {}
+        mean = fingerprint.get("mean", getattr(factory, "mean", None))
+        std = fingerprint.get("std", getattr(factory, "std", None))
+        classes = fingerprint.get("num_classes")
+        if mean is None or std is None or not isinstance(classes, int):
+            raise ToolError(f"The {name} data is not available here, and its normalisation was not recorded: {exc}") from None
+        if warn is not None:
+            warn(f"the {name} data is not available here, so its recorded normalisation is used ({exc})")
+        return {"mean": mean, "std": std, "num_classes": classes,
+                "class_names": class_names_for(name, classes, factory)}
+    return {"mean": dataset.mean, "std": dataset.std, "num_classes": int(dataset.num_classes),
+            "class_names": class_names_for(name, int(dataset.num_classes), dataset)}
 
 
 def load_images(paths: Sequence[str], shape, invert: bool = False) -> torch.Tensor:
@@ -63,10 +86,11 @@ def load_images(paths: Sequence[str], shape, invert: bool = False) -> torch.Tens
     return torch.stack(arrays).contiguous()
 
 
-def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """The training loader's formula, ``(x / 255 - mean) / std`` as one fused operation."""
-    offset = torch.tensor(-mean / std, dtype=torch.float32)
-    return torch.add(offset, images, alpha=1.0 / (255.0 * std))
+def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``images`` as the training loader serves them, ``(x / 255 - mean) / std``
+    (by the loader itself, so the float operations are the same)."""
+    loader = TensorLoader(images, torch.zeros(images.shape[0], dtype=torch.long), images.shape[0], mean, std)
+    return next(iter(loader))[0]
 
 
 def predict_images(runs_dir: str, name: str, images: Sequence[str], checkpoint: str = "best", top_k: int = 3,
@@ -81,16 +105,16 @@ def predict_images(runs_dir: str, name: str, images: Sequence[str], checkpoint: 
         raise ToolError(f"--top-k must be a whole number >= 1, got {top_k!r}.")
     experiment_dir = find_experiment(Path(runs_dir), name)
     config = read_config(experiment_dir)
-    mean, std, factory = normalisation(config)
     for path in images:  # a typo is found before the model is loaded
         if not Path(path).is_file():
             raise ToolError(f"Image {path} does not exist" + (" (it is a directory)." if Path(path).is_dir() else "."))
     loaded = load_model(experiment_dir, checkpoint)
     pixels = load_images(images, input_shape(config, loaded.model_config), invert)
+    data = data_description(config, warn=print_warning)
     with torch.inference_mode():
-        probabilities = loaded.model(normalise(pixels, mean, std)).float().softmax(1)
+        probabilities = loaded.model(normalise(pixels, data["mean"], data["std"])).float().softmax(1)
     classes = probabilities.shape[1]
-    names = class_names_for(config.get("dataset"), classes, factory)
+    names = data["class_names"] if len(data["class_names"]) == classes else [str(i) for i in range(classes)]
     values, indices = probabilities.topk(min(top_k, classes), dim=1)
     return [{"image": str(path), "predictions": [
         {"class": int(i), "name": names[int(i)], "probability": float(p)} for p, i in zip(row_p, row_i)]}

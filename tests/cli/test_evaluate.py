@@ -96,3 +96,14 @@ def test_class_metrics_with_an_empty_class():
     assert rows[0]["precision"] == pytest.approx(2 / 3) and rows[0]["recall"] == 1.0
     assert rows[1]["precision"] == 1.0 and rows[1]["recall"] == 0.5 and rows[1]["f1"] == pytest.approx(2 / 3)
     assert rows[2] == {"class": 2, "name": "c", "precision": None, "recall": None, "f1": None, "support": 0}
+
+
+def test_checkpoint_without_a_model_config_is_refused(copy_runs, capsys):
+    import torch.nn as nn
+
+    from src.training.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(copy_runs / "exp1" / "checkpoints", save_frequency=0)
+    manager.save_checkpoint(nn.Linear(784, 10), None, 9, 0.5, 50.0, manager.epoch_path(9))
+    code, _, err = run_tool(capsys, "evaluate", "exp1", "--runs-dir", str(copy_runs), "--checkpoint", "epoch_9")
+    assert code == 2 and "epoch_9.pt records no model configuration" in err

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from src.cli.checkpoints import load_model
-from src.cli.evaluate import build_dataset, predict_split
+from src.cli.evaluate import build_dataset, predict_split, split_loader
 from src.cli.predict import predict_images
 from tests.cli.conftest import run_tool
 
@@ -19,8 +19,8 @@ def confident_digit(real_runs, tmp_path_factory):
     """A PNG of a test image the model classifies correctly and confidently, and its label."""
     dataset = build_dataset(json.loads((real_runs / "exp2" / "config.json").read_text()))
     model = load_model(real_runs / "exp2", "best").model
-    probabilities, predictions, _ = predict_split(model, dataset.test_images, dataset.test_labels, dataset.mean,
-                                                  dataset.std, 256, torch.device("cpu"))
+    device = torch.device("cpu")
+    probabilities, predictions, _ = predict_split(model, split_loader(dataset, "test", 256, device), device)
     confidence = torch.where(predictions == dataset.test_labels, probabilities.max(1).values, torch.zeros(()))
     index = int(confidence.argmax())
     path = tmp_path_factory.mktemp("images") / "digit.png"
@@ -63,3 +63,22 @@ def test_bad_images_are_one_line(make, message, real_runs, tmp_path, capsys):
 def test_top_k_must_be_positive(real_runs, confident_digit, capsys):
     code, _, err = run_tool(capsys, "predict", "exp2", str(confident_digit[0]), "--top-k", "0", "--runs-dir", str(real_runs))
     assert code == 2 and "--top-k must be a whole number >= 1" in err
+
+
+def test_without_the_data_the_recorded_normalisation_is_used(real_runs, confident_digit, tmp_path, capsys):
+    import shutil
+
+    path, label, confidence = confident_digit
+    runs = tmp_path / "runs"
+    shutil.copytree(real_runs / "exp2", runs / "exp2")
+    config_file = runs / "exp2" / "config.json"
+    config = json.loads(config_file.read_text())
+    (tmp_path / "no-data").mkdir()
+    # full MNIST, same normalisation as the sample, whose files are not here (never downloaded by predict)
+    config.update(dataset="mnist", data_dir=str(tmp_path / "no-data"))
+    config_file.write_text(json.dumps(config))
+    code, out, err = run_tool(capsys, "predict", "exp2", str(path), "--runs-dir", str(runs), "--top-k", "1")
+    assert code == 0, err
+    assert "Warning: the mnist data is not available here, so its recorded normalisation is used" in err
+    assert out.strip().endswith(f"{label} {100 * confidence:.1f}%")
+    assert not any((tmp_path / "no-data").iterdir()), "nothing was downloaded"
