@@ -288,7 +288,7 @@ def run(args) -> int:
     record = evaluate_experiment(args.runs_dir, args.experiment, args.checkpoint, args.split, args.tta, args.out,
                                  args.mistakes, args.data_dir, args.device)
     source = record["checkpoint"]
-    kind = " (saved mid-epoch)" if source["mid_epoch"] else ""
+    kind = f", saved during epoch {source['epoch'] + 1}" if source["mid_epoch"] else ""
     print(f"{record['experiment']}: {Path(source['file']).name} (epoch {source['epoch']}{kind}) on the "
           f"{record['split']} split, {record['samples']} images{' with flip TTA' if record['tta'] else ''}: "
           f"accuracy {record['accuracy']:.2f}%, loss {record['loss']:.4f}")
