@@ -26,3 +26,5 @@ TRAIN_LOADER = "train_loader"       # epoch and position of the data order
 TRAIN_TRACKER = "train_tracker"     # partial training metrics of an interrupted epoch
 DATASET = "dataset"                 # the live augmentation draw (with --reapply-transforms)
 CONFIG = "config"                   # the run configuration
+WORLD_SIZE = "world_size"           # processes of the run (1 without torchrun)
+RANKS = "ranks"                     # per rank {rng_state, train_tracker} under torchrun, else None
