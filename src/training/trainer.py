@@ -164,10 +164,28 @@ class Trainer:
             return loader
         if hasattr(loader, "shard"):
             return loader.shard(self.dist.rank, self.dist.world_size, whole_batches=whole_batches)
-        raise ValueError(
-            f"Under torchrun the Trainer needs the built-in loaders (dataset.get_dataloaders()); a "
-            f"{type(loader).__name__} cannot be split across {self.dist.world_size} processes exactly."
-        )
+        from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
+
+        if whole_batches:
+            return loader  # every rank evaluates the whole set: exact, only slower
+        if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset) \
+                or loader.batch_size is None:
+            raise ValueError(
+                f"Under torchrun the training loader must be the built-in one (dataset.get_dataloaders()) or a "
+                f"DataLoader over a sized dataset with a batch_size; a {type(loader).__name__} cannot be split "
+                f"across {self.dist.world_size} processes."
+            )
+        # A user's DataLoader: torch's DistributedSampler (it repeats a few samples so every
+        # rank gets as many; its shuffle is seeded by the run's torch seed and the epoch).
+        sampler = DistributedSampler(loader.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                     shuffle=isinstance(loader.sampler, RandomSampler),
+                                     seed=int(torch.initial_seed()) % (2**63), drop_last=False)
+        sharded = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                             pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                             worker_init_fn=loader.worker_init_fn, generator=loader.generator)
+        sharded.set_epoch = sampler.set_epoch
+        return sharded
 
     def _on_device(self, loader):
         # The built-in loader moves its uint8 data once; other loaders are copied per batch.
@@ -217,7 +235,7 @@ class Trainer:
                     with self.precision.autocast():
                         outputs = self.forward_model(images)
                         loss = self.criterion(outputs, labels) if labels.shape[0] else outputs.sum() * 0.0
-                    weight = loader.batch_weight if sharded else 1.0
+                    weight = getattr(loader, "batch_weight", 1.0)
                     scaled = loss * weight if weight != 1.0 else loss  # a short last global batch
                     self.precision.backward(scaled / accumulate if accumulate > 1 else scaled)
                 tracker.update(loss, outputs, labels)
@@ -306,7 +324,7 @@ class Trainer:
     def validate(self) -> Tuple[Dict[str, float], float]:
         """Evaluate on the validation loader. Returns ``(metrics, iterations per second)``."""
         self.model.eval()
-        if self.dist.enabled:
+        if self.dist.enabled and hasattr(self.val_loader, "batch_index"):
             return self._validate_sharded()
         tracker = MetricsTracker()
         start, steps = time.perf_counter(), 0
