@@ -238,7 +238,10 @@ def _main(args, stop) -> int:
             show_progress=False if args.quiet else None, stop=stop,
         )
     except ExptrainError as exc:
-        print(f"Error: {exc}" if exc.exit_code < 128 else str(exc), file=sys.stderr)
+        if exc.exit_code < 128:
+            print(f"Error: {exc}", file=sys.stderr)
+        elif os.environ.get("RANK", "0") in ("", "0"):  # under torchrun rank 0 reports the stop for all
+            print(str(exc), file=sys.stderr)
         return exc.exit_code
     except (ValueError, KeyError, TypeError) as exc:  # a bad value caught by a library's own check
         print(f"Error: {_one_line(exc)}", file=sys.stderr)

@@ -89,13 +89,7 @@ WORKER = textwrap.dedent("""
     data = DatasetRegistry.create("synthetic", num_samples=1000, num_classes=4, input_shape=[1, 8, 8], seed=3)
     train_loader, val_loader = data.get_dataloaders(batch_size=batch, val_batch_size=64)
     model = ModelRegistry.create("mlp", num_classes=4, in_channels=1, input_size=8, hidden_sizes=[16])
-    runs = out + "/runs" if dist.is_main else out + "/unused"
-    experiment = ExperimentManager(base_dir=runs) if dist.is_main else None
-    from src.training.distributed import FollowerExperiment
-    if not dist.is_main:
-        experiment = FollowerExperiment(out + "/runs", dist.broadcast_object(None))
-    else:
-        dist.broadcast_object(experiment.name)
+    experiment = ExperimentManager(base_dir=out + "/runs")  # rank 0 creates it, the others see it
     trainer = Trainer(model=model, train_loader=train_loader, val_loader=val_loader, criterion=nn.CrossEntropyLoss(),
                       optimizer=torch.optim.SGD(model.parameters(), lr=0.05), device="cpu",
                       experiment_manager=experiment, distributed=dist, show_progress=False)

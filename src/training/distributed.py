@@ -100,6 +100,9 @@ class Distributed:
         if use_cuda:
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
+        import atexit
+
+        atexit.register(_destroy_at_exit)
         if not dist.is_initialized():  # pragma: no cover - init raises instead
             raise ConfigError("torch.distributed could not start a process group.")
         return cls(rank, world_size, local_rank, cpu_group=_cpu_group(), owns_group=True)
@@ -166,6 +169,10 @@ class Distributed:
             raise self.peer_failed(exc) from None
 
     def peer_failed(self, exc: BaseException) -> PeerFailedError:
+        if os.environ.get("EXPTRAIN_DEBUG"):
+            import traceback
+
+            traceback.print_stack()
         import re
 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -221,13 +228,46 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} in the environment is not an integer; start the job with torchrun.") from None
 
 
+_CPU_GROUP: Any = None
+
+
 def _cpu_group():
-    """A gloo group for the small CPU collectives (the default group when it is gloo)."""
+    """A gloo group for the small CPU collectives (the default group when it is gloo);
+    created once per process (``new_group`` is itself a collective)."""
+    global _CPU_GROUP
     import torch.distributed as dist
 
     if dist.get_backend() == "gloo":
         return None
-    return dist.new_group(backend="gloo")
+    if _CPU_GROUP is None:
+        _CPU_GROUP = dist.new_group(backend="gloo")
+    return _CPU_GROUP
+
+
+def current_job() -> Optional[Distributed]:
+    """The job this process belongs to when it is one of several (joining torchrun's group
+    if nobody has yet), else ``None``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and (dist.is_initialized() or _env_int("WORLD_SIZE", 1) > 1)):
+        return None
+    job = Distributed.from_environment()
+    return job if job.enabled else None
+
+
+def _destroy_at_exit() -> None:
+    """A group this process started and nobody closed goes before the interpreter does
+    (a DDP reducer outliving its group aborts the process at exit)."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except RuntimeError:
+            pass
 
 
 class agreement:
@@ -267,42 +307,11 @@ class agreement:
         return False
 
 
-def open_experiment(dist: Distributed, runs_dir, create):
-    """The experiment of this run: ``create()`` on rank 0 (it creates or reopens and locks
-    the directory); on the other ranks a read-only view of the same directory, by the name
-    rank 0 broadcasts. A failure on rank 0 is raised on every rank."""
-    if not dist.enabled:
-        return create()
-    experiment, failure = None, None
-    if dist.is_main:
-        try:
-            experiment = create()
-        except Exception as exc:  # re-raised below, after the others know
-            failure = exc
-    if not dist.is_main:
-        mine = None
-    elif failure is None:
-        mine = ("ok", experiment.name, experiment.resume_exp, experiment.fork_exp)
-    else:
-        mine = ("error", type(failure), str(failure))
-    outcome = dist.broadcast_object(mine)
-    if failure is not None:
-        raise failure
-    if outcome[0] == "error":
-        try:
-            raise outcome[1](outcome[2])
-        except TypeError:
-            raise PeerFailedError(f"Rank 0: {outcome[2]}") from None
-    if dist.is_main:
-        return experiment
-    return FollowerExperiment(runs_dir, outcome[1], outcome[2], outcome[3])
-
-
 class FollowerExperiment:
     """What a rank other than 0 sees of the experiment: its paths and files, read-only.
     Every write (status, config, lineage) is rank 0's and is a no-op here."""
 
-    def __init__(self, base_dir, name: str, resume_exp=None, fork_exp=None):
+    def __init__(self, base_dir, name: str, resume_exp=None, fork_exp=None, parent_checkpoint=None):
         from pathlib import Path
 
         from .experiment import CHECKPOINTS_DIR, CONFIG_FILE
@@ -310,8 +319,18 @@ class FollowerExperiment:
         self.base_dir = Path(base_dir)
         self.name = name
         self.resume_exp, self.fork_exp = resume_exp, fork_exp
+        self.parent_dir = self.base_dir / fork_exp if fork_exp else None
+        self.parent_checkpoint = Path(parent_checkpoint) if parent_checkpoint else None
+        self._parent_state = None
         self._dir = self.base_dir / name
         self._checkpoints, self._config = CHECKPOINTS_DIR, CONFIG_FILE
+
+    @property
+    def parent_state(self):
+        """The fork's starting state: the very file rank 0 chose and verified, read on first use."""
+        if self._parent_state is None and self.parent_checkpoint is not None:
+            self._parent_state = torch.load(self.parent_checkpoint, map_location="cpu", weights_only=True)
+        return self._parent_state
 
     @property
     def experiment_dir(self) -> str:

@@ -30,7 +30,7 @@ from .experiment import (
 from .interrupts import StartupInterrupted, StopRequest
 from .optim import build_optimizer, build_scheduler
 from .trainer import Trainer
-from .distributed import Distributed, agreement, open_experiment
+from .distributed import Distributed, agreement
 from .resume import (
     latest_valid_checkpoint, check_compatible, check_same_data, recorded_progress, unsaved_fork,
     finished_message, settle_finished_records, check_schedule_extension, fork_epochs, keep_longer_log, load_fork,
@@ -329,9 +329,9 @@ def _run_training(
             if stop.requested:  # noted during start-up, but its exception was lost (raised inside compile())
                 raise StartupInterrupted(stop.signum)
             stop.defer()  # from here on files are written: a signal is noted, not obeyed mid-write
-    experiment = open_experiment(dist, runs_dir, lambda: ExperimentManager(
-        runs_dir, resume_exp=resume or into, fork_exp=fork if into is None else None,
-        config=config.to_dict(), parent=found))
+    # Under torchrun rank 0 creates or reopens it and the others get a read-only view.
+    experiment = ExperimentManager(runs_dir, resume_exp=resume or into, fork_exp=fork if into is None else None,
+                                   config=config.to_dict(), parent=found)
     try:
         trainer = _prepare_trainer(experiment, config, parts, show_progress, log, payload, dist)
         if payload is not None and resume is not None:

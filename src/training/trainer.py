@@ -290,12 +290,19 @@ class Trainer:
         return {"loss": loss_sum / total if total else 0.0,
                 "accuracy": 100.0 * correct / total if total else 0.0, "total_samples": total}
 
-    def _agree_on_stop(self) -> None:
-        """At an epoch boundary: a signal any rank received stops every rank."""
-        if self.dist.enabled:
-            (signum,) = self.dist.agree([self.stop_request.signum or 0])
-            if signum and not self.stop_request.requested:
-                self.stop_request.signum = signum
+    def _agree_on_stop(self) -> Optional[int]:
+        """At an epoch boundary: the signal to stop on, or None. Under torchrun a signal any
+        rank received stops every rank, and only the agreed value counts: a signal that
+        arrives on one rank after the agreement is acted on at the next one (deciding on
+        the local flag would let that rank stop alone)."""
+        if not self.dist.enabled:
+            return self.stop_request.signum
+        (signum,) = self.dist.agree([self.stop_request.signum or 0])
+        if not signum:
+            return None
+        if not self.stop_request.requested:
+            self.stop_request.signum = signum
+        return signum
 
     def _agree_mid_epoch(self, epoch: int, tracker: MetricsTracker) -> None:
         """Every ``AGREE_EVERY`` optimizer steps, all ranks agree (one small CPU all-reduce)
@@ -411,17 +418,17 @@ class Trainer:
                     self._adopt_config(epochs)
                     self._target_epochs = epochs
                     em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
-                    self._agree_on_stop()
-                    if self.stop_request.requested:
+                    signum = self._agree_on_stop()
+                    if signum:
                         raise TrainingInterrupted(
-                            self.stop_request.signum, saved=self._save_start_if_unsaved(),
-                            message=f"Interrupted by {signal.Signals(self.stop_request.signum).name} before training "
+                            signum, saved=self._save_start_if_unsaved(),
+                            message=f"Interrupted by {signal.Signals(signum).name} before training "
                                     f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
                     for epoch in range(start_epoch + 1, epochs + 1):
                         stopped_early = self._run_epoch(epoch, epochs)
-                        self._agree_on_stop()
-                        if self.stop_request.requested and epoch < epochs and not stopped_early:
-                            raise TrainingInterrupted(self.stop_request.signum, saved=self.checkpoint_manager is not None)
+                        signum = self._agree_on_stop()
+                        if signum and epoch < epochs and not stopped_early:
+                            raise TrainingInterrupted(signum, saved=self.checkpoint_manager is not None)
                         if stopped_early:
                             self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
                                       f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
@@ -677,7 +684,7 @@ class Trainer:
         """Save the exact position inside ``epoch`` to latest (None if it cannot be recorded)."""
         if self.checkpoint_manager is None or not hasattr(self.train_loader, "state_dict"):
             return None
-        metrics = self.train_tracker.get_metrics()
+        metrics = self._epoch_metrics(self.train_tracker)  # the same numbers on every rank
         if not math.isfinite(metrics["loss"]):
             self._diverged("training", epoch, metrics["loss"])
         path = self._collective_write(lambda state: self.checkpoint_manager.save_checkpoint(
