@@ -533,3 +533,56 @@ def test_train_py_trains_on_a_folder_path_and_refuses_mixed_sizes(folder, tmp_pa
     assert "imagefolder: 36 train / 12 validation samples, input (3, 16, 16)" in result.stdout + result.stderr
     status = json.loads((tmp_path / "runs" / "exp1" / "status.json").read_text())
     assert status["state"] == "completed"
+
+
+def test_mid_epoch_resume_on_a_memory_mapped_folder_with_crop_flip_redraws_is_bit_exact(folder, tmp_path):
+    """A real mid-epoch checkpoint (as a signal writes it) of a memory-mapped image folder
+    with crop-flip and a fresh draw every epoch, resumed by a new Trainer on a newly opened
+    data set: the run ends with the weights of an uninterrupted one."""
+    import signal
+
+    from src.training import CheckpointManager
+
+    root = folder("shapes")
+
+    def build(name: str, **experiment):
+        data = create(root, image_size=16, memory_budget_mb=0)
+        assert data.memory_mapped and data.augmentation_policy == "crop-flip"
+        torch.manual_seed(0)
+        train_loader, val_loader = data.get_dataloaders(batch_size=16)
+        model = ModelRegistry.create("mlp", num_classes=3, in_channels=3, input_size=16, hidden_sizes=[16])
+        manager = ExperimentManager(base_dir=str(tmp_path / name), **experiment)
+        trainer = Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(),
+                          torch.optim.AdamW(model.parameters(), lr=3e-3), torch.device("cpu"), manager,
+                          CheckpointManager(manager.checkpoints_dir), dataset=data, show_progress=False,
+                          plot_interval=3600)
+        return trainer, manager, model
+
+    trainer, manager, straight = build("straight")
+    trainer.train(epochs=3)
+    manager.release()
+
+    trainer, manager, _ = build("broken")
+    per_epoch = len(trainer.train_loader)
+    stop_at = per_epoch + per_epoch // 2  # inside epoch 2
+    step = trainer._optimizer_step
+
+    def step_then_signal():
+        step()
+        if trainer.global_step == stop_at:
+            trainer.stop_request.signum = signal.SIGTERM  # what the handler records
+    trainer._optimizer_step = step_then_signal
+    from src.training.interrupts import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted):
+        trainer.train(epochs=3)
+    manager.release()
+    state = torch.load(Path(manager.checkpoints_dir) / "latest_checkpoint.pt", weights_only=True)
+    assert state["mid_epoch"] and state["global_step"] == stop_at and state["epoch"] == 1
+
+    trainer, manager, resumed = build("broken", resume_exp=manager.name)
+    trainer.load_state_dict(state)
+    trainer.train(epochs=3)
+    manager.release()
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
