@@ -259,7 +259,7 @@ def _main(args, stop) -> int:
     _outcome_recorded()  # before the result line: a signal sent on seeing it must find the run ended
     if results.get("nothing_to_do"):
         return EXIT_OK
-    if results.get("rank", 0) != 0:
+    if os.environ.get("RANK", "0") not in ("", "0"):
         return EXIT_OK  # rank 0 reports for a torchrun job
     print(
         f"Done: {results['epochs_trained']} epochs, best validation accuracy {results['best_accuracy']:.2f}% "

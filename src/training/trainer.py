@@ -462,7 +462,6 @@ class Trainer:
             "experiment_dir": em.experiment_dir,
             "stopped_early": stopped_early,
             "best_epoch": self.best_epoch,
-            "rank": self.dist.rank,
         }
 
     def _adopt_config(self, epochs: int) -> None:
