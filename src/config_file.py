@@ -103,6 +103,10 @@ def _load_yaml(path: Path, text: str) -> Any:
         raise ConfigError(f"--config {path} is YAML, which needs PyYAML: pip install pyyaml "
                           "(or give a .json file).") from None
     try:
+        # Aliases (*name) could make a small file expand into a huge structure when it is
+        # checked; an options file has no need for them.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise ConfigError(f"--config {path} uses YAML aliases (*name); write the values out instead.")
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)

@@ -139,6 +139,7 @@ def test_a_bad_value_names_file_and_key(tmp_path, text, named):
     ("bad.json", '{"epochs": 3,}', "is not valid JSON"),
     ("keys.yaml", "1: 2\n", "are not option names"),
     ("binary.yaml", None, "is not UTF-8 text"),
+    ("alias.yaml", "a: &x [1, 2]\nmodel_options: {w: *x}\n", "uses YAML aliases"),
 ])
 def test_damaged_files_are_one_error(tmp_path, name, text, expected):
     path = tmp_path / name
