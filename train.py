@@ -5,6 +5,7 @@
     python train.py --resume exp1                          # continue exp1 in place
     python train.py --fork exp1 --lr 1e-4 --epochs 30      # branch exp1 into a new expN
     python train.py --import my_models.py --model mine     # your own model or data set
+    python train.py --config configs/mnist-sample.yaml --lr 3e-3 --name quick   # a recipe, one option changed
 
 Exit codes: 0 done (completed, stopped early, or a resume with nothing left to do);
 1 a file could not be written (disk full, permissions) or an unexpected error;
@@ -33,8 +34,11 @@ OPTIONS = {
     "data_dir": "data_dir", "reapply_transforms": "reapply_transforms", "augment": "augment",
     "augmentation": "augmentation",
     "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
-    "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval",
+    "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval", "name": "name", "notes": "notes",
 }
+# RunConfig fields set by flags handled apart (repeatable KEY=VALUE items, plug-in specs);
+# with OPTIONS, exactly the keys a --config file may hold (src/config_file.py; tested).
+SPECIAL_OPTIONS = ("dataset_options", "model_options", "imports")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,15 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     add("--data-dir", dest="data_dir", help="data root holding MNIST/raw and FashionMNIST/raw (default $EXPTRAIN_DATA_DIR or ./data)")
     parser.add_argument("--runs-dir", default="runs", help="where experiments live (default runs)")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="read training options from a YAML or JSON file (keys: the option names with '_', "
+                             "e.g. batch_size, plus dataset_options, model_options, imports); flags given here win")
+    add("--name", metavar="TEXT", help="label the run (unique in --runs-dir; shown by exptrain list; "
+                                       "--resume and --fork accept it in place of expN)")
+    add("--notes", metavar="TEXT", help="free-text notes kept in config.json (may be changed on --resume)")
     add("--import", dest="imports", action="append", metavar="MODULE",
         help="import your own code first, repeatable: a module importable from the current directory or a path "
              "to a .py file; the models and data sets it registers become --model / --dataset names. Recorded "
              "(with a SHA-256 of the file) so --resume and --fork import it again")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", metavar="EXP", default=None,
-                       help="continue experiment EXP in place from its latest valid checkpoint, with its saved configuration")
+                       help="continue experiment EXP (expN or its --name) in place from its latest valid checkpoint, with its saved configuration")
     group.add_argument("--fork", metavar="EXP", default=None,
-                       help="start a new experiment from EXP's latest checkpoint; flags given here override EXP's configuration")
+                       help="start a new experiment from EXP's (expN or its --name) latest checkpoint; flags given here override EXP's configuration")
     add("--reapply-transforms", dest="reapply_transforms", action="store_true",
         help="draw fresh random augmentations of the training set after every epoch")
     add("--no-augment", dest="augment", action="store_false", help="train on the original images, without augmentation")
@@ -213,20 +223,31 @@ def _main(args, stop) -> int:
 
     overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
     try:
+        file_values = {}
+        if args.config is not None:
+            from src.config_file import read_config_file
+
+            file_values = read_config_file(args.config)
         for name in ("lr", "weight_decay", "grad_clip", "checkpoint_interval"):
             if name in overrides and not math.isfinite(overrides[name]):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {overrides[name]!r}.")
         for key in ("model_options", "dataset_options"):
             if hasattr(args, key):
                 overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))
-        if hasattr(args, "imports"):  # before the configuration names the models and data sets they register
+        specs = file_values.pop("imports", []) + getattr(args, "imports", [])
+        if specs:  # before the configuration names the models and data sets they register
             from src.plugins import import_plugins
 
-            overrides["imports"] = import_plugins(args.imports)
+            overrides["imports"] = import_plugins(specs)
         if hasattr(args, "image_size"):
             if args.image_size < 1:
                 raise ConfigError(f"--image-size must be a positive number of pixels, got {args.image_size}.")
             overrides["dataset_options"] = {**overrides.get("dataset_options", {}), "image_size": args.image_size}
+        if args.config is not None:
+            from src.config_file import check_config_values, merge_config_values
+
+            check_config_values(args.config, file_values)
+            overrides = merge_config_values(file_values, overrides)
         if "dataset" in overrides:
             from src.config import dataset_from_path
 

@@ -20,6 +20,7 @@ from ..datasets import DatasetRegistry
 from ..errors import WriteError
 from ..models import ModelRegistry, model_data_arguments
 from ..plugins import check_resume_imports, merge_imports, verify_plugins
+from ..run_names import check_name_free, resolve_experiment
 from ..utils import get_device, seed_everything
 from . import state_keys as keys
 from .checkpoint import CheckpointError, CheckpointManager
@@ -74,7 +75,8 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         parent = _read_config(runs_dir, fork, purpose="fork")
         if "imports" in overrides:  # a fork may add plug-ins to its parent's
             overrides = {**overrides, "imports": merge_imports(parent.imports, overrides["imports"])}
-        return parent.replace(**overrides).validate()
+        # A fork is a new run: it takes the parent's options but not its label (names are unique).
+        return parent.replace(**{"name": None, "notes": None, **overrides}).validate()
     return RunConfig(**overrides).validate()
 
 
@@ -241,6 +243,8 @@ def _run_training(
         log = _silent
     with agreement(dist):  # every rank checks; one rank's bad input stops them all, nothing written
         check_runs_dir(runs_dir, must_exist=resume is not None or fork is not None)
+        # A run's --name stands for its directory (read-only: config.json files only).
+        resume, fork = (resolve_experiment(runs_dir, r, ExperimentError) for r in (resume, fork))
         if resume is not None or fork is not None:
             existing_experiment_dir(Path(runs_dir), resume or fork)
         if resume is not None:  # a running experiment is refused before anything is loaded (or judged finished)
@@ -250,10 +254,12 @@ def _run_training(
         if lineage is not None:
             own = resolve_config(overrides, runs_dir, resume, None).to_dict()
             parent_config = _read_config(runs_dir, lineage["parent"], purpose="fork").to_dict()
-            overrides = {k: v for k, v in own.items() if parent_config.get(k) != v}
+            overrides = {k: v for k, v in own.items() if parent_config.get(k) != v or k in ("name", "notes")}
             into, resume, fork = resume, None, lineage["parent"]
             log(f"{into} is a fork of {fork} that saved no checkpoint of its own; it starts again from {fork}'s checkpoint.")
         config = resolve_config(overrides, runs_dir, resume, fork)
+        if resume is None:  # a new run (or fork) may not take a name another run holds
+            check_name_free(runs_dir, config.name, ConfigError, exclude=into)
         parts = build_components(config, progress=show_progress is not False)
         log(f"Data: {parts.dataset.describe()}")
         log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}")
