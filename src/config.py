@@ -25,6 +25,18 @@ RESUME_MUTABLE_KEYS = frozenset(
     {"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir", "compile", "checkpoint_interval",
      "notes"}
 )
+# Data set options that say where the data is or how it is read, not what it is: a resume
+# may change them (a moved image folder, another cache); the data's fingerprint decides
+# whether it is still the same data.
+LOCATION_OPTIONS = frozenset({"root", "cache_dir", "workers", "progress", "memory_budget_mb", "download", "mirrors"})
+
+
+def same_data_options(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Whether two ``dataset_options`` ask for the same data (location options aside)."""
+    strip = lambda options: {k: v for k, v in (options or {}).items() if k not in LOCATION_OPTIONS}  # noqa: E731
+    return strip(a) == strip(b)
+
+
 # Recorded by the run, not chosen by the user: a resume compares it with the data it loads.
 RECORDED_KEYS = frozenset({"data_fingerprint"})
 MAX_SEED = 2**63 - 1

@@ -259,9 +259,11 @@ def _main(args, stop) -> int:
             show_progress=False if args.quiet else None, stop=stop,
         )
     except ExptrainError as exc:
-        if exc.exit_code < 128:
-            print(f"Error: {exc}", file=sys.stderr)
-        elif os.environ.get("RANK", "0") in ("", "0"):  # under torchrun rank 0 reports the stop for all
+        from src.errors import BadInputError
+
+        if exc.exit_code < 128 and (not isinstance(exc, BadInputError) or _reports()):
+            print(f"Error: {exc}", file=sys.stderr)  # bad input is the same on every rank: rank 0 says it
+        elif exc.exit_code >= 128 and _reports():  # under torchrun rank 0 reports the stop for all
             print(str(exc), file=sys.stderr)
         return exc.exit_code
     except (ValueError, KeyError, TypeError) as exc:  # a bad value caught by a library's own check
@@ -280,7 +282,7 @@ def _main(args, stop) -> int:
     _outcome_recorded()  # before the result line: a signal sent on seeing it must find the run ended
     if results.get("nothing_to_do"):
         return EXIT_OK
-    if os.environ.get("RANK", "0") not in ("", "0"):
+    if not _reports():
         return EXIT_OK  # rank 0 reports for a torchrun job
     print(
         f"Done: {results['epochs_trained']} epochs, best validation accuracy {results['best_accuracy']:.2f}% "
@@ -288,6 +290,11 @@ def _main(args, stop) -> int:
         + f", {results['training_time']:.1f}s. Experiment: {results['experiment_dir']}"
     )
     return EXIT_OK
+
+
+def _reports() -> bool:
+    """Whether this process reports for the job: always, except a torchrun rank other than 0."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -244,11 +244,31 @@ def _cpu_group():
     return _CPU_GROUP
 
 
+_SOLO = 0  # > 0 inside ``solo()``
+
+
+class solo:
+    """``with solo(): ...``: work that one rank does alone (rank 0 bringing a finished run's
+    records up to date) sees no job, so an ``ExperimentManager`` made there does not wait
+    for the other ranks."""
+
+    def __enter__(self) -> "solo":
+        global _SOLO
+        _SOLO += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _SOLO
+        _SOLO -= 1
+
+
 def current_job() -> Optional[Distributed]:
     """The job this process belongs to when it is one of several (joining torchrun's group
-    if nobody has yet), else ``None``."""
+    if nobody has yet), else ``None`` (also inside ``solo()``)."""
     import torch.distributed as dist
 
+    if _SOLO:
+        return None
     if not (dist.is_available() and (dist.is_initialized() or _env_int("WORLD_SIZE", 1) > 1)):
         return None
     job = Distributed.from_environment()

@@ -15,7 +15,7 @@ from typing import Any, Dict, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig
+from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig, same_data_options
 from ..datasets import DatasetRegistry
 from ..errors import WriteError
 from ..models import ModelRegistry, model_data_arguments
@@ -31,7 +31,7 @@ from .experiment import (
 from .interrupts import StartupInterrupted, StopRequest
 from .optim import build_optimizer, build_scheduler
 from .trainer import Trainer
-from .distributed import Distributed, agreement
+from .distributed import Distributed, agreement, solo
 from .resume import (
     latest_valid_checkpoint, check_compatible, check_same_data, recorded_progress, unsaved_fork,
     finished_message, settle_finished_records, check_schedule_extension, fork_epochs, keep_longer_log, load_fork,
@@ -62,10 +62,15 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         if "imports" in overrides:  # the run's own plug-ins may be named again, no others
             overrides = dict(overrides)
             check_resume_imports(saved.imports, overrides.pop("imports"), resume)
+        if "dataset_options" in overrides:  # given options add to (or move) the run's own
+            overrides = {**overrides, "dataset_options": {**saved.dataset_options, **overrides["dataset_options"]}}
         changed = {k: v for k, v in overrides.items() if getattr(saved, k) != v}
-        frozen = sorted(k for k in changed if k not in RESUME_MUTABLE_KEYS)
+        frozen = sorted(k for k in changed if k not in RESUME_MUTABLE_KEYS and not (
+            k == "dataset_options" and same_data_options(saved.dataset_options, changed[k])))
         if frozen:
-            details = ", ".join(f"{k} (run has {getattr(saved, k)!r}, given {changed[k]!r})" for k in frozen)
+            shown = lambda k: "the data set's default" if k == "augmentation" and saved.augmentation is None \
+                else repr(getattr(saved, k))  # noqa: E731
+            details = ", ".join(f"{k} (run has {shown(k)}, given {changed[k]!r})" for k in frozen)
             raise ConfigError(
                 f"--resume {resume} cannot change {details}; resume with the same values, "
                 f"or branch with --fork {resume} to use new ones."
@@ -123,6 +128,9 @@ def _create(registry, name: str, flag: str, options: Dict[str, Any],
         fixed[key] = value
     fixed.update({k: v for k, v in (optional or {}).items() if k in accepted and k not in options})
     unknown = sorted(set(options) - set(accepted))
+    if "image_size" in unknown and not takes_any and registry.kind == "dataset":
+        raise ConfigError(f"--image-size is for image folders (--dataset PATH); {registry.kind} {name!r} has images "
+                          "of a fixed size, so leave it out.")
     if unknown:
         choices = ", ".join(k for k in accepted if k not in fixed and k not in ("self", "kwargs", "_ignored"))
         raise ConfigError(f"{registry.kind} {name!r} has no option {', '.join(unknown)} ({flag}); its options: {choices}.")
@@ -264,6 +272,10 @@ def _run_training(
         log(f"Data: {parts.dataset.describe()}")
         log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}")
         dry_forward(parts.model, parts.val_loader, config, parts.dataset.num_classes)
+        if config.augmentation is None and resume is None and fork is None and \
+                isinstance(getattr(parts.dataset, "augmentation_policy", None), str):
+            # A new run records the policy it uses, so a resume may restate it with --augment.
+            config = config.replace(augmentation=parts.dataset.augmentation_policy)
         fingerprint = parts.dataset.fingerprint() if hasattr(parts.dataset, "fingerprint") else None
         if resume is not None:
             check_same_data(config.data_fingerprint, fingerprint, resume, config.data_dir)
@@ -309,6 +321,7 @@ def _run_training(
                     frozen = sorted(
                         k for k in saved_config
                         if k not in RESUME_MUTABLE_KEYS and k not in RECORDED_KEYS and saved_config[k] != getattr(config, k, None)
+                        and not (k == "dataset_options" and same_data_options(saved_config[k], config.dataset_options))
                     )
                     if frozen:
                         raise CheckpointError(
@@ -325,7 +338,8 @@ def _run_training(
                 if stop is not None:
                     stop.defer()  # the records may be rewritten: a signal must not tear a write
                 if dist.is_main:
-                    settle_finished_records(runs_dir, resume, payload, config, log)
+                    with solo():  # rank 0 alone: the others are not waiting for its experiment
+                        settle_finished_records(runs_dir, resume, payload, config, log)
                 return {"nothing_to_do": True, "message": finished, "experiment_dir": str(Path(runs_dir) / resume)}
             check_schedule_extension(payload, config, resume)
         if fork is not None:
