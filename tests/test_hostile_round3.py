@@ -70,3 +70,86 @@ def test_torchrun_resume_of_finished_run_with_lagging_status_does_not_hang(tmp_p
     assert code is not None, f"torchrun --resume of a finished run hung:\n{out[-3000:]}"
     assert code == 0, out[-3000:]
     assert json.loads(status_file.read_text())["state"] == "completed"
+
+
+# -- 2. wrong results: non-integer labels are truncated silently -------------------------
+
+def _arrays(n: int = 10):
+    return np.zeros((n, 1, 4, 4), np.uint8), np.arange(n) % 2
+
+
+@pytest.mark.parametrize("labels", [np.full(10, 0.5), np.arange(10) % 2 + 0.7, np.full(10, 1.7)])
+def test_array_dataset_refuses_fractional_labels(labels):
+    # 0.5 -> class 0, 1.7 -> class 1: the labels a user passed are not the ones trained on.
+    from src.datasets import ArrayDataset
+
+    x, y = _arrays()
+    with pytest.raises((ValueError, TypeError)) as caught:
+        ArrayDataset(x, labels, x, y, num_classes=2)
+    assert "label" in str(caught.value).lower()
+
+
+def test_array_dataset_nan_label_message_names_nan_not_int64_min():
+    from src.datasets import ArrayDataset
+
+    x, y = _arrays()
+    labels = y.astype(np.float64)
+    labels[3] = np.nan
+    with pytest.raises((ValueError, TypeError)) as caught:
+        ArrayDataset(x, labels, x, y, num_classes=2)
+    assert "-9223372036854775808" not in str(caught.value)
+
+
+# -- 3. tracebacks instead of one clear error --------------------------------------------
+
+def test_array_dataset_empty_training_split_is_a_clear_error():
+    from src.datasets import ArrayDataset
+    from src.datasets.idx import DataError
+
+    x, y = _arrays()
+    with pytest.raises((DataError, ValueError)) as caught:  # today: IndexError from _draw_fingerprint
+        ArrayDataset(x[:0], y[:0], x, y, num_classes=2)
+    assert not isinstance(caught.value, IndexError)
+    assert "train" in str(caught.value)
+
+
+def test_plugin_with_empty_training_split_exits_2_with_one_line(tmp_path):
+    (tmp_path / "emptyplug.py").write_text(
+        "import numpy as np\n"
+        "from src.datasets import BaseDataset\n"
+        "from src.datasets.registry import DatasetRegistry\n"
+        "@DatasetRegistry.register('emptyplug')\n"
+        "class EmptyPlug(BaseDataset):\n"
+        "    name = 'emptyplug'\n"
+        "    classes_count = 2\n"
+        "    def __init__(self, augment=True, seed=42, augmentation=None):\n"
+        "        super().__init__(augment=augment, seed=seed, augmentation=augmentation)\n"
+        "        x = np.zeros((4, 1, 8, 8), np.uint8)\n"
+        "        self._set_data(x[:0], np.zeros(0, np.int64), x, np.arange(4) % 2)\n"
+    )
+    result = run_cli("--import", "emptyplug.py", "--dataset", "emptyplug", *MLP, "--epochs", "1",
+                     "--runs-dir", "runs", cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr  # today: 1, "unexpected IndexError"
+    assert "unexpected" not in result.stderr
+    assert not (tmp_path / "runs" / "exp1").exists()
+
+
+def test_array_dataset_column_labels_are_a_clear_error():
+    # (N, 1) labels, as Keras-style code produces them: today a RuntimeError from torch.cat.
+    from src.datasets import ArrayDataset
+    from src.datasets.idx import DataError
+
+    x, y = _arrays()
+    with pytest.raises((DataError, ValueError)) as caught:
+        ArrayDataset(x, y[:, None], x, y)
+    assert "label" in str(caught.value).lower()
+
+
+@pytest.mark.parametrize("shape", [(10, 0, 4, 4), (10, 1, 0, 4)])
+def test_array_dataset_images_with_an_empty_dimension_are_a_clear_error(shape):
+    from src.datasets import ArrayDataset
+
+    x, y = _arrays()
+    with pytest.raises((ValueError, TypeError)) as caught:  # today: RuntimeError from reshape / grid_sample
+        ArrayDataset(np.zeros(shape, np.uint8), y, np.zeros(shape, np.uint8), y)
+    assert "shape" in str(caught.value).lower() or "channel" in str(caught.value).lower()
