@@ -153,3 +153,41 @@ def test_array_dataset_images_with_an_empty_dimension_are_a_clear_error(shape):
     with pytest.raises((ValueError, TypeError)) as caught:  # today: RuntimeError from reshape / grid_sample
         ArrayDataset(np.zeros(shape, np.uint8), y, np.zeros(shape, np.uint8), y)
     assert "shape" in str(caught.value).lower() or "channel" in str(caught.value).lower()
+
+
+# -- 4. resume of an image-folder run -----------------------------------------------------
+
+def test_resume_after_the_image_folder_moved(tmp_path):
+    # The data is identical (same fingerprint); only its path changed. README: "--data-dir
+    # may move, but a resume on different data is refused". Today the old path is an error
+    # that says "pass a folder" while giving the new one is refused ("cannot change
+    # dataset_options"): a moved folder can never be resumed, only forked.
+    make_folder(tmp_path / "my data")
+    run_cli("--dataset", "./my data", *MLP, "--epochs", "1", "--runs-dir", "runs", cwd=tmp_path)
+    (tmp_path / "my data").rename(tmp_path / "moved")
+    result = run_cli("--resume", "exp1", "--dataset", "./moved", "--epochs", "2", "--runs-dir", "runs",
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "runs" / "exp1" / "training_log.jsonl").read_text().splitlines()
+    assert len(log) == 2
+
+
+def test_resume_restating_the_runs_own_image_size_is_accepted(tmp_path):
+    # "resume with the same values" -- but the same --image-size is refused, because the
+    # given dataset_options {'image_size': 8} are compared with the run's whole dict
+    # {'image_size': 8, 'root': ...}.
+    make_folder(tmp_path / "imgs", side=12)
+    run_cli("--dataset", "./imgs", "--image-size", "8", *MLP, "--epochs", "1", "--runs-dir", "runs", cwd=tmp_path)
+    result = run_cli("--resume", "exp1", "--image-size", "8", "--epochs", "2", "--runs-dir", "runs",
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_resume_restating_the_runs_default_augmentation_is_accepted(tmp_path):
+    # A colour folder trains with crop-flip by default; "--augment crop-flip" on --resume is
+    # refused with "run has None, given 'crop-flip'" although the run used crop-flip.
+    make_folder(tmp_path / "imgs")
+    run_cli("--dataset", "./imgs", *MLP, "--epochs", "1", "--runs-dir", "runs", cwd=tmp_path)
+    result = run_cli("--resume", "exp1", "--augment", "crop-flip", "--epochs", "2", "--runs-dir", "runs",
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
