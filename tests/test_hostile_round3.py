@@ -191,3 +191,43 @@ def test_resume_restating_the_runs_default_augmentation_is_accepted(tmp_path):
     result = run_cli("--resume", "exp1", "--augment", "crop-flip", "--epochs", "2", "--runs-dir", "runs",
                      cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
+
+
+# -- 5. messages --------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_torchrun_bad_input_is_reported_once(tmp_path):
+    # README: rank 0 prints, "the others print nothing". Every rank prints the error today
+    # (16 copies on 2 nodes x 8 GPUs).
+    code, out = torchrun(TRAIN, "--dataset", str(tmp_path / "no such folder" / "x"), *MLP, "--runs-dir", "runs",
+                         cwd=tmp_path, timeout=120)
+    assert code not in (None, 0), out[-3000:]
+    assert sum(line.startswith("Error:") for line in out.splitlines()) == 1, out[-3000:]
+
+
+def test_array_dataset_channels_last_images_are_not_taken_silently():
+    # (N, H, W, 3) arrays -- what PIL, NumPy and Keras give -- are read as 32 channels of
+    # 32 x 3 pixels and train on scrambled images without a word.
+    import warnings
+
+    from src.datasets import ArrayDataset
+
+    x = np.zeros((10, 32, 32, 3), np.uint8)
+    y = np.arange(10) % 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ArrayDataset(x, y, x, y)
+        except (ValueError, TypeError) as exc:
+            assert "channel" in str(exc).lower() or "(N, C, H, W)" in str(exc)
+            return
+    assert any("channel" in str(w.message).lower() for w in caught), [str(w.message) for w in caught]
+
+
+def test_image_size_on_a_builtin_data_set_names_the_flag_the_user_gave(tmp_path):
+    # "--image-size 8 --dataset mnist-sample" answers "dataset 'mnist-sample' has no option
+    # image_size (--dataset-option)"; the user gave --image-size, not a --dataset-option.
+    result = run_cli("--dataset", "mnist-sample", "--image-size", "8", *MLP, "--epochs", "1", "--runs-dir", "runs",
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "--image-size" in result.stderr, result.stderr
