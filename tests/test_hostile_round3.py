@@ -256,3 +256,13 @@ def test_channel_statistics_of_a_memory_map_stay_bounded(tmp_path):
         tracemalloc.stop()
     assert mean == pytest.approx([7 / 255] * 3)
     assert peak < 64 << 20, f"peak {peak / 2**20:.0f} MiB for {mapped.nbytes / 2**20:.0f} MiB of images"
+
+
+def test_get_dataloaders_takes_a_numpy_integer_batch_size():
+    # "batch_size must be a positive integer, got np.int64(4)" -- it is one (the seed
+    # argument of the same class accepts np.int64).
+    from src.datasets import ArrayDataset
+
+    x, y = _arrays()
+    train_loader, _ = ArrayDataset(x, y, x, y).get_dataloaders(np.int64(4))
+    assert len(train_loader) == 3
