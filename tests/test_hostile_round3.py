@@ -82,7 +82,9 @@ def test_array_dataset_refuses_fractional_labels(labels):
     from src.datasets import ArrayDataset
 
     x, y = _arrays()
-    with pytest.raises((ValueError, TypeError)) as caught:
+    from src.datasets import DataError
+
+    with pytest.raises((ValueError, TypeError, DataError)) as caught:
         ArrayDataset(x, labels, x, y, num_classes=2)
     assert "label" in str(caught.value).lower()
 
@@ -93,7 +95,9 @@ def test_array_dataset_nan_label_message_names_nan_not_int64_min():
     x, y = _arrays()
     labels = y.astype(np.float64)
     labels[3] = np.nan
-    with pytest.raises((ValueError, TypeError)) as caught:
+    from src.datasets import DataError
+
+    with pytest.raises((ValueError, TypeError, DataError)) as caught:
         ArrayDataset(x, labels, x, y, num_classes=2)
     assert "-9223372036854775808" not in str(caught.value)
 

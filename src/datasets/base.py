@@ -254,7 +254,7 @@ class BaseDataset:
             if bad.any():
                 first = int(np.flatnonzero(bad.reshape(-1))[0])
                 raise DataError(f"{where} has {int(bad.sum())} label(s) that are not whole numbers (first at index "
-                                f"{first}: {array.reshape(-1)[first]!r}); labels must be class indices 0, 1, 2, ...")
+                                f"{first}: {float(array.reshape(-1)[first]):g}); labels must be class indices 0, 1, 2, ...")
         elif array.dtype.kind not in "iub":
             raise DataError(f"{where} holds labels of type {array.dtype}; labels must be integer class indices.")
         if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:

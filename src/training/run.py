@@ -128,7 +128,7 @@ def _create(registry, name: str, flag: str, options: Dict[str, Any],
         fixed[key] = value
     fixed.update({k: v for k, v in (optional or {}).items() if k in accepted and k not in options})
     unknown = sorted(set(options) - set(accepted))
-    if "image_size" in unknown and not takes_any and registry.kind == "dataset":
+    if "image_size" in unknown and registry.kind == "dataset":
         raise ConfigError(f"--image-size is for image folders (--dataset PATH); {registry.kind} {name!r} has images "
                           "of a fixed size, so leave it out.")
     if unknown:
