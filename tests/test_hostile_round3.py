@@ -80,22 +80,25 @@ def _arrays(n: int = 10):
 def test_array_dataset_refuses_fractional_labels(labels):
     # 0.5 -> class 0, 1.7 -> class 1: the labels a user passed are not the ones trained on.
     from src.datasets import ArrayDataset
+    from src.datasets.idx import DataError
 
     x, y = _arrays()
-    with pytest.raises((ValueError, TypeError)) as caught:
+    with pytest.raises((DataError, ValueError, TypeError)) as caught:
         ArrayDataset(x, labels, x, y, num_classes=2)
     assert "label" in str(caught.value).lower()
 
 
 def test_array_dataset_nan_label_message_names_nan_not_int64_min():
     from src.datasets import ArrayDataset
+    from src.datasets.idx import DataError
 
     x, y = _arrays()
     labels = y.astype(np.float64)
     labels[3] = np.nan
-    with pytest.raises((ValueError, TypeError)) as caught:
+    with pytest.raises((DataError, ValueError, TypeError)) as caught:
         ArrayDataset(x, labels, x, y, num_classes=2)
     assert "-9223372036854775808" not in str(caught.value)
+    assert "nan" in str(caught.value).lower()
 
 
 # -- 3. tracebacks instead of one clear error --------------------------------------------
