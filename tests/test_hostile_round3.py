@@ -80,26 +80,25 @@ def _arrays(n: int = 10):
 def test_array_dataset_refuses_fractional_labels(labels):
     # 0.5 -> class 0, 1.7 -> class 1: the labels a user passed are not the ones trained on.
     from src.datasets import ArrayDataset
+    from src.datasets.idx import DataError
 
     x, y = _arrays()
-    from src.datasets import DataError
-
-    with pytest.raises((ValueError, TypeError, DataError)) as caught:
+    with pytest.raises((DataError, ValueError, TypeError)) as caught:
         ArrayDataset(x, labels, x, y, num_classes=2)
     assert "label" in str(caught.value).lower()
 
 
 def test_array_dataset_nan_label_message_names_nan_not_int64_min():
     from src.datasets import ArrayDataset
+    from src.datasets.idx import DataError
 
     x, y = _arrays()
     labels = y.astype(np.float64)
     labels[3] = np.nan
-    from src.datasets import DataError
-
-    with pytest.raises((ValueError, TypeError, DataError)) as caught:
+    with pytest.raises((DataError, ValueError, TypeError)) as caught:
         ArrayDataset(x, labels, x, y, num_classes=2)
     assert "-9223372036854775808" not in str(caught.value)
+    assert "nan" in str(caught.value).lower()
 
 
 # -- 3. tracebacks instead of one clear error --------------------------------------------
@@ -270,3 +269,57 @@ def test_get_dataloaders_takes_a_numpy_integer_batch_size():
     x, y = _arrays()
     train_loader, _ = ArrayDataset(x, y, x, y).get_dataloaders(np.int64(4))
     assert len(train_loader) == 3
+
+
+# -- 7. Ctrl-C while a process waits for its peers ---------------------------------------
+
+def _listening(port: int) -> bool:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+                return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
+def test_sigint_while_waiting_for_peers_exits_promptly(tmp_path):
+    # Rank 0 of 2 started by hand (RANK/WORLD_SIZE/MASTER_* as srun scripts set them) waits in
+    # init_process_group for rank 1. Ctrl-C prints "Interrupted by SIGINT during start-up;
+    # nothing was written." at once, but the process then keeps waiting for the whole
+    # process-group timeout ($EXPTRAIN_DIST_TIMEOUT, 300 s by default) before it exits.
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = cli_env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                  EXPTRAIN_DIST_TIMEOUT="40")
+    process = subprocess.Popen([sys.executable, TRAIN, "--dataset", "mnist-sample", *MLP, "--epochs", "1",
+                                "--runs-dir", "runs"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None, process.communicate()[0]
+        assert _listening(port), "rank 0 never opened its rendezvous store"
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        try:
+            out, _ = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, _ = process.communicate()
+            pytest.fail(f"still waiting for its peers 15 s after SIGINT:\n{out[-2000:]}")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, out
+    assert not (tmp_path / "runs").exists()
