@@ -99,7 +99,10 @@ class Distributed:
         use_cuda = torch.cuda.is_available() and (device in (None, "auto") or str(device).startswith("cuda"))
         if use_cuda:
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
+        from .interrupts import native_wait
+
+        with native_wait():  # waits for every rank to join
+            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
         import atexit
 
         atexit.register(_destroy_at_exit)
