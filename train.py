@@ -34,6 +34,8 @@ OPTIONS = {
     "augmentation": "augmentation",
     "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval",
+    "label_smoothing": "label_smoothing", "ema_decay": "ema_decay", "warmup_epochs": "warmup_epochs",
+    "tta_flip": "tta_flip",
 }
 
 
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, help=f"learning rate (default {d.lr})")
     add("--weight-decay", dest="weight_decay", type=float, help=f"weight decay (default {d.weight_decay})")
     add("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default {d.optimizer})")
-    add("--scheduler", help=f"learning-rate schedule per epoch: {', '.join(SCHEDULERS)} (default {d.scheduler})")
+    add("--scheduler", help=f"learning-rate schedule: {', '.join(SCHEDULERS)}; onecycle steps after every optimizer "
+                            f"step, the others once per epoch (default {d.scheduler})")
     add("--patience", type=int, help="stop after N epochs without validation-accuracy improvement; 0 disables (default 0)")
     add("--save-frequency", dest="save_frequency", type=int,
         help=f"also keep checkpoints/epoch_N.pt every N epochs; 0 disables (default {d.save_frequency})")
@@ -96,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-interval", dest="checkpoint_interval", type=float, metavar="SECONDS",
         help="also refresh latest_checkpoint.pt mid-epoch at most every SECONDS, so a kill loses at most that "
              f"much work; 0 disables (default {d.checkpoint_interval:g})")
+    add("--label-smoothing", dest="label_smoothing", type=float, metavar="X",
+        help="train on labels smoothed by X (0 <= X < 1, e.g. 0.1); the validation loss stays plain "
+             "cross-entropy (default 0)")
+    add("--ema", dest="ema_decay", type=float, metavar="DECAY",
+        help="keep an exponential moving average of the weights (0 < DECAY < 1, e.g. 0.999), updated every "
+             "optimizer step; it is what is evaluated, saved as best and held as the model in checkpoints "
+             "(default off)")
+    add("--warmup-epochs", dest="warmup_epochs", type=int, metavar="N",
+        help="raise the learning rate linearly over the steps of the first N epochs, on top of --scheduler "
+             "(default 0)")
+    add("--tta-flip", dest="tta_flip", action="store_true",
+        help="evaluate on each image and its mirror image (test-time augmentation); only for data sets "
+             "whose images may be flipped (crop-flip augmentation policy)")
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return parser
 
@@ -213,9 +229,10 @@ def _main(args, stop) -> int:
 
     overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
     try:
-        for name in ("lr", "weight_decay", "grad_clip", "checkpoint_interval"):
+        for name in ("lr", "weight_decay", "grad_clip", "checkpoint_interval", "label_smoothing", "ema_decay"):
             if name in overrides and not math.isfinite(overrides[name]):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {overrides[name]!r}.")
+                flag = "--ema" if name == "ema_decay" else "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be a finite number, got {overrides[name]!r}.")
         for key in ("model_options", "dataset_options"):
             if hasattr(args, key):
                 overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))

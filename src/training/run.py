@@ -28,8 +28,10 @@ from .experiment import (
     read_experiment_config, refuse_if_busy,
 )
 from .interrupts import StartupInterrupted, StopRequest
+from .evaluation import check_tta_flip
 from .optim import build_optimizer, build_scheduler
-from .trainer import Trainer
+from .schedules import optimizer_steps_per_epoch
+from .trainer import Trainer, loader_length
 from .resume import (
     latest_valid_checkpoint, check_compatible, check_same_data, recorded_progress, unsaved_fork,
     finished_message, settle_finished_records, check_schedule_extension, fork_epochs, keep_longer_log, load_fork,
@@ -97,9 +99,12 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
                       data_dir=config.data_dir, augment=config.augment, seed=config.seed)
     model = _create(ModelRegistry, config.model, "--model-option", config.model_options,
                     **model_data_arguments(config.model, dataset)).to(device)
+    if config.tta_flip:
+        check_tta_flip(dataset, config.dataset)
     train_loader, val_loader = dataset.get_dataloaders(batch_size=config.batch_size, device=device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
-    scheduler = build_scheduler(config.scheduler, optimizer, config.epochs)
+    scheduler = build_scheduler(config.scheduler, optimizer, config.epochs,
+                                optimizer_steps_per_epoch(loader_length(train_loader), config.grad_accum))
     return Components(dataset, model, device, train_loader, val_loader, optimizer, scheduler)
 
 
@@ -334,11 +339,13 @@ def _prepare_trainer(experiment: ExperimentManager, config: RunConfig, parts: Co
                 + (" - the process ended without recording why." if previous["state"] == "killed" else "."))
         keep_longer_log(experiment, payload, log)
     return Trainer(
-        parts.model, parts.train_loader, parts.val_loader, nn.CrossEntropyLoss(), parts.optimizer, parts.device,
+        parts.model, parts.train_loader, parts.val_loader, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        parts.optimizer, parts.device,
         experiment, checkpoint_manager=CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last),
         scheduler=parts.scheduler, dataset=parts.dataset if config.reapply_transforms else None,
         patience=config.patience, config=config.to_dict(), show_progress=show_progress, amp=config.amp,
         compile_model=config.compile, channels_last=config.channels_last, grad_accum_steps=config.grad_accum,
         grad_clip=config.grad_clip, checkpoint_interval=config.checkpoint_interval,
+        ema_decay=config.ema_decay, warmup_epochs=config.warmup_epochs, tta_flip=config.tta_flip,
     )
 

@@ -26,3 +26,5 @@ TRAIN_LOADER = "train_loader"       # epoch and position of the data order
 TRAIN_TRACKER = "train_tracker"     # partial training metrics of an interrupted epoch
 DATASET = "dataset"                 # the live augmentation draw (with --reapply-transforms)
 CONFIG = "config"                   # the run configuration
+EMA = "ema_state_dict"              # --ema: decay, update count, the trained weights (model = the average)
+WARMUP = "warmup"                   # --warmup-epochs: optimizer steps counted

@@ -33,6 +33,8 @@ from ..utils.seed import capture_rng_state, restore_rng_state
 from . import state_keys as keys
 from .checkpoint import CheckpointManager
 from .early_stopping import EarlyStopping
+from .ema import ModelEMA
+from .evaluation import evaluation_criterion, evaluation_forward
 from .experiment import ExperimentManager
 from .history import append_epoch, empty_history, read_log, write_log
 from .run_config import describe_run
@@ -41,6 +43,7 @@ from .plots import plot_history
 from .interrupts import StopRequest, TrainingInterrupted
 from .precision import Precision
 from .progress import ProgressBar
+from .schedules import LinearWarmup, check_schedule_plan, optimizer_steps_per_epoch, steps_per_batch
 
 
 def loader_length(loader) -> Optional[int]:
@@ -68,6 +71,15 @@ class Trainer:
             after the last epoch (0 redraws every epoch). Drawing costs ~0.1 s.
         checkpoint_interval: also refresh ``latest_checkpoint.pt`` mid-epoch at most
             every this many seconds (0 disables; needs a loader with ``state_dict``).
+        eval_criterion: the validation loss (default: ``criterion``, without its label
+            smoothing when it is a smoothed ``CrossEntropyLoss``).
+        ema_decay: keep an exponential moving average of the weights with this decay
+            (0 < decay < 1; 0 disables); it is what ``validate`` evaluates and what
+            checkpoints hold as the model (see ``ema.py``).
+        warmup_epochs: scale the learning rate linearly up over the optimizer steps of
+            the first N epochs (see ``schedules.py``; needs a sized training loader).
+        tta_flip: evaluate on each image and its mirror image (averaged logits); only
+            for data whose images may be flipped horizontally.
 
     Raises:
         ValueError: an empty or missing validation (or training) loader, bad numbers.
@@ -97,6 +109,10 @@ class Trainer:
         grad_clip: float = 0.0,
         plot_interval: float = 10.0,
         checkpoint_interval: float = 300.0,
+        eval_criterion: Optional[nn.Module] = None,
+        ema_decay: float = 0.0,
+        warmup_epochs: int = 0,
+        tta_flip: bool = False,
     ):
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             if loader is None:
@@ -128,6 +144,11 @@ class Trainer:
         # The compiled wrapper shares the model's parameters; checkpoints use the model
         # itself, so their keys never carry torch.compile's "_orig_mod." prefix.
         self.forward_model = torch.compile(self.model) if compile_model else self.model
+        self.eval_criterion = evaluation_criterion(criterion) if eval_criterion is None else eval_criterion
+        self.ema = ModelEMA(self.model, ema_decay) if ema_decay else None  # after the memory-format change
+        self.warmup = self._build_warmup(warmup_epochs, grad_accum_steps)
+        self.warmup_epochs = warmup_epochs
+        self.tta_flip = bool(tta_flip)
         self.grad_accum_steps = grad_accum_steps
         self.grad_clip = float(grad_clip)
         self.plot_interval = float(plot_interval)
@@ -220,13 +241,14 @@ class Trainer:
     def validate(self) -> Tuple[Dict[str, float], float]:
         """Evaluate on the validation loader. Returns ``(metrics, iterations per second)``."""
         self.model.eval()
+        forward = evaluation_forward(self.forward_model if self.ema is None else self.ema.module, self.tta_flip)
         tracker = MetricsTracker()
         start, steps = time.perf_counter(), 0
         for images, labels in self.val_loader:
             images, labels = self._to_device(images, labels)
             with self.precision.autocast():
-                outputs = self.forward_model(images)
-                loss = self.criterion(outputs, labels)
+                outputs = forward(images)
+                loss = self.eval_criterion(outputs, labels)
             tracker.update(loss, outputs, labels)
             steps += 1
         metrics = tracker.get_metrics()
@@ -244,8 +266,31 @@ class Trainer:
         if self.grad_clip:
             self.precision.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.precision.step(self.optimizer)
+        if self.warmup is not None:
+            with self.warmup.applied(self.optimizer):
+                self.precision.step(self.optimizer)
+        else:
+            self.precision.step(self.optimizer)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if steps_per_batch(self.scheduler):
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _build_warmup(self, warmup_epochs: int, grad_accum_steps: int) -> Optional[LinearWarmup]:
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
+        if not warmup_epochs:
+            return None
+        steps = optimizer_steps_per_epoch(loader_length(self.train_loader), grad_accum_steps)
+        if steps is None:
+            raise ValueError("warmup_epochs needs a training loader with a length (to count the steps of an epoch).")
+        return LinearWarmup(warmup_epochs * steps)
+
+    @property
+    def saved_model(self) -> nn.Module:
+        """The model checkpoints hold: the weight average with ``ema_decay``, else ``model``."""
+        return self.model if self.ema is None else self.ema.module
 
     # -- the run ---------------------------------------------------------------------
     def train(self, epochs: int, start_epoch: int = 0) -> Dict[str, Any]:
@@ -272,6 +317,7 @@ class Trainer:
             with self.stop_request:  # signals are noted until the outcome is recorded
                 try:
                     self._adopt_config(epochs)
+                    self._check_schedule_plan(epochs)
                     self._target_epochs = epochs
                     em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
                     if self.stop_request.requested:
@@ -372,7 +418,7 @@ class Trainer:
         append_epoch(self._history, record)
         if self.checkpoint_manager is not None:
             self.checkpoint_manager.save_epoch_end(
-                self.model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], self._training_state()
+                self.saved_model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], self._training_state()
             )
             self._last_save = time.monotonic()
         # Only now is the epoch complete: a failed save records the last saved epoch in
@@ -416,8 +462,15 @@ class Trainer:
                     raise
                 self._log(f"Warning: could not redraw the training curves ({exc}).")
 
+    def _check_schedule_plan(self, epochs: int) -> None:
+        steps = optimizer_steps_per_epoch(loader_length(self.train_loader), self.grad_accum_steps)
+        done = math.ceil(getattr(self.train_loader, "position", 0) / self.grad_accum_steps) if self._mid_epoch else 0
+        if steps is not None:
+            check_schedule_plan(self.scheduler, (epochs - self.epoch) * steps - done, epochs,
+                                getattr(self.experiment_manager, "name", "the experiment"))
+
     def _step_scheduler(self, val_metrics: Dict[str, float]) -> None:
-        if self.scheduler is None:
+        if self.scheduler is None or steps_per_batch(self.scheduler):
             return
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(val_metrics["accuracy"] if self.scheduler.mode == "max" else val_metrics["loss"])
@@ -436,6 +489,8 @@ class Trainer:
             keys.DATASET: self.dataset.state_dict() if self.dataset is not None else None,
             keys.SCHEDULER: self.scheduler.state_dict() if self.scheduler is not None else None,
             keys.SCALER: self.precision.state_dict(),
+            keys.EMA: self.ema.state_dict(self.model) if self.ema is not None else None,
+            keys.WARMUP: self.warmup.state_dict() if self.warmup is not None else None,
             keys.EARLY_STOPPING: self.early_stopping.state_dict(),
             keys.CHECKPOINT_MANAGER: self.checkpoint_manager.state_dict() if self.checkpoint_manager else None,
             keys.HISTORY: {k: list(v) for k, v in self._history.items()},
@@ -448,7 +503,7 @@ class Trainer:
         state = self._training_state()
         state.update({
             keys.EPOCH: self.epoch,
-            keys.MODEL: self.model.state_dict(),
+            keys.MODEL: self.saved_model.state_dict(),
             keys.OPTIMIZER: self.optimizer.state_dict(),
             keys.MODEL_CONFIG: getattr(self.model, "model_config", None),
         })
@@ -458,6 +513,10 @@ class Trainer:
         """Continue from a checkpoint dict: model, optimizer, scheduler, early stopping,
         history, RNG, data position and augmentation draw."""
         self.model.load_state_dict(state[keys.MODEL])
+        if self.ema is not None:  # the checkpoint's model is the average; the trained weights come back
+            self.ema.load_state_dict(state.get(keys.EMA), self.model)
+        if self.warmup is not None:
+            self.warmup.load_state_dict(state.get(keys.WARMUP))
         if restore_optimizer and state.get(keys.OPTIMIZER):
             self.optimizer.load_state_dict(state[keys.OPTIMIZER])
         if self.scheduler is not None and state.get(keys.SCHEDULER):
@@ -508,7 +567,7 @@ class Trainer:
         if not math.isfinite(metrics["loss"]):
             self._diverged("training", epoch, metrics["loss"])
         path = self.checkpoint_manager.save_checkpoint(
-            self.model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
+            self.saved_model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
             self.checkpoint_manager.latest_path, self._training_state(),
         )
         self._last_save = time.monotonic()
