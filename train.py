@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra model argument, repeatable, e.g. --model-option width=16 (values parsed as JSON, else text)")
     add("--dataset-option", dest="dataset_options", action="append", metavar="KEY=VALUE",
         help="extra data set argument, repeatable, e.g. --dataset synthetic --dataset-option num_samples=512")
-    add("--amp", choices=("bf16", "fp16"),
-        help="mixed precision: bf16 (CPU and recent GPUs) or fp16 (GPUs; uses a gradient scaler); default off")
+    add("--amp", choices=("auto", "bf16", "fp16", "off"),
+        help="mixed precision: bf16 (CPU and recent GPUs), fp16 (GPUs; uses a gradient scaler), off (float32), or "
+             "auto: bf16 autocast with channels-last on a CPU with native bf16 for models measured with it "
+             "(mynet), else float32; the start-up line says which (default auto)")
     add("--compile", action="store_true", help="compile the model with torch.compile (slow start, faster steps)")
     add("--channels-last", dest="channels_last", action="store_true", help="channels-last memory format (CNNs)")
     add("--grad-accum", dest="grad_accum", type=int, help="batches per optimizer step (default 1)")
@@ -228,6 +230,8 @@ def _main(args, stop) -> int:
     from src.training.run import run_training
 
     overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
+    if overrides.get("amp") == "off":
+        overrides["amp"] = None
     try:
         for name in ("lr", "weight_decay", "grad_clip", "checkpoint_interval", "label_smoothing", "ema_decay"):
             if name in overrides and not math.isfinite(overrides[name]):

@@ -15,6 +15,7 @@ from .errors import BadInputError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 AMP_MODES = ("bf16", "fp16")
+AMP_AUTO = "auto"  # the CPU fast path where measured (src/training/fast_path.py)
 SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
 
 # Keys a resumed run may change: they do not alter the numbers the run produces up to
@@ -26,6 +27,8 @@ RESUME_MUTABLE_KEYS = frozenset(
 )
 # Recorded by the run, not chosen by the user: a resume compares it with the data it loads.
 RECORDED_KEYS = frozenset({"data_fingerprint"})
+# Keys whose default changed: a recorded configuration without them was made with the old one.
+LEGACY_DEFAULTS = {"amp": None}
 MAX_SEED = 2**63 - 1
 DEFAULT_CHECKPOINT_INTERVAL = 300.0
 
@@ -55,7 +58,7 @@ class RunConfig:
     augment: bool = True
     augmentation: Optional[str] = None  # a policy name; None: the data set's default
     reapply_transforms: bool = False
-    amp: Optional[str] = None
+    amp: Optional[str] = AMP_AUTO  # None: float32; see LEGACY_DEFAULTS
     compile: bool = False
     channels_last: bool = False
     grad_accum: int = 1
@@ -127,8 +130,9 @@ class RunConfig:
             if not isinstance(self.augmentation, str) or self.augmentation not in POLICIES:
                 raise ConfigError(f"Unknown augmentation policy {self.augmentation!r}; "
                                   f"choose one of: {', '.join(POLICIES)}.")
-        if self.amp not in (None, *AMP_MODES):
-            raise ConfigError(f"Unknown AMP mode {self.amp!r}; choose one of: {', '.join(AMP_MODES)}.")
+        if self.amp not in (None, AMP_AUTO, *AMP_MODES):
+            raise ConfigError(f"Unknown AMP mode {self.amp!r}; choose one of: {AMP_AUTO}, {', '.join(AMP_MODES)} "
+                              "(or off).")
         if not _is_int(self.grad_accum) or self.grad_accum < 1:
             raise ConfigError(f"grad_accum must be a positive integer, got {self.grad_accum!r}.")
         if not _is_number(self.grad_clip) or self.grad_clip < 0:
@@ -163,7 +167,7 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"Unknown configuration key(s) {', '.join(unknown)} in {source}; "
                               f"known keys: {', '.join(sorted(known))}.")
-        return cls(**values)
+        return cls(**{**LEGACY_DEFAULTS, **values})
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig
 from ..datasets import DatasetRegistry
 from ..errors import WriteError
-from ..models import ModelRegistry, model_data_arguments
+from ..models import ModelRegistry, model_data_arguments, new_model_options, recorded_model_options
 from ..plugins import check_resume_imports, merge_imports, verify_plugins
 from ..utils import get_device, seed_everything
 from . import state_keys as keys
@@ -29,6 +29,7 @@ from .experiment import (
 )
 from .interrupts import StartupInterrupted, StopRequest
 from .evaluation import check_tta_flip
+from .fast_path import resolve_fast_path
 from .optim import build_optimizer, build_scheduler
 from .schedules import optimizer_steps_per_epoch
 from .trainer import Trainer, loader_length
@@ -75,8 +76,13 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         parent = _read_config(runs_dir, fork, purpose="fork")
         if "imports" in overrides:  # a fork may add plug-ins to its parent's
             overrides = {**overrides, "imports": merge_imports(parent.imports, overrides["imports"])}
-        return parent.replace(**overrides).validate()
-    return RunConfig(**overrides).validate()
+        config = parent.replace(**overrides).validate()
+        if config.model != parent.model:  # a fork to another model: built new, so the newest version
+            config.model_options = new_model_options(config.model, config.model_options)
+        return config
+    config = RunConfig(**overrides).validate()
+    config.model_options = new_model_options(config.model, config.model_options)  # recorded: resume rebuilds it
+    return config
 
 
 class Components(NamedTuple):
@@ -87,6 +93,7 @@ class Components(NamedTuple):
     val_loader: Any
     optimizer: Any
     scheduler: Any
+    fast_path: Any = None  # FastPath: amp and channels-last as resolved for this model and device
 
 
 def build_components(config: RunConfig, progress: bool = True) -> Components:
@@ -97,7 +104,7 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", config.dataset_options,
                       optional={"progress": progress}, chosen=chosen,
                       data_dir=config.data_dir, augment=config.augment, seed=config.seed)
-    model = _create(ModelRegistry, config.model, "--model-option", config.model_options,
+    model = _create(ModelRegistry, config.model, "--model-option", recorded_model_options(config.model, config.model_options),
                     **model_data_arguments(config.model, dataset)).to(device)
     if config.tta_flip:
         check_tta_flip(dataset, config.dataset)
@@ -105,7 +112,8 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
     scheduler = build_scheduler(config.scheduler, optimizer, config.epochs,
                                 optimizer_steps_per_epoch(loader_length(train_loader), config.grad_accum))
-    return Components(dataset, model, device, train_loader, val_loader, optimizer, scheduler)
+    fast_path = resolve_fast_path(config.amp, config.channels_last, model, device)
+    return Components(dataset, model, device, train_loader, val_loader, optimizer, scheduler, fast_path)
 
 
 def _create(registry, name: str, flag: str, options: Dict[str, Any],
@@ -230,7 +238,8 @@ def run_training(
     config = resolve_config(overrides, runs_dir, resume, fork)
     parts = build_components(config, progress=show_progress is not False)
     log(f"Data: {parts.dataset.describe()}")
-    log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}")
+    log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}, "
+        f"{parts.fast_path.description}")
     dry_forward(parts.model, parts.val_loader, config, parts.dataset.num_classes)
     fingerprint = parts.dataset.fingerprint() if hasattr(parts.dataset, "fingerprint") else None
     if resume is not None:
@@ -343,8 +352,8 @@ def _prepare_trainer(experiment: ExperimentManager, config: RunConfig, parts: Co
         parts.optimizer, parts.device,
         experiment, checkpoint_manager=CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last),
         scheduler=parts.scheduler, dataset=parts.dataset if config.reapply_transforms else None,
-        patience=config.patience, config=config.to_dict(), show_progress=show_progress, amp=config.amp,
-        compile_model=config.compile, channels_last=config.channels_last, grad_accum_steps=config.grad_accum,
+        patience=config.patience, config=config.to_dict(), show_progress=show_progress, amp=parts.fast_path.amp,
+        compile_model=config.compile, channels_last=parts.fast_path.channels_last, grad_accum_steps=config.grad_accum,
         grad_clip=config.grad_clip, checkpoint_interval=config.checkpoint_interval,
         ema_decay=config.ema_decay, warmup_epochs=config.warmup_epochs, tta_flip=config.tta_flip,
     )

@@ -28,3 +28,4 @@ DATASET = "dataset"                 # the live augmentation draw (with --reapply
 CONFIG = "config"                   # the run configuration
 EMA = "ema_state_dict"              # --ema: decay, update count, the trained weights (model = the average)
 WARMUP = "warmup"                   # --warmup-epochs: optimizer steps counted
+EPOCH_LEARNING_RATE = "epoch_learning_rate"  # mid-epoch: the rate at the epoch's start (logged)

@@ -163,6 +163,7 @@ class Trainer:
         self.global_step = 0
         self.train_tracker = MetricsTracker()
         self._mid_epoch = False  # the train tracker/loader hold a partial epoch
+        self._epoch_lr: Optional[float] = None  # the learning rate at the start of the current epoch
         self.stop_request = StopRequest(self._log, enabled=handle_signals)
 
     def _on_device(self, loader):
@@ -400,7 +401,7 @@ class Trainer:
     def _run_epoch(self, epoch: int, epochs: int) -> bool:
         """One full epoch and its bookkeeping; returns True when early stopping fires."""
         started = time.perf_counter()
-        learning_rate = self.optimizer.param_groups[0]["lr"]
+        learning_rate = self._epoch_learning_rate()
         train_metrics, train_speed = self.train_epoch(epoch)
         val_metrics, _ = self.validate()
         if not math.isfinite(val_metrics["loss"]):
@@ -462,6 +463,13 @@ class Trainer:
                     raise
                 self._log(f"Warning: could not redraw the training curves ({exc}).")
 
+    def _epoch_learning_rate(self) -> float:
+        """The rate logged for an epoch: the one at its start (a per-step schedule moves it
+        within the epoch), also for an epoch resumed mid-way (it is in the checkpoint)."""
+        if not (self._mid_epoch and self._epoch_lr is not None):
+            self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        return self._epoch_lr
+
     def _check_schedule_plan(self, epochs: int) -> None:
         steps = optimizer_steps_per_epoch(loader_length(self.train_loader), self.grad_accum_steps)
         done = math.ceil(getattr(self.train_loader, "position", 0) / self.grad_accum_steps) if self._mid_epoch else 0
@@ -491,6 +499,7 @@ class Trainer:
             keys.SCALER: self.precision.state_dict(),
             keys.EMA: self.ema.state_dict(self.model) if self.ema is not None else None,
             keys.WARMUP: self.warmup.state_dict() if self.warmup is not None else None,
+            keys.EPOCH_LEARNING_RATE: self._epoch_lr if self._mid_epoch else None,
             keys.EARLY_STOPPING: self.early_stopping.state_dict(),
             keys.CHECKPOINT_MANAGER: self.checkpoint_manager.state_dict() if self.checkpoint_manager else None,
             keys.HISTORY: {k: list(v) for k, v in self._history.items()},
@@ -535,6 +544,7 @@ class Trainer:
         self._mid_epoch = bool(state.get(keys.MID_EPOCH)) and state.get(keys.TRAIN_LOADER) is not None
         if self._mid_epoch:
             self.train_tracker.load_state_dict(state[keys.TRAIN_TRACKER])
+            self._epoch_lr = state.get(keys.EPOCH_LEARNING_RATE)
         if state.get(keys.RNG):
             restore_rng_state(state[keys.RNG])
         self.epoch = int(state.get(keys.EPOCH, 0))
