@@ -83,6 +83,15 @@ def recorded_model_options(name: str, options: Dict[str, Any]) -> Dict[str, Any]
     return dict(options)
 
 
+def inherit_model_version(recorded: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
+    """``--model-option`` values given to a resume or a fork of the same model, with the
+    run's recorded ``version`` when they name none (so repeating a run's options does not
+    switch its architecture); a run recorded without one stays without."""
+    if "version" in recorded and "version" not in given:
+        return {**given, "version": recorded["version"]}
+    return dict(given)
+
+
 def new_model_options(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
     """The options a new run records for model ``name``: a versioned model gets its
     ``latest_version`` unless ``options`` name one (see ``recorded_model_options``)."""

@@ -18,7 +18,9 @@ import torch.nn as nn
 from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig
 from ..datasets import DatasetRegistry
 from ..errors import WriteError
-from ..models import ModelRegistry, model_data_arguments, new_model_options, recorded_model_options
+from ..models import (
+    ModelRegistry, inherit_model_version, model_data_arguments, new_model_options, recorded_model_options,
+)
 from ..plugins import check_resume_imports, merge_imports, verify_plugins
 from ..utils import get_device, seed_everything
 from . import state_keys as keys
@@ -60,6 +62,7 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         raise ExperimentError("Give either --resume or --fork, not both.")
     if resume is not None:
         saved = _read_config(runs_dir, resume)
+        overrides = _same_model_version(saved, overrides)
         if "imports" in overrides:  # the run's own plug-ins may be named again, no others
             overrides = dict(overrides)
             check_resume_imports(saved.imports, overrides.pop("imports"), resume)
@@ -74,6 +77,7 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         return saved.replace(**changed).validate()
     if fork is not None:
         parent = _read_config(runs_dir, fork, purpose="fork")
+        overrides = _same_model_version(parent, overrides)
         if "imports" in overrides:  # a fork may add plug-ins to its parent's
             overrides = {**overrides, "imports": merge_imports(parent.imports, overrides["imports"])}
         config = parent.replace(**overrides).validate()
@@ -83,6 +87,14 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
     config = RunConfig(**overrides).validate()
     config.model_options = new_model_options(config.model, config.model_options)  # recorded: resume rebuilds it
     return config
+
+
+def _same_model_version(previous: RunConfig, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """Repeating a run's ``--model-option`` values keeps its model's recorded version."""
+    given = overrides.get("model_options")
+    if not isinstance(given, dict) or overrides.get("model", previous.model) != previous.model:
+        return overrides
+    return {**overrides, "model_options": inherit_model_version(previous.model_options, given)}
 
 
 class Components(NamedTuple):

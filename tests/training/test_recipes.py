@@ -274,3 +274,8 @@ def test_new_runs_record_mynet_version_2_and_old_experiments_resume_exactly(tmp_
     assert config["model_options"] == {"width": 2, "version": 2} and config["amp"] == "auto"
     assert latest(runs, "exp2")["model_config"]["version"] == 2
     assert math.isfinite(history(runs, "exp2")[0]["val_loss"])
+    # repeating a run's --model-option keeps its version, in a resume and in a fork
+    assert cli(runs, "--resume", "exp2", "--epochs", "2", "--model-option", "width=2", "--quiet") == 0
+    assert latest(runs, "exp2")["epoch"] == 2
+    assert cli(runs, "--fork", "exp1", "--model-option", "width=2", "--epochs", "3", "--quiet") == 0
+    assert "version" not in latest(runs, "exp3")["model_config"]  # forked from the version-1 run
