@@ -279,3 +279,17 @@ def test_new_runs_record_mynet_version_2_and_old_experiments_resume_exactly(tmp_
     assert latest(runs, "exp2")["epoch"] == 2
     assert cli(runs, "--fork", "exp1", "--model-option", "width=2", "--epochs", "3", "--quiet") == 0
     assert "version" not in latest(runs, "exp3")["model_config"]  # forked from the version-1 run
+
+
+def test_forks_switch_ema_on_and_off(tmp_path):
+    runs = tmp_path / "runs"
+    assert cli(runs, *DATA, *MLP, "--ema", "0.9", "--epochs", "1") == 0
+    averaged = latest(runs)["model_state_dict"]
+    # without --ema the fork trains on from the averaged weights (a vanishing rate: it stays there)
+    assert cli(runs, "--fork", "exp1", "--ema", "0", "--lr", "1e-12", "--epochs", "2", "--quiet") == 0
+    forked = latest(runs, "exp2")
+    assert forked["ema_state_dict"] is None
+    assert all(torch.allclose(averaged[k].float(), v.float(), atol=1e-6) for k, v in forked["model_state_dict"].items())
+    assert not all(torch.equal(averaged[k], v) for k, v in latest(runs)["ema_state_dict"]["training_model"].items())
+    assert cli(runs, "--fork", "exp2", "--ema", "0.5", "--epochs", "3", "--quiet") == 0  # the average starts anew
+    assert latest(runs, "exp3")["ema_state_dict"]["updates"] == 192 // 16
