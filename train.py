@@ -259,7 +259,10 @@ def _main(args, stop) -> int:
             show_progress=False if args.quiet else None, stop=stop,
         )
     except ExptrainError as exc:
-        print(f"Error: {exc}" if exc.exit_code < 128 else str(exc), file=sys.stderr)
+        if exc.exit_code < 128:
+            print(f"Error: {exc}", file=sys.stderr)
+        elif os.environ.get("RANK", "0") in ("", "0"):  # under torchrun rank 0 reports the stop for all
+            print(str(exc), file=sys.stderr)
         return exc.exit_code
     except (ValueError, KeyError, TypeError) as exc:  # a bad value caught by a library's own check
         print(f"Error: {_one_line(exc)}", file=sys.stderr)
@@ -277,6 +280,8 @@ def _main(args, stop) -> int:
     _outcome_recorded()  # before the result line: a signal sent on seeing it must find the run ended
     if results.get("nothing_to_do"):
         return EXIT_OK
+    if results.get("rank", 0) != 0:
+        return EXIT_OK  # rank 0 reports for a torchrun job
     print(
         f"Done: {results['epochs_trained']} epochs, best validation accuracy {results['best_accuracy']:.2f}% "
         f"at epoch {results['best_epoch']}" + (" (stopped early)" if results["stopped_early"] else "")

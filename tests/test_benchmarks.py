@@ -35,3 +35,8 @@ def test_time_to_accuracy_smoke():
 
 def test_gpu_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(REPO_ROOT / "benchmarks" / "gpu.sh")]).returncode == 0
+
+
+def test_imagefolder_smoke():
+    out = run_benchmark("imagefolder.py", "--smoke")
+    assert "per-sample Pillow" in out and "memory-mapped" in out

@@ -125,7 +125,7 @@ BAD_OPTIONS = {
     "width=0": (("--model", "mynet", "--model-option", "width=0"), ("width", ">= 1", "got 0")),
     "hidden_sizes=[-3]": (("--model", "mlp", "--model-option", "hidden_sizes=[-3]"), ("hidden_sizes", ">= 1", "[-3]")),
     "hidden_sizes=abc": (("--model", "mlp", "--model-option", "hidden_sizes=abc"), ("hidden_sizes", "list of integers", "'abc'")),
-    "input_shape=[1,28,14]": ((*MLP, "--dataset-option", "input_shape=[1,28,14]"), ("mlp", "(1, 28, 14)", "--model-option")),
+    "input_shape=[1,28,14]": ((*MLP, "--dataset-option", "input_shape=[1,28,14]"), ("mlp", "28x14", "square")),
     "num_samples=100.5": ((*MLP, "--dataset-option", "num_samples=100.5"), ("num_samples", ">= 1", "100.5")),
     "num_samples=100000000": ((*MLP, "--dataset-option", "num_samples=100000000"), ("num_samples", "limit", "num_samples <=")),
     "seed=2**64": ((*MLP, "--seed", "18446744073709551616"), ("seed", "2**63-1", "18446744073709551616")),

@@ -12,5 +12,6 @@ from .registry import DatasetRegistry
 from . import mnist as _mnist  # noqa: F401  (registers mnist, fashion_mnist, mnist-sample)
 from . import cifar as _cifar  # noqa: F401  (registers cifar10, cifar100)
 from . import synthetic as _synthetic  # noqa: F401  (registers synthetic)
+from . import imagefolder as _imagefolder  # noqa: F401  (registers imagefolder)
 
 __all__ = ["ArrayDataset", "BaseDataset", "DataError", "DatasetRegistry", "TensorLoader", "channel_statistics"]

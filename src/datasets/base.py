@@ -367,10 +367,13 @@ class BaseDataset:
                     loader.set_transform(self._draw)
 
     def _draw_fingerprint(self, samples: int = 1024) -> str:
-        """SHA-1 of evenly spaced images of the live draw: tells draws apart (a fresh draw
-        changes nearly every image) at a few hundred kB of hashing instead of the whole set;
+        """SHA-1 of evenly spaced images of the live draw (1,024, or fewer large ones: at most
+        ~16 MB): tells draws apart (a fresh draw changes nearly every image) without
+        transforming and hashing the whole set;
         the same for the in-memory and the memory-mapped path."""
-        index = torch.linspace(0, len(self) - 1, min(samples, len(self))).long()
+        per_image = max(self.train_images[0].numel(), 1)
+        samples = max(1, min(samples, len(self), (16 << 20) // per_image))  # at most ~16 MB of images
+        index = torch.linspace(0, len(self) - 1, samples).long()
         if self._draw is None:
             images = self.augmented_train_images[index]
         else:

@@ -75,8 +75,11 @@ class TensorLoader:
         self._set_normalisation(mean, std, images.shape[1])
         self.images, self.labels = images, labels
         self.to_device(torch.device(device) if device is not None else images.device)
+        self.rank, self.world_size, self.whole_batches = 0, 1, False  # see shard()
+        self.batch_weight = 1.0  # this rank's share of the current global batch, x world size
+        self.batch_index = 0
         self.epoch = 0
-        self.position = 0  # batches already served in ``self.epoch``
+        self.position = 0  # batches already served in ``self.epoch`` (global batches when sharded)
         self._resume_position = 0  # set by load_state_dict: where the next pass starts
 
     @property
@@ -143,8 +146,54 @@ class TensorLoader:
             self.position = 0
             self._resume_position = 0
 
+    def shard(self, rank: int, world_size: int, whole_batches: bool = False) -> "TensorLoader":
+        """Serve only rank ``rank``'s part of every batch (multi-process training).
+
+        Training (``whole_batches=False``): global batch ``g`` is the block
+        ``[g * B * world_size, (g + 1) * B * world_size)`` of the epoch's order (the same on
+        every rank) and each rank takes its slice of ``B`` samples, so every rank runs the
+        same number of steps and ``position`` counts global batches. A short last global
+        batch is split as evenly as possible (a rank may get none), and ``batch_weight``
+        is set so that the mean of the ranks' weighted mean losses is the mean over the
+        real samples: no sample is repeated or dropped.
+
+        Validation (``whole_batches=True``): the single-process batches, batch ``b`` to
+        rank ``b % world_size``; ``batch_index`` names the batch being served.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}.")
+        self.rank, self.world_size, self.whole_batches = int(rank), int(world_size), bool(whole_batches)
+        return self
+
     def __len__(self) -> int:
-        return (self.dataset_size + self.batch_size - 1) // self.batch_size
+        if self.world_size == 1:
+            return (self.dataset_size + self.batch_size - 1) // self.batch_size
+        if self.whole_batches:
+            return len(range(self.rank, self._batches(self.batch_size), self.world_size))
+        return self._batches(self.batch_size * self.world_size)
+
+    def _batches(self, size: int) -> int:
+        return (self.dataset_size + size - 1) // size
+
+    def _bounds(self, batch: int) -> Tuple[int, int]:
+        """The sample range ``[lo, hi)`` of the epoch's order this rank serves as ``batch``."""
+        size, world = self.batch_size, self.world_size
+        if world == 1:
+            return batch * size, min((batch + 1) * size, self.dataset_size)
+        if self.whole_batches:
+            index = self.rank + batch * world
+            self.batch_index = index
+            return index * size, min((index + 1) * size, self.dataset_size)
+        start = batch * size * world
+        count = min(size * world, self.dataset_size - start)  # samples in this global batch
+        if count == size * world:
+            self.batch_weight = 1.0
+            return start + self.rank * size, start + (self.rank + 1) * size
+        share, extra = divmod(count, world)
+        lo = start + self.rank * share + min(self.rank, extra)
+        hi = lo + share + (1 if self.rank < extra else 0)
+        self.batch_weight = (hi - lo) * world / count
+        return lo, hi
 
     def _order(self) -> Optional[torch.Tensor]:
         if not self.shuffle:
@@ -159,7 +208,7 @@ class TensorLoader:
         start_batch, self._resume_position = self._resume_position, 0
         self.position = start_batch
         for batch in range(start_batch, len(self)):
-            lo, hi = batch * self.batch_size, min((batch + 1) * self.batch_size, self.dataset_size)
+            lo, hi = self._bounds(batch)
             if order is None:
                 index = None
                 images, labels = self.images[lo:hi], self.labels[lo:hi]
@@ -191,9 +240,22 @@ class TensorLoader:
         return torch.addcmul(self._offset, images.to(torch.float32), self._scale)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle}
+        state = {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle}
+        if self.world_size > 1:
+            state["world_size"] = self.world_size
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue at a saved position.
+
+        Raises:
+            ValueError: the state was saved mid-epoch by a different number of processes
+                (its position counts global batches of another size).
+        """
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size and int(state["position"]) > 0:
+            raise ValueError(f"The data position was saved mid-epoch by {saved_world} process(es); this run has "
+                             f"{self.world_size}. Resume with {saved_world}.")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._resume_position = self.position

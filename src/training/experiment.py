@@ -215,9 +215,42 @@ class ExperimentManager:
             nothing is left behind.
     """
 
+    def __new__(cls, base_dir: str = "runs", resume_exp: Optional[str] = None, fork_exp: Optional[str] = None,
+                lock: bool = True, *, config: Optional[Dict[str, Any]] = None, parent: Any = None):
+        # Under torchrun only rank 0 creates or reopens the experiment; every other rank
+        # gets a read-only view of the directory rank 0 names (distributed.py).
+        from .distributed import FollowerExperiment, PeerFailedError, current_job
+
+        job = current_job()
+        if job is None or job.is_main:
+            return super().__new__(cls)
+        outcome = job.broadcast_object(None)  # pairs with rank 0's at the end of __init__
+        if outcome[0] == "error":
+            try:
+                error = outcome[1](outcome[2])
+            except Exception:
+                error = PeerFailedError(f"Rank 0: {outcome[2]}")
+            raise error
+        return FollowerExperiment(base_dir, *outcome[1:])
+
     def __init__(self, base_dir: str = "runs", resume_exp: Optional[str] = None,
                  fork_exp: Optional[str] = None, lock: bool = True, *,
                  config: Optional[Dict[str, Any]] = None, parent: Any = None):
+        from .distributed import current_job
+
+        job = current_job()
+        if job is None:
+            self._open(base_dir, resume_exp, fork_exp, lock, config, parent)
+            return
+        try:
+            self._open(base_dir, resume_exp, fork_exp, lock, config, parent)
+        except Exception as exc:
+            job.broadcast_object(("error", type(exc), str(exc)))
+            raise
+        job.broadcast_object(("ok", self.name, self.resume_exp, self.fork_exp,
+                              str(self.parent_checkpoint) if self.parent_checkpoint else None))
+
+    def _open(self, base_dir, resume_exp, fork_exp, lock, config, parent) -> None:
         if resume_exp is not None and fork_exp is not None:
             raise ExperimentError("Give either resume_exp or fork_exp, not both (--resume and --fork exclude each other).")
         self.base_dir = Path(base_dir)

@@ -243,9 +243,11 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
     if parent.scheduler != config.scheduler or replan:
         state[keys.SCHEDULER] = None
     other_data = parent.data_fingerprint and config.data_fingerprint and parent.data_fingerprint != config.data_fingerprint
-    if other_data or any(getattr(parent, k) != getattr(config, k) for k in DATA_KEYS):
-        # A different data pipeline (or other data: --data-dir) cannot continue the parent's data order mid-epoch.
-        state.update({keys.TRAIN_LOADER: None, keys.DATASET: None, keys.MID_EPOCH: False})
+    other_world = int(payload.get(keys.WORLD_SIZE) or 1) != trainer.dist.world_size
+    if other_data or other_world or any(getattr(parent, k) != getattr(config, k) for k in DATA_KEYS):
+        # A different data pipeline (or other data: --data-dir, or another number of processes)
+        # cannot continue the parent's data order mid-epoch.
+        state.update({keys.TRAIN_LOADER: None, keys.DATASET: None, keys.MID_EPOCH: False, keys.RANKS: None})
     state.update({keys.EARLY_STOPPING: None, keys.CHECKPOINT_MANAGER: None})  # the branch tracks its own best
     trainer.load_state_dict(state)
     for group in trainer.optimizer.param_groups:

@@ -35,6 +35,7 @@ from .fast_path import resolve_fast_path
 from .optim import build_optimizer, build_scheduler
 from .schedules import optimizer_steps_per_epoch
 from .trainer import Trainer, loader_length
+from .distributed import Distributed, agreement
 from .resume import (
     latest_valid_checkpoint, check_compatible, check_same_data, recorded_progress, unsaved_fork,
     finished_message, settle_finished_records, check_schedule_extension, fork_epochs, keep_longer_log, load_fork,
@@ -213,6 +214,10 @@ def dry_forward(model: nn.Module, val_loader, config: RunConfig, num_classes: in
                           f"expected (2, {num_classes}) for the {num_classes} classes of {config.dataset!r}.")
 
 
+def _silent(*_args: Any, **_kwargs: Any) -> None:
+    """The log of ranks other than 0: rank 0 prints for the job."""
+
+
 def run_training(
     overrides: Dict[str, Any],
     runs_dir: str = "runs",
@@ -225,6 +230,10 @@ def run_training(
     """Run training as the CLI does; returns ``Trainer.train``'s results dict, or
     ``{"nothing_to_do": True, "message": ...}`` for a resume of a finished run.
 
+    Under ``torchrun`` every process runs this: it joins the process group (see
+    ``distributed.py``), every rank loads the data and checks the input, rank 0 creates
+    or reopens the experiment and writes every file, and the others train beside it.
+
     Args:
         stop: the caller's ``StopRequest`` (in immediate mode during start-up); it is
             switched to deferred mode before anything is written.
@@ -232,89 +241,125 @@ def run_training(
     Raises:
         BadInputError (ConfigError, ExperimentError, DataError, CheckpointError): bad
             input, nothing written; WriteError / CheckpointSaveError: a write failed;
-            NonFiniteLossError: the loss diverged; TrainingInterrupted: a signal.
+            NonFiniteLossError: the loss diverged; TrainingInterrupted: a signal;
+            PeerFailedError: another process of a torchrun job stopped.
     """
-    check_runs_dir(runs_dir, must_exist=resume is not None or fork is not None)
-    if resume is not None or fork is not None:
-        existing_experiment_dir(Path(runs_dir), resume or fork)
-    if resume is not None:  # a running experiment is refused before anything is loaded (or judged finished)
-        refuse_if_busy(Path(runs_dir) / resume)
-    into = None  # a fork that saved no checkpoint of its own (a full disk, a kill) restarts from its parent, in place
-    lineage = unsaved_fork(Path(runs_dir), resume) if resume is not None else None
-    if lineage is not None:
-        own = resolve_config(overrides, runs_dir, resume, None).to_dict()
-        parent_config = _read_config(runs_dir, lineage["parent"], purpose="fork").to_dict()
-        overrides = {k: v for k, v in own.items() if parent_config.get(k) != v}
-        into, resume, fork = resume, None, lineage["parent"]
-        log(f"{into} is a fork of {fork} that saved no checkpoint of its own; it starts again from {fork}'s checkpoint.")
-    config = resolve_config(overrides, runs_dir, resume, fork)
-    parts = build_components(config, progress=show_progress is not False)
-    log(f"Data: {parts.dataset.describe()}")
-    log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}, "
-        f"{parts.fast_path.description}")
-    dry_forward(parts.model, parts.val_loader, config, parts.dataset.num_classes)
-    fingerprint = parts.dataset.fingerprint() if hasattr(parts.dataset, "fingerprint") else None
-    if resume is not None:
-        check_same_data(config.data_fingerprint, fingerprint, resume, config.data_dir)
-    config = config.replace(data_fingerprint=fingerprint or config.data_fingerprint)
+    dist = Distributed.from_environment(overrides.get("device"))
+    try:
+        return _run_training(dist, overrides, runs_dir, resume, fork, show_progress, log, stop)
+    finally:
+        dist.close()
 
-    source = resume or fork
-    found = None
-    if source is not None:
-        source_dir = existing_experiment_dir(Path(runs_dir), source)
-        found = latest_valid_checkpoint(source_dir / CHECKPOINTS_DIR, source, log)
-        payload = found.payload
-        if payload is None and fork is not None:
-            raise CheckpointError(f"Experiment {fork} has no checkpoint yet; there is nothing to fork from.")
-        if into is not None and found.entry["sha256"] != lineage["sha256"]:
-            raise CheckpointError(
-                f"{into} was forked from a checkpoint of {fork} (sha256 {lineage['sha256'][:12]}) that is no longer "
-                f"{fork}'s newest, and saved none of its own; nothing was changed. Fork again: python train.py --fork {fork}."
-            )
-        if payload is None:
-            progress, where = recorded_progress(source_dir)
-            if progress > 0:
+
+def _run_training(
+    dist: Distributed,
+    overrides: Dict[str, Any],
+    runs_dir: str = "runs",
+    resume: Optional[str] = None,
+    fork: Optional[str] = None,
+    show_progress: Optional[bool] = None,
+    log=print,
+    stop: Optional[StopRequest] = None,
+) -> Dict[str, Any]:
+    """``run_training`` in the process group ``dist`` (a single process: no group)."""
+    if not dist.is_main:
+        log = _silent
+    with agreement(dist):  # every rank checks; one rank's bad input stops them all, nothing written
+        check_runs_dir(runs_dir, must_exist=resume is not None or fork is not None)
+        if resume is not None or fork is not None:
+            existing_experiment_dir(Path(runs_dir), resume or fork)
+        if resume is not None:  # a running experiment is refused before anything is loaded (or judged finished)
+            refuse_if_busy(Path(runs_dir) / resume)
+        into = None  # a fork that saved no checkpoint of its own (a full disk, a kill) restarts from its parent, in place
+        lineage = unsaved_fork(Path(runs_dir), resume) if resume is not None else None
+        if lineage is not None:
+            own = resolve_config(overrides, runs_dir, resume, None).to_dict()
+            parent_config = _read_config(runs_dir, lineage["parent"], purpose="fork").to_dict()
+            overrides = {k: v for k, v in own.items() if parent_config.get(k) != v}
+            into, resume, fork = resume, None, lineage["parent"]
+            log(f"{into} is a fork of {fork} that saved no checkpoint of its own; it starts again from {fork}'s checkpoint.")
+        config = resolve_config(overrides, runs_dir, resume, fork)
+        parts = build_components(config, progress=show_progress is not False)
+        log(f"Data: {parts.dataset.describe()}")
+        log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}, "
+            f"{parts.fast_path.description}")
+        dry_forward(parts.model, parts.val_loader, config, parts.dataset.num_classes)
+        fingerprint = parts.dataset.fingerprint() if hasattr(parts.dataset, "fingerprint") else None
+        if resume is not None:
+            check_same_data(config.data_fingerprint, fingerprint, resume, config.data_dir)
+        config = config.replace(data_fingerprint=fingerprint or config.data_fingerprint)
+
+        source = resume or fork
+        found = None
+        if source is not None:
+            source_dir = existing_experiment_dir(Path(runs_dir), source)
+            found = latest_valid_checkpoint(source_dir / CHECKPOINTS_DIR, source, log)
+            payload = found.payload
+            if payload is None and fork is not None:
+                raise CheckpointError(f"Experiment {fork} has no checkpoint yet; there is nothing to fork from.")
+            if into is not None and found.entry["sha256"] != lineage["sha256"]:
                 raise CheckpointError(
-                    f"Experiment {resume} records {progress} finished epoch(s) in {where} but no checkpoint holds them "
-                    f"({source_dir / CHECKPOINTS_DIR} has none); nothing was changed. Restore the checkpoints, "
-                    "or start a new run with the same options."
+                    f"{into} was forked from a checkpoint of {fork} (sha256 {lineage['sha256'][:12]}) that is no longer "
+                    f"{fork}'s newest, and saved none of its own; nothing was changed. Fork again: python train.py --fork {fork}."
                 )
-        else:
-            check_compatible(payload, parts.model, str(found.path))
-            if resume is not None:
-                saved_config = payload.get(keys.CONFIG) or {}
-                frozen = sorted(
-                    k for k in saved_config
-                    if k not in RESUME_MUTABLE_KEYS and k not in RECORDED_KEYS and saved_config[k] != getattr(config, k, None)
-                )
-                if frozen:
+            if payload is None:
+                progress, where = recorded_progress(source_dir)
+                if progress > 0:
                     raise CheckpointError(
-                        f"{found.path} was written with a different configuration ({', '.join(frozen)}) "
-                        f"than {runs_dir}/{resume}/{CONFIG_FILE}; restore the config file or fork instead."
+                        f"Experiment {resume} records {progress} finished epoch(s) in {where} but no checkpoint holds them "
+                        f"({source_dir / CHECKPOINTS_DIR} has none); nothing was changed. Restore the checkpoints, "
+                        "or start a new run with the same options."
                     )
-                check_same_data(saved_config.get("data_fingerprint"), fingerprint, resume, config.data_dir)
-    payload = found.payload if found is not None else None
+            else:
+                check_compatible(payload, parts.model, str(found.path))
+                saved_world = int(payload.get(keys.WORLD_SIZE) or 1)
+                if resume is not None and saved_world != dist.world_size:
+                    if payload.get(keys.MID_EPOCH):
+                        raise CheckpointError(
+                            f"{found.path} was saved mid-epoch by a run of {saved_world} process(es) and this run "
+                            f"has {dist.world_size}; its data position counts batches of {saved_world} processes. "
+                            f"Resume with {saved_world} (torchrun --nproc_per_node={saved_world} ... --resume {resume}), "
+                            f"or --fork {resume} to go on with {dist.world_size} from the start of that epoch."
+                        )
+                    log(f"Note: {resume} was trained by {saved_world} process(es) and continues with "
+                        f"{dist.world_size}: the global batch changes, so the result is not bit-identical to "
+                        f"an uninterrupted run of {saved_world}.")
+                if resume is not None:
+                    saved_config = payload.get(keys.CONFIG) or {}
+                    frozen = sorted(
+                        k for k in saved_config
+                        if k not in RESUME_MUTABLE_KEYS and k not in RECORDED_KEYS and saved_config[k] != getattr(config, k, None)
+                    )
+                    if frozen:
+                        raise CheckpointError(
+                            f"{found.path} was written with a different configuration ({', '.join(frozen)}) "
+                            f"than {runs_dir}/{resume}/{CONFIG_FILE}; restore the config file or fork instead."
+                        )
+                    check_same_data(saved_config.get("data_fingerprint"), fingerprint, resume, config.data_dir)
+        payload = found.payload if found is not None else None
 
-    if resume is not None and payload is not None:
-        finished = finished_message(payload, config, resume)
-        if finished is not None:
-            log(finished)
-            if stop is not None:
-                stop.defer()  # the records may be rewritten: a signal must not tear a write
-            settle_finished_records(runs_dir, resume, payload, config, log)
-            return {"nothing_to_do": True, "message": finished, "experiment_dir": str(Path(runs_dir) / resume)}
-        check_schedule_extension(payload, config, resume)
-    if fork is not None:
-        config = fork_epochs(payload, config, fork, overrides)
+        if resume is not None and payload is not None:
+            finished = finished_message(payload, config, resume)
+            if finished is not None:
+                log(finished)
+                if stop is not None:
+                    stop.defer()  # the records may be rewritten: a signal must not tear a write
+                if dist.is_main:
+                    settle_finished_records(runs_dir, resume, payload, config, log)
+                return {"nothing_to_do": True, "message": finished, "experiment_dir": str(Path(runs_dir) / resume)}
+            check_schedule_extension(payload, config, resume)
+        if fork is not None:
+            config = fork_epochs(payload, config, fork, overrides)
 
-    if stop is not None:
-        if stop.requested:  # noted during start-up, but its exception was lost (raised inside compile())
-            raise StartupInterrupted(stop.signum)
-        stop.defer()  # from here on files are written: a signal is noted, not obeyed mid-write
+        if stop is not None:
+            if stop.requested:  # noted during start-up, but its exception was lost (raised inside compile())
+                raise StartupInterrupted(stop.signum)
+            stop.defer()  # from here on files are written: a signal is noted, not obeyed mid-write
+    # Under torchrun rank 0 creates or reopens it and the others get a read-only view.
     experiment = ExperimentManager(runs_dir, resume_exp=resume or into, fork_exp=fork if into is None else None,
                                    config=config.to_dict(), parent=found)
     try:
-        trainer = _prepare_trainer(experiment, config, parts, show_progress, log, payload)
+        trainer = _prepare_trainer(experiment, config, parts, show_progress, log, payload, dist)
         if payload is not None and resume is not None:
             trainer.load_state_dict(payload)
             log(f"Resuming {experiment.name} from {found.path.name} at epoch {trainer.epoch}, "
@@ -347,7 +392,8 @@ def run_training(
 
 
 def _prepare_trainer(experiment: ExperimentManager, config: RunConfig, parts: Components,
-                     show_progress: Optional[bool], log, payload: Optional[Dict[str, Any]]) -> Trainer:
+                     show_progress: Optional[bool], log, payload: Optional[Dict[str, Any]],
+                     dist: Optional[Distributed] = None) -> Trainer:
     """Inside the (new or reopened, locked) experiment: report how a resumed run ended,
     keep a log that records more than the checkpoint, build the Trainer."""
     if experiment.resume_exp is not None:
@@ -358,15 +404,18 @@ def _prepare_trainer(experiment: ExperimentManager, config: RunConfig, parts: Co
             detail = previous.get("error") or previous.get("signal") or ""
             log(f"{experiment.name} was last {previous['state']}" + (f" ({detail})" if detail else "")
                 + (" - the process ended without recording why." if previous["state"] == "killed" else "."))
-        keep_longer_log(experiment, payload, log)
+        if dist is None or dist.is_main:
+            keep_longer_log(experiment, payload, log)
+    read_only = dist is not None and not dist.is_main  # only rank 0 writes
     return Trainer(
         parts.model, parts.train_loader, parts.val_loader, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
         parts.optimizer, parts.device,
-        experiment, checkpoint_manager=CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last),
+        experiment, checkpoint_manager=CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last,
+                                                         read_only=read_only),
         scheduler=parts.scheduler, dataset=parts.dataset if config.reapply_transforms else None,
         patience=config.patience, config=config.to_dict(), show_progress=show_progress, amp=parts.fast_path.amp,
         compile_model=config.compile, channels_last=parts.fast_path.channels_last, grad_accum_steps=config.grad_accum,
-        grad_clip=config.grad_clip, checkpoint_interval=config.checkpoint_interval,
+        grad_clip=config.grad_clip, checkpoint_interval=config.checkpoint_interval, distributed=dist,
         ema_decay=config.ema_decay, warmup_epochs=config.warmup_epochs, tta_flip=config.tta_flip,
     )
 

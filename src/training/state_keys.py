@@ -26,6 +26,8 @@ TRAIN_LOADER = "train_loader"       # epoch and position of the data order
 TRAIN_TRACKER = "train_tracker"     # partial training metrics of an interrupted epoch
 DATASET = "dataset"                 # the live augmentation draw (with --reapply-transforms)
 CONFIG = "config"                   # the run configuration
+WORLD_SIZE = "world_size"           # processes of the run (1 without torchrun)
+RANKS = "ranks"                     # per rank {rng_state, train_tracker} under torchrun, else None
 EMA = "ema_state_dict"              # --ema: decay, update count, the trained weights (model = the average)
 WARMUP = "warmup"                   # --warmup-epochs: optimizer steps counted
 EPOCH_LEARNING_RATE = "epoch_learning_rate"  # mid-epoch: the rate at the epoch's start (logged)

@@ -32,6 +32,7 @@ from ..errors import NonFiniteLossError, WriteError, write_error
 from ..utils.seed import capture_rng_state, restore_rng_state
 from . import state_keys as keys
 from .checkpoint import CheckpointManager
+from .distributed import AGREE_EVERY, Distributed, PeerFailedError
 from .early_stopping import EarlyStopping
 from .ema import ModelEMA
 from .evaluation import evaluation_criterion, evaluation_forward
@@ -80,6 +81,10 @@ class Trainer:
             the first N epochs (see ``schedules.py``; needs a sized training loader).
         tta_flip: evaluate on each image and its mirror image (averaged logits); only
             for data whose images may be flipped horizontally.
+        distributed: the ranks of a torchrun job (default: joined from the environment;
+            a single process otherwise). With several ranks the model is wrapped in
+            ``DistributedDataParallel``, the built-in loaders are sharded, metrics are
+            reduced, and only rank 0 writes files and prints (``distributed.py``).
 
     Raises:
         ValueError: an empty or missing validation (or training) loader, bad numbers.
@@ -113,6 +118,7 @@ class Trainer:
         ema_decay: float = 0.0,
         warmup_epochs: int = 0,
         tta_flip: bool = False,
+        distributed: Optional[Distributed] = None,
     ):
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             if loader is None:
@@ -124,8 +130,9 @@ class Trainer:
             raise ValueError(f"checkpoint_interval must be a non-negative number of seconds, got {checkpoint_interval!r}.")
         self.model = model
         self.device = torch.device(device)
-        self.train_loader = self._on_device(train_loader)
-        self.val_loader = self._on_device(val_loader)
+        self.dist = distributed if distributed is not None else Distributed.from_environment(str(self.device))
+        self.train_loader = self._shard(self._on_device(train_loader), whole_batches=False)
+        self.val_loader = self._shard(self._on_device(val_loader), whole_batches=True)
         self.criterion = criterion
         self.optimizer = optimizer
         self.experiment_manager = experiment_manager
@@ -143,7 +150,14 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         # The compiled wrapper shares the model's parameters; checkpoints use the model
         # itself, so their keys never carry torch.compile's "_orig_mod." prefix.
-        self.forward_model = torch.compile(self.model) if compile_model else self.model
+        self.parallel_model = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self.parallel_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.forward_model = torch.compile(self.parallel_model) if compile_model else self.parallel_model
         self.eval_criterion = evaluation_criterion(criterion) if eval_criterion is None else eval_criterion
         self.ema = ModelEMA(self.model, ema_decay) if ema_decay else None  # after the memory-format change
         self.warmup = self._build_warmup(warmup_epochs, grad_accum_steps)
@@ -157,7 +171,7 @@ class Trainer:
         self._last_save = time.monotonic()
         self._target_epochs: Optional[int] = None  # the epochs of the current train() call
         self.config = dict(config or {})
-        self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+        self.show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and self.dist.is_main
         self._history = empty_history()
         self.epoch = 0  # completed epochs
         self.global_step = 0
@@ -165,6 +179,35 @@ class Trainer:
         self._mid_epoch = False  # the train tracker/loader hold a partial epoch
         self._epoch_lr: Optional[float] = None  # the learning rate at the start of the current epoch
         self.stop_request = StopRequest(self._log, enabled=handle_signals)
+        self._steps_since_agreement = 0
+
+    def _shard(self, loader, whole_batches: bool):
+        if not self.dist.enabled:
+            return loader
+        if hasattr(loader, "shard"):
+            return loader.shard(self.dist.rank, self.dist.world_size, whole_batches=whole_batches)
+        from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
+
+        if whole_batches:
+            return loader  # every rank evaluates the whole set: exact, only slower
+        if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset) \
+                or loader.batch_size is None:
+            raise ValueError(
+                f"Under torchrun the training loader must be the built-in one (dataset.get_dataloaders()) or a "
+                f"DataLoader over a sized dataset with a batch_size; a {type(loader).__name__} cannot be split "
+                f"across {self.dist.world_size} processes."
+            )
+        # A user's DataLoader: torch's DistributedSampler (it repeats a few samples so every
+        # rank gets as many; its shuffle is seeded by the run's torch seed and the epoch).
+        sampler = DistributedSampler(loader.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                     shuffle=isinstance(loader.sampler, RandomSampler),
+                                     seed=int(torch.initial_seed()) % (2**63), drop_last=False)
+        sharded = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                             pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                             worker_init_fn=loader.worker_init_fn, generator=loader.generator)
+        sharded.set_epoch = sampler.set_epoch
+        return sharded
 
     def _on_device(self, loader):
         # The built-in loader moves its uint8 data once; other loaders are copied per batch.
@@ -205,32 +248,44 @@ class Trainer:
         batch = getattr(loader, "position", 0)  # > 0 when resuming inside this epoch
         start, steps = time.perf_counter(), 0
         progress = self._progress(loader, f"epoch {epoch}")
+        sharded = self.dist.enabled
         try:
             for images, labels in loader:
                 images, labels = self._to_device(images, labels)
-                with self.precision.autocast():
-                    outputs = self.forward_model(images)
-                    loss = self.criterion(outputs, labels)
-                self.precision.backward(loss / accumulate if accumulate > 1 else loss)
+                step_ends = accumulate == 1 or (batch + 1) % accumulate == 0 or batch + 1 == total
+                with self._sync_context(step_ends):
+                    with self.precision.autocast():
+                        outputs = self.forward_model(images)
+                        loss = self.criterion(outputs, labels) if labels.shape[0] else outputs.sum() * 0.0
+                    weight = getattr(loader, "batch_weight", 1.0)
+                    scaled = loss * weight if weight != 1.0 else loss  # a short last global batch
+                    self.precision.backward(scaled / accumulate if accumulate > 1 else scaled)
                 tracker.update(loss, outputs, labels)
                 batch += 1
                 self.global_step += 1
                 steps += 1
-                if accumulate == 1 or batch % accumulate == 0 or batch == total:
+                if step_ends:
                     self._optimizer_step()
                     # Stop or save only between optimizer steps: accumulated gradients are not saved.
-                    if self.stop_request.requested:
-                        self._interrupt_mid_epoch()
-                    if self.checkpoint_interval and time.monotonic() - self._last_save >= self.checkpoint_interval:
-                        self._save_mid_epoch(epoch)
-                if tracker.non_finite:  # set when the tracker reads losses back (no extra sync)
+                    if sharded:
+                        self._agree_mid_epoch(epoch, tracker)
+                    else:
+                        if self.stop_request.requested:
+                            self._interrupt_mid_epoch()
+                        if self.checkpoint_interval and time.monotonic() - self._last_save >= self.checkpoint_interval:
+                            self._save_mid_epoch(epoch)
+                if tracker.non_finite and not sharded:  # set when the tracker reads losses back (no extra sync)
                     self._diverged("training", epoch, tracker.get_metrics()["loss"])
                 if progress is not None:
                     progress.step(tracker)
+        except RuntimeError as exc:
+            if sharded and not isinstance(exc, PeerFailedError):  # DDP's gradient all-reduce found a rank gone
+                raise self.dist.peer_failed(exc) from None
+            raise
         finally:
             if progress is not None:
                 progress.close()
-        metrics = tracker.get_metrics()
+        metrics = self._epoch_metrics(tracker)
         if not metrics["total_samples"]:
             raise ValueError(f"train_loader yielded no samples in epoch {epoch}; give it at least one sample.")
         if not math.isfinite(metrics["loss"]):
@@ -238,10 +293,68 @@ class Trainer:
         self._mid_epoch = False
         return metrics, steps / max(time.perf_counter() - start, 1e-9)
 
+    def _sync_context(self, step_ends: bool):
+        """DDP's ``no_sync`` on the batches of an accumulation that do not end it."""
+        import contextlib
+
+        if step_ends or not self.dist.enabled:
+            return contextlib.nullcontext()
+        return self.parallel_model.no_sync()
+
+    def _epoch_metrics(self, tracker: MetricsTracker) -> Dict[str, float]:
+        """The tracker's metrics, summed over all ranks (one reduction per epoch)."""
+        metrics = tracker.get_metrics()
+        if not self.dist.enabled:
+            return metrics
+        state = tracker.state_dict()
+        loss_sum, correct, total = self.dist.sum_float64([state["loss_sum"], state["correct"], state["total_samples"]])
+        total = int(total)
+        return {"loss": loss_sum / total if total else 0.0,
+                "accuracy": 100.0 * correct / total if total else 0.0, "total_samples": total}
+
+    def _agree_on_stop(self) -> Optional[int]:
+        """At an epoch boundary: the signal to stop on, or None. Under torchrun a signal any
+        rank received stops every rank, and only the agreed value counts: a signal that
+        arrives on one rank after the agreement is acted on at the next one (deciding on
+        the local flag would let that rank stop alone)."""
+        if not self.dist.enabled:
+            return self.stop_request.signum
+        (signum,) = self.dist.agree([self.stop_request.signum or 0])
+        if not signum:
+            return None
+        if not self.stop_request.requested:
+            self.stop_request.signum = signum
+        return signum
+
+    def _agree_mid_epoch(self, epoch: int, tracker: MetricsTracker) -> None:
+        """Every ``AGREE_EVERY`` optimizer steps, all ranks agree (one small CPU all-reduce)
+        on a stop signal any of them received, on a ``checkpoint_interval`` save that rank
+        0's clock says is due, and on a non-finite loss any of them read back; then all act
+        on it together."""
+        # Every rank counts the same optimizer steps, so every rank reaches the same
+        # agreement points: collectives pair up in order.
+        self._steps_since_agreement += 1
+        if self._steps_since_agreement < AGREE_EVERY:
+            return
+        self._steps_since_agreement = 0
+        due = bool(self.checkpoint_interval) and time.monotonic() - self._last_save >= self.checkpoint_interval
+        signum, save, diverged = self.dist.agree([
+            self.stop_request.signum or 0, int(due and self.dist.is_main), int(tracker.non_finite)])
+        if diverged:
+            self._diverged("training", epoch, self._epoch_metrics(tracker)["loss"])
+        if signum:
+            if not self.stop_request.requested:
+                self.stop_request.signum = signum  # another rank's signal: stop with it
+            self._interrupt_mid_epoch()
+        if save:
+            self._save_mid_epoch(epoch)
+
     @torch.inference_mode()
     def validate(self) -> Tuple[Dict[str, float], float]:
         """Evaluate on the validation loader. Returns ``(metrics, iterations per second)``."""
         self.model.eval()
+        if self.dist.enabled and hasattr(self.val_loader, "batch_index"):
+            return self._validate_sharded()
         forward = evaluation_forward(self.forward_model if self.ema is None else self.ema.module, self.tta_flip)
         tracker = MetricsTracker()
         start, steps = time.perf_counter(), 0
@@ -256,6 +369,39 @@ class Trainer:
         if not metrics["total_samples"]:  # never a silent 0% "accuracy"
             raise ValueError("val_loader yielded no samples; the Trainer needs validation data to measure accuracy.")
         return metrics, steps / max(time.perf_counter() - start, 1e-9)
+
+    def _validate_sharded(self) -> Tuple[Dict[str, float], float]:
+        """Each rank evaluates whole single-process batches (batch ``b`` on rank ``b %
+        world``); the per-batch sums are reduced once and added up in batch order, in
+        float64, exactly as ``MetricsTracker`` adds them in one process: the numbers equal
+        a single-process evaluation of the same weights, bit for bit on CPU."""
+        loader = self.val_loader
+        batches = (loader.dataset_size + loader.batch_size - 1) // loader.batch_size
+        start, kept = time.perf_counter(), []
+        # the unwrapped model (no DDP buffer broadcast), or the weight average
+        forward = evaluation_forward(self.saved_model, self.tta_flip)
+        for images, labels in loader:
+            images, labels = self._to_device(images, labels)
+            with self.precision.autocast():
+                outputs = forward(images)
+                loss = self.eval_criterion(outputs, labels)
+            kept.append((loader.batch_index, loss.detach().float(), (outputs.argmax(dim=1) == labels).sum(),
+                         labels.shape[0]))
+        records = torch.zeros(batches, 3, dtype=torch.float64)
+        if kept:
+            losses = torch.stack([loss for _, loss, _, _ in kept]).tolist()  # one read-back
+            corrects = torch.stack([correct for _, _, correct, _ in kept]).tolist()
+            for (index, _, _, count), value, correct in zip(kept, losses, corrects):
+                records[index, 0], records[index, 1], records[index, 2] = value * count, correct, count
+        self.dist.sum_tensor(records)
+        loss_sum = 0.0
+        for value in records[:, 0].tolist():  # batch order, as the tracker sums
+            loss_sum += value
+        correct, total = int(records[:, 1].sum()), int(records[:, 2].sum())
+        if not total:
+            raise ValueError("val_loader yielded no samples; the Trainer needs validation data to measure accuracy.")
+        metrics = {"loss": loss_sum / total, "accuracy": 100.0 * correct / total, "total_samples": total}
+        return metrics, len(kept) / max(time.perf_counter() - start, 1e-9)
 
     def _to_device(self, images: torch.Tensor, labels: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
@@ -321,15 +467,17 @@ class Trainer:
                     self._check_schedule_plan(epochs)
                     self._target_epochs = epochs
                     em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
-                    if self.stop_request.requested:
+                    signum = self._agree_on_stop()
+                    if signum:
                         raise TrainingInterrupted(
-                            self.stop_request.signum, saved=self._save_start_if_unsaved(),
-                            message=f"Interrupted by {signal.Signals(self.stop_request.signum).name} before training "
+                            signum, saved=self._save_start_if_unsaved(),
+                            message=f"Interrupted by {signal.Signals(signum).name} before training "
                                     f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
                     for epoch in range(start_epoch + 1, epochs + 1):
                         stopped_early = self._run_epoch(epoch, epochs)
-                        if self.stop_request.requested and epoch < epochs and not stopped_early:
-                            raise TrainingInterrupted(self.stop_request.signum, saved=self.checkpoint_manager is not None)
+                        signum = self._agree_on_stop()
+                        if signum and epoch < epochs and not stopped_early:
+                            raise TrainingInterrupted(signum, saved=self.checkpoint_manager is not None)
                         if stopped_early:
                             self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
                                       f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
@@ -363,6 +511,7 @@ class Trainer:
             "experiment_dir": em.experiment_dir,
             "stopped_early": stopped_early,
             "best_epoch": self.best_epoch,
+            "rank": self.dist.rank,
         }
 
     def _adopt_config(self, epochs: int) -> None:
@@ -418,16 +567,17 @@ class Trainer:
         }
         append_epoch(self._history, record)
         if self.checkpoint_manager is not None:
-            self.checkpoint_manager.save_epoch_end(
-                self.saved_model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], self._training_state()
-            )
+            self._collective_write(lambda state: self.checkpoint_manager.save_epoch_end(
+                self.saved_model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], state
+            ))
             self._last_save = time.monotonic()
         # Only now is the epoch complete: a failed save records the last saved epoch in
         # status.json, so a resume does not see progress that no checkpoint holds.
         self.epoch = epoch
         log_file = Path(self.experiment_manager.log_file)
         try:
-            write_log(log_file, self._history)
+            if self.dist.is_main:
+                write_log(log_file, self._history)
         except OSError as exc:
             raise write_error(log_file, exc, "write the training log") from None
         self.experiment_manager.write_status(
@@ -447,7 +597,8 @@ class Trainer:
     def _plot(self) -> None:
         path = Path(self.experiment_manager.plot_file)
         try:
-            plot_history(self._history, path)
+            if self.dist.is_main:
+                plot_history(self._history, path)
         except OSError as exc:
             raise write_error(path, exc, "write the training curves") from None
         self._last_plot, self._plotted_epoch = time.monotonic(), self.epoch
@@ -486,10 +637,39 @@ class Trainer:
             self.scheduler.step()
 
     # -- state -----------------------------------------------------------------------
+    def _collective_write(self, write):
+        """``write(training state)`` on rank 0, as one step of every rank: the per-rank
+        states are gathered first, and every rank learns how the write went (a full disk
+        stops all ranks with rank 0's message). Returns what ``write`` returned."""
+        state = self._training_state()
+        if not self.dist.enabled:
+            return write(state)
+        error, result = None, None
+        if self.dist.is_main:
+            try:
+                result = write(state)
+            except Exception as exc:  # re-raised below, after the others know
+                error = exc
+        outcome = self.dist.broadcast_object(
+            ("error", type(error).__name__, str(error)) if error is not None else ("ok", result))
+        if error is not None:
+            raise error
+        if outcome[0] == "error":
+            raise (NonFiniteLossError if outcome[1] == "NonFiniteLossError" else WriteError)(outcome[2])
+        return outcome[1]
+
     def _training_state(self) -> Dict[str, Any]:
-        """Everything but model and optimizer (which CheckpointManager adds)."""
+        """Everything but model and optimizer (which CheckpointManager adds). Under
+        torchrun every rank's RNG and partial metrics are gathered (a collective step:
+        call it on every rank)."""
         loader_state = self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None
+        ranks = None
+        if self.dist.enabled:
+            ranks = self.dist.gather_object({keys.RNG: capture_rng_state(),
+                                             keys.TRAIN_TRACKER: self.train_tracker.state_dict()})
         return {
+            keys.WORLD_SIZE: self.dist.world_size,
+            keys.RANKS: ranks,
             keys.GLOBAL_STEP: self.global_step,
             keys.MID_EPOCH: self._mid_epoch,
             keys.TRAIN_TRACKER: self.train_tracker.state_dict(),
@@ -542,11 +722,13 @@ class Trainer:
         if state.get(keys.TRAIN_LOADER) and hasattr(self.train_loader, "load_state_dict"):
             self.train_loader.load_state_dict(state[keys.TRAIN_LOADER])
         self._mid_epoch = bool(state.get(keys.MID_EPOCH)) and state.get(keys.TRAIN_LOADER) is not None
+        ranks = state.get(keys.RANKS)
+        own = ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world_size else None
         if self._mid_epoch:
-            self.train_tracker.load_state_dict(state[keys.TRAIN_TRACKER])
+            self.train_tracker.load_state_dict((own or state)[keys.TRAIN_TRACKER])
             self._epoch_lr = state.get(keys.EPOCH_LEARNING_RATE)
-        if state.get(keys.RNG):
-            restore_rng_state(state[keys.RNG])
+        if (own or state).get(keys.RNG):
+            restore_rng_state((own or state)[keys.RNG])
         self.epoch = int(state.get(keys.EPOCH, 0))
         self.global_step = int(state.get(keys.GLOBAL_STEP, 0))
 
@@ -573,13 +755,13 @@ class Trainer:
         """Save the exact position inside ``epoch`` to latest (None if it cannot be recorded)."""
         if self.checkpoint_manager is None or not hasattr(self.train_loader, "state_dict"):
             return None
-        metrics = self.train_tracker.get_metrics()
+        metrics = self._epoch_metrics(self.train_tracker)  # the same numbers on every rank
         if not math.isfinite(metrics["loss"]):
             self._diverged("training", epoch, metrics["loss"])
-        path = self.checkpoint_manager.save_checkpoint(
+        path = self._collective_write(lambda state: self.checkpoint_manager.save_checkpoint(
             self.saved_model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
-            self.checkpoint_manager.latest_path, self._training_state(),
-        )
+            self.checkpoint_manager.latest_path, state,
+        ))
         self._last_save = time.monotonic()
         return path
 
@@ -589,7 +771,7 @@ class Trainer:
         parent may have moved on from the checkpoint it was forked from)."""
         if self.checkpoint_manager is None or (self.epoch == 0 and self.global_step == 0):
             return False
-        if self.checkpoint_manager.candidates():
+        if self.dist.broadcast_object(bool(self.checkpoint_manager.candidates())):  # rank 0's view
             return False
         return self._save_position(self.epoch + 1) is not None
 
@@ -617,6 +799,6 @@ class Trainer:
     def _progress(self, loader, description: str):
         return ProgressBar(loader, description) if self.show_progress else None
 
-    @staticmethod
-    def _log(message: str) -> None:
-        print(message, flush=True)
+    def _log(self, message: str) -> None:
+        if getattr(self, "dist", None) is None or self.dist.is_main:
+            print(message, flush=True)

@@ -10,6 +10,9 @@ import torch
 def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.device:
     """Return the device to train on.
 
+    Under torchrun (``LOCAL_RANK`` set), ``auto`` and ``cuda`` mean this rank's GPU,
+    ``cuda:LOCAL_RANK``.
+
     Args:
         preferred: ``None`` or ``"auto"`` picks CUDA, then MPS, then CPU. Anything else
             (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) is used as given after
@@ -20,7 +23,8 @@ def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.de
     """
     if preferred is None or str(preferred) == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", _local_rank() % torch.cuda.device_count()) if _local_rank() is not None \
+                else torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
@@ -31,6 +35,8 @@ def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.de
         raise ValueError(
             f"Unknown device {preferred!r}; use auto, cpu, cuda, cuda:N or mps."
         ) from None
+    if device.type == "cuda" and device.index is None and _local_rank() is not None and torch.cuda.is_available():
+        device = torch.device("cuda", _local_rank() % torch.cuda.device_count())  # torchrun: this rank's GPU
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"Device {preferred!r} was requested but CUDA is not available here; use --device cpu or auto.")
@@ -45,3 +51,13 @@ def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.de
     elif device.type != "cpu":
         raise ValueError(f"Unsupported device {preferred!r}; use auto, cpu, cuda, cuda:N or mps.")
     return device
+
+
+def _local_rank() -> Optional[int]:
+    """torchrun's ``LOCAL_RANK`` (None outside torchrun or when malformed)."""
+    import os
+
+    try:
+        return int(os.environ["LOCAL_RANK"])
+    except (KeyError, ValueError):
+        return None
