@@ -30,7 +30,10 @@ def evaluation_criterion(criterion: nn.Module) -> nn.Module:
     return criterion
 
 
-def evaluation_forward(model: Callable[[torch.Tensor], torch.Tensor], tta_flip: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def evaluation_forward(model: Forward, tta_flip: bool) -> Forward:
     """The forward pass of validation: ``model`` itself, or with ``tta_flip`` the mean of
     its logits on the images and on their mirror images (flipped along the width)."""
     if not tta_flip:
