@@ -54,10 +54,11 @@ RECIPES = {
 EPOCH_LINE = re.compile(r"Epoch (\d+)/\d+ .* acc ([\d.]+)%")
 
 
-def run_process(command, target: float):
-    """Run ``command``; returns first step, time to ``target``, total (s from launch),
-    accuracies, peak RSS (MB) and CPU seconds."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_process(command, target: float, threads=None):
+    """Run ``command`` (with ``threads`` intra-op threads, default torch's own); returns
+    first step, time to ``target``, total (s from launch), accuracies, peak RSS (MB) and
+    CPU seconds."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     launched, start = time.time(), time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     reached, first_step, accuracies, lines = None, None, [], []
@@ -79,7 +80,7 @@ def run_process(command, target: float):
             "cpu": usage.ru_utime + usage.ru_stime}
 
 
-def run_recipe(name: str, recipe, seeds, data_dir: str, extra):
+def run_recipe(name: str, recipe, seeds, data_dir: str, extra, threads=None):
     rows, results = [], {"trainer": [], "hand": []}
     print(f"{name}: python train.py {' '.join(recipe['args'] + extra)}  (target {recipe['target']:g}%)", flush=True)
     for seed in seeds:
@@ -94,7 +95,7 @@ def run_recipe(name: str, recipe, seeds, data_dir: str, extra):
                 if seed % 2:  # alternate who goes first
                     contenders.reverse()
             for who, cmd in contenders:
-                result = run_process(cmd, recipe["target"])
+                result = run_process(cmd, recipe["target"], threads)
                 results[who].append(result)
                 rows.append([who, seed, f"{result['first_step']:.1f}" if result["first_step"] else "-",
                              f"{result['reached']:.1f}" if result["reached"] else "never", f"{result['best']:.2f}",
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--data-dir", help="folder holding FashionMNIST/raw (default ../shared/data)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: each recipe's own)")
     parser.add_argument("--device", help="passed to train.py (e.g. cuda); default: its own choice")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every run (default: torch's choice, one "
+                        "per core); 1 keeps the CPU times comparable on a machine other jobs oversubscribe")
     parser.add_argument("--smoke", action="store_true", help="one short run on the bundled sample")
     args = parser.parse_args()
     extra = ["--device", args.device] if args.device else []
@@ -139,7 +142,7 @@ def main() -> None:
     names = args.recipe or list(RECIPES)
     data_dir = str(data_root(args.data_dir)) if any(RECIPES[n]["data"] for n in names) else "."
     for name in names:
-        run_recipe(name, RECIPES[name], args.seeds or RECIPES[name]["seeds"], data_dir, extra)
+        run_recipe(name, RECIPES[name], args.seeds or RECIPES[name]["seeds"], data_dir, extra, args.threads)
 
 
 if __name__ == "__main__":
