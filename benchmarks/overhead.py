@@ -11,10 +11,14 @@ Each contender trains and validates every epoch:
              progress bar, sanity check), fed by DataLoader(TensorDataset) of the same
              pre-normalised tensors, logging train loss per step and val loss/acc.
 
-After a warm-up run of each, the contenders are run in alternating order; the table shows
-the median time per epoch and the ratios to the hand-written loop.
+After a warm-up run of each, the contenders are run in alternating order (``--rounds``,
+default 7). For each contender the table shows the median wall time and process CPU time
+(user + system) per epoch, and the ratios to the hand-written loop: the median over rounds
+of the ratio of each round's pair, with its spread (min-max). Where ``perf stat`` can
+count instructions (often not in a VM), their ratio is printed too. On a shared machine
+CPU time moves less than wall time; a ratio's spread says how far to trust it.
 
-    python benchmarks/overhead.py [--rounds 3] [--smoke]
+    python benchmarks/overhead.py [--rounds 7] [--smoke]
 """
 
 from __future__ import annotations
@@ -22,14 +26,13 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 import warnings
 
 import _common  # noqa: F401  (puts the repository on sys.path)
 import torch
 import torch.nn as nn
 
-from _common import QuietOutput, data_root, median, print_table
+from _common import Measure, QuietOutput, data_root, median, print_table
 from src.datasets import DatasetRegistry, TensorLoader
 from src.models import ModelRegistry
 from src.training import CheckpointManager, ExperimentManager, Trainer
@@ -45,7 +48,12 @@ def run_hand(name, data, tensors, batch_size, epochs):
     model = make_model(name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
-    start = time.perf_counter()
+    with Measure() as measured:
+        _hand_epochs(model, optimizer, criterion, x, y, xv, yv, batch_size, epochs)
+    return measured
+
+
+def _hand_epochs(model, optimizer, criterion, x, y, xv, yv, batch_size, epochs):
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(y))
@@ -61,7 +69,6 @@ def run_hand(name, data, tensors, batch_size, epochs):
             for i in range(0, len(yv), 256):
                 correct += (model(xv[i : i + 256]).argmax(1) == yv[i : i + 256]).sum()
         correct.item()
-    return time.perf_counter() - start
 
 
 def run_trainer(name, data, tensors, batch_size, epochs):
@@ -76,12 +83,10 @@ def run_trainer(name, data, tensors, batch_size, epochs):
             model, train_loader, val_loader, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters(), lr=1e-3),
             torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir), show_progress=True,
         )
-        start = time.perf_counter()
-        with QuietOutput():
+        with QuietOutput(), Measure() as measured:
             trainer.train(epochs=epochs)
-        elapsed = time.perf_counter() - start
         experiment.release()
-    return elapsed
+    return measured
 
 
 def run_lightning(name, data, tensors, batch_size, epochs):
@@ -117,10 +122,9 @@ def run_lightning(name, data, tensors, batch_size, epochs):
     val = DataLoader(TensorDataset(xv, yv), batch_size=256)
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(max_epochs=epochs, default_root_dir=root, accelerator="cpu", devices=1)
-        start = time.perf_counter()
-        with QuietOutput():
+        with QuietOutput(), Measure() as measured:
             trainer.fit(module, train, val)
-        return time.perf_counter() - start
+        return measured
 
 
 CONTENDERS = {"hand": run_hand, "trainer": run_trainer, "lightning": run_lightning}
@@ -129,7 +133,7 @@ CONTENDERS = {"hand": run_hand, "trainer": run_trainer, "lightning": run_lightni
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="folder holding FashionMNIST/raw (default ../shared/data)")
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per configuration (default 3)")
+    parser.add_argument("--rounds", type=int, default=7, help="measured rounds per configuration (default 7)")
     parser.add_argument("--mynet-subset", type=int, default=10000, help="training images for mynet (default 10000)")
     parser.add_argument("--models", nargs="+", default=["mlp", "mynet"], help="models to measure (default both)")
     parser.add_argument("--smoke", action="store_true", help="tiny run that only checks the script works")
@@ -151,7 +155,9 @@ def main() -> None:
     configs = [c for c in configs if c[0] in args.models]
     if args.smoke:
         configs, args.rounds = [("mlp", 256, 1, 2048)], 1
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median seconds per epoch over {args.rounds} rounds\n")
+    perf = "instruction counts by perf" if Measure.perf_available() else "no instruction counts (perf cannot count here)"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; per epoch, median over {args.rounds} "
+          f"alternating rounds; {perf}\n")
     rows = []
     for model_name, batch_size, epochs, subset in configs:
         count = subset or len(full.train_labels)
@@ -160,23 +166,35 @@ def main() -> None:
         tensors = (normalise(data[0]), data[1], normalise(data[2]), data[3])
         for name, run in contenders.items():  # warm-up: imports, allocator, first-call costs
             run(model_name, data, tensors, batch_size, 1)
-        times = {name: [] for name in contenders}
+        runs = {name: [] for name in contenders}
         names = list(contenders)
         for round_number in range(args.rounds):
             for name in names[round_number % len(names):] + names[: round_number % len(names)]:
-                times[name].append(contenders[name](model_name, data, tensors, batch_size, epochs) / epochs)
-        per_epoch = {name: median(values) for name, values in times.items()}
-        row = [model_name, batch_size, count] + [f"{per_epoch[n]:.2f}" for n in contenders]
-        row.append(f"{per_epoch['trainer'] / per_epoch['hand']:.3f}")
-        if "lightning" in per_epoch:
-            row += [f"{per_epoch['lightning'] / per_epoch['hand']:.3f}", f"{per_epoch['lightning'] / per_epoch['trainer']:.2f}"]
+                runs[name].append(contenders[name](model_name, data, tensors, batch_size, epochs))
+        wall = {n: median([m.wall / epochs for m in runs[n]]) for n in contenders}
+        cpu = {n: median([m.cpu / epochs for m in runs[n]]) for n in contenders}
+        row = [model_name, batch_size, count] + [f"{wall[n]:.3f} / {cpu[n]:.3f}" for n in contenders]
+        for other in [n for n in contenders if n != "hand"]:
+            row += [_ratio(runs[other], runs["hand"], "wall"), _ratio(runs[other], runs["hand"], "cpu")]
+            if Measure.perf_available():
+                row.append(_ratio(runs[other], runs["hand"], "instructions"))
         rows.append(row)
-        print(f"{model_name} b{batch_size}: " + ", ".join(f"{n} {per_epoch[n]:.2f}s" for n in contenders), flush=True)
-    headers = ["model", "batch", "train images"] + [f"{n} s/epoch" for n in contenders] + ["trainer/hand"]
-    if "lightning" in contenders:
-        headers += ["lightning/hand", "lightning/trainer"]
+        print(f"{model_name} b{batch_size}: " + ", ".join(f"{n} {wall[n]:.3f}s wall {cpu[n]:.3f}s CPU" for n in contenders),
+              flush=True)
+    headers = ["model", "batch", "train images"] + [f"{n} s/epoch wall / CPU" for n in contenders]
+    for other in [n for n in contenders if n != "hand"]:
+        headers += [f"{other}/hand wall", f"{other}/hand CPU"] + ([f"{other}/hand instr."] if Measure.perf_available() else [])
     print()
     print_table(headers, rows)
+
+
+def _ratio(mine, hands, field: str) -> str:
+    """Median of the per-round ratios, with their spread."""
+    ratios = [getattr(a, field) / getattr(b, field) for a, b in zip(mine, hands)
+              if getattr(a, field) is not None and getattr(b, field)]
+    if not ratios:
+        return "-"
+    return f"{median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from .errors import BadInputError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 AMP_MODES = ("bf16", "fp16")
-SCHEDULERS = ("none", "cosine", "step", "plateau")
+AMP_AUTO = "auto"  # the CPU fast path where measured (src/training/fast_path.py)
+SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
 
 # Keys a resumed run may change: they do not alter the numbers the run produces up to
 # the point where it stopped (torch.compile may reorder float operations, but it is a
@@ -39,6 +40,8 @@ def same_data_options(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
 
 # Recorded by the run, not chosen by the user: a resume compares it with the data it loads.
 RECORDED_KEYS = frozenset({"data_fingerprint"})
+# Keys whose default changed: a recorded configuration without them was made with the old one.
+LEGACY_DEFAULTS = {"amp": None}
 MAX_SEED = 2**63 - 1
 DEFAULT_CHECKPOINT_INTERVAL = 300.0
 
@@ -68,12 +71,18 @@ class RunConfig:
     augment: bool = True
     augmentation: Optional[str] = None  # a policy name; None: the data set's default
     reapply_transforms: bool = False
-    amp: Optional[str] = None
+    amp: Optional[str] = AMP_AUTO  # None: float32; see LEGACY_DEFAULTS
     compile: bool = False
     channels_last: bool = False
     grad_accum: int = 1
     grad_clip: float = 0.0
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    # Recipe options (src/training/ema.py, schedules.py, evaluation.py); the defaults are
+    # off, which is also how a config.json written before they existed resumes.
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # 0: no weight average
+    warmup_epochs: int = 0
+    tta_flip: bool = False
     dataset_options: Dict[str, Any] = field(default_factory=dict)
     model_options: Dict[str, Any] = field(default_factory=dict)
     data_fingerprint: Optional[Dict[str, Any]] = None
@@ -118,7 +127,7 @@ class RunConfig:
         if not _is_number(self.checkpoint_interval) or self.checkpoint_interval < 0:
             raise ConfigError(f"checkpoint_interval must be a non-negative number of seconds (0 disables), "
                               f"got {self.checkpoint_interval!r}.")
-        for name in ("augment", "reapply_transforms", "compile", "channels_last"):
+        for name in ("augment", "reapply_transforms", "compile", "channels_last", "tta_flip"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         for name in ("dataset_options", "model_options"):
@@ -137,12 +146,24 @@ class RunConfig:
             if not isinstance(self.augmentation, str) or self.augmentation not in POLICIES:
                 raise ConfigError(f"Unknown augmentation policy {self.augmentation!r}; "
                                   f"choose one of: {', '.join(POLICIES)}.")
-        if self.amp not in (None, *AMP_MODES):
-            raise ConfigError(f"Unknown AMP mode {self.amp!r}; choose one of: {', '.join(AMP_MODES)}.")
+        if self.amp not in (None, AMP_AUTO, *AMP_MODES):
+            raise ConfigError(f"Unknown AMP mode {self.amp!r}; choose one of: {AMP_AUTO}, {', '.join(AMP_MODES)} "
+                              "(or off).")
         if not _is_int(self.grad_accum) or self.grad_accum < 1:
             raise ConfigError(f"grad_accum must be a positive integer, got {self.grad_accum!r}.")
         if not _is_number(self.grad_clip) or self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be a non-negative finite number (0 disables), got {self.grad_clip!r}.")
+        if not _is_number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be a number from 0 to below 1 (e.g. 0.1; 0 disables), "
+                              f"got {self.label_smoothing!r}.")
+        if not _is_number(self.ema_decay) or not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay (--ema) must be a number between 0 and 1, e.g. 0.999 (0 disables), "
+                              f"got {self.ema_decay!r}.")
+        if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}.")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) is longer than the run ({self.epochs} epochs); "
+                              "give at most --epochs.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}.")
         if self.scheduler not in SCHEDULERS:
@@ -167,7 +188,7 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"Unknown configuration key(s) {', '.join(unknown)} in {source}; "
                               f"known keys: {', '.join(sorted(known))}.")
-        return cls(**values)
+        return cls(**{**LEGACY_DEFAULTS, **values})
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)

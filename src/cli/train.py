@@ -35,6 +35,8 @@ OPTIONS = {
     "augmentation": "augmentation",
     "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval", "name": "name", "notes": "notes",
+    "label_smoothing": "label_smoothing", "ema_decay": "ema_decay", "warmup_epochs": "warmup_epochs",
+    "tta_flip": "tta_flip",
 }
 # RunConfig fields set by flags handled apart (repeatable KEY=VALUE items, plug-in specs);
 # with OPTIONS, exactly the keys a --config file may hold (src/config_file.py; tested).
@@ -222,15 +224,18 @@ def _main(args, stop) -> int:
     from src.training.run import run_training
 
     overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
+    if overrides.get("amp") == "off":
+        overrides["amp"] = None
     try:
         file_values = {}
         if args.config is not None:
             from src.config_file import read_config_file
 
             file_values = read_config_file(args.config)
-        for name in ("lr", "weight_decay", "grad_clip", "checkpoint_interval"):
+        for name in ("lr", "weight_decay", "grad_clip", "checkpoint_interval", "label_smoothing", "ema_decay"):
             if name in overrides and not math.isfinite(overrides[name]):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {overrides[name]!r}.")
+                flag = "--ema" if name == "ema_decay" else "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be a finite number, got {overrides[name]!r}.")
         for key in ("model_options", "dataset_options"):
             if hasattr(args, key):
                 overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))

@@ -1,17 +1,31 @@
 """MyNet: a compact CNN for small single-channel images (MNIST-like, 28x28).
 
-Two conv blocks (conv-BN-ReLU x2, max pool) then a small classifier with dropout. About
-110k parameters: fast on a 2-core CPU, >= 97.5% on the 5,000-digit MNIST sample in 10
-epochs.
+Two architectures, told apart by ``version`` (recorded in ``model_config``, so a
+checkpoint always rebuilds the network it was trained as):
+
+* version 2 (the default): three blocks of conv3x3-BN-ReLU, each followed by a 2x2 max
+  pool (``width``, ``2*width``, ``4*width`` channels), then dropout (0.1) and a linear
+  classifier. At width 32 about 104k parameters and 7.4M multiply-adds per 28x28 image,
+  2.5x fewer than version 1: it takes the bundled 5,000-digit sample to >= 98% in 10
+  epochs at about half the cost.
+* version 1: two blocks of (conv-BN-ReLU x2, max pool) with ``width`` and ``2*width``
+  channels, then dropout (0.25) and a linear classifier (about 97k parameters, 18.3M
+  multiply-adds). A ``model_config`` without a ``version`` key (every checkpoint written
+  before version 2 existed) is version 1, and version 1 still records none, so those
+  checkpoints rebuild and resume exactly.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from ..datasets.options import check_int, check_number, check_parameter_budget
 from .registry import MODEL_FLAG, ConfigurableModel, ModelRegistry, check_data_arguments
+
+VERSIONS = (1, 2)
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -28,34 +42,61 @@ class MyNet(ConfigurableModel):
 
     Args:
         num_classes, in_channels: integers >= 1.
-        input_size: image height (= width), an integer >= 4 (two 2x2 poolings).
-        width: channels of the first block (the second has twice as many), an integer >= 1.
-        dropout: before the classifier, a number from 0 to below 1.
+        input_size: image height (= width), an integer >= 8 for version 2 (three 2x2
+            poolings), >= 4 for version 1 (two).
+        width: channels of the first block (later blocks double it), an integer >= 1.
+        dropout: before the classifier, a number from 0 to below 1 (default 0.1 for
+            version 2, 0.25 for version 1).
+        version: the architecture, 2 (default) or 1 (see the module docstring).
 
     Raises:
         ConfigError: a bad argument, or weights over the memory budget (see
             ``src.datasets.options``).
     """
 
+    latest_version = VERSIONS[-1]  # what a new run records; a record without a version is 1
+    fast_cpu_path = True  # --amp auto: bf16 + channels-last measured as accurate (src/training/fast_path.py)
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
-                 width: int = 32, dropout: float = 0.25):
+                 width: int = 32, dropout: Optional[float] = None, version: int = latest_version):
         super().__init__()
+        version = check_int(version, "mynet", "version", 1, flag=MODEL_FLAG)
+        if version not in VERSIONS:
+            from ..config import ConfigError
+
+            raise ConfigError(f"mynet has versions {', '.join(map(str, VERSIONS))}; got --model-option "
+                              f"version={version}. Leave it out for the newest.")
+        poolings = 3 if version == 2 else 2
         num_classes, in_channels, input_size = check_data_arguments(
-            "mynet", num_classes, in_channels, input_size, min_input_size=4)
+            "mynet", num_classes, in_channels, input_size, min_input_size=2 ** poolings)
         width = check_int(width, "mynet", "width", 1, flag=MODEL_FLAG)
+        if dropout is None:  # measured: 0.1 converges faster for version 2 in a 10-epoch run
+            dropout = 0.1 if version == 2 else 0.25
         dropout = check_number(dropout, "mynet", "dropout", 0, below=1, flag=MODEL_FLAG)
-        features = 2 * width * (input_size // 4) ** 2
-        parameters = 9 * (in_channels * width + 7 * width * width) + 12 * width + (features + 1) * num_classes
+        if version == 2:
+            channels = [in_channels, width, 2 * width, 4 * width]
+            features = 4 * width * (input_size // 8) ** 2
+            parameters = sum(9 * a * b + 2 * b for a, b in zip(channels, channels[1:])) + (features + 1) * num_classes
+        else:
+            features = 2 * width * (input_size // 4) ** 2
+            parameters = 9 * (in_channels * width + 7 * width * width) + 12 * width + (features + 1) * num_classes
         check_parameter_budget(
             parameters, "mynet", f"{MODEL_FLAG} width={width} on {in_channels}x{input_size}x{input_size} inputs",
             "use a smaller width",
         )
+        recorded = {"version": version} if version != 1 else {}  # version 1 records what it always did
         self._record_config("mynet", num_classes=num_classes, in_channels=in_channels,
-                            input_size=input_size, width=width, dropout=dropout)
-        self.features = nn.Sequential(
-            _conv_block(in_channels, width), _conv_block(width, width), nn.MaxPool2d(2),
-            _conv_block(width, 2 * width), _conv_block(2 * width, 2 * width), nn.MaxPool2d(2),
-        )
+                            input_size=input_size, width=width, dropout=dropout, **recorded)
+        if version == 2:
+            blocks = []
+            for a, b in zip(channels, channels[1:]):
+                blocks += [_conv_block(a, b), nn.MaxPool2d(2)]
+            self.features = nn.Sequential(*blocks)
+        else:
+            self.features = nn.Sequential(
+                _conv_block(in_channels, width), _conv_block(width, width), nn.MaxPool2d(2),
+                _conv_block(width, 2 * width), _conv_block(2 * width, 2 * width), nn.MaxPool2d(2),
+            )
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),

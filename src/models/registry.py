@@ -5,7 +5,7 @@ checks, and filling them in from a data set (``create_model_for``)."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
 
@@ -44,9 +44,15 @@ class ConfigurableModel(nn.Module):
     A model whose layers work on any image shape (global pooling before the classifier)
     sets ``accepts_non_square_inputs = True``; its ``input_size`` is then the smaller side
     and only sets the minimum. Others (a flattening classifier) need square images.
+
+    A model with several architectures takes a ``version`` argument and sets
+    ``latest_version``: a new model (and a new run) gets the latest, while a recorded
+    configuration without a ``version`` is version 1 (``recorded_model_options``), so
+    checkpoints written before a new version existed rebuild as what they were.
     """
 
     accepts_non_square_inputs = False
+    latest_version: Optional[int] = None  # None: one architecture, no version argument
 
     def _record_config(self, name: str, **kwargs: Any) -> None:
         self._model_config = {"name": name, **kwargs}
@@ -62,7 +68,37 @@ def build_model(model_config: Dict[str, Any]) -> nn.Module:
     name = config.pop("name", None)
     if name is None:
         raise ValueError(f"model_config {model_config!r} has no 'name'; it cannot be rebuilt.")
-    return ModelRegistry.create(name, **config)
+    return ModelRegistry.create(name, **recorded_model_options(name, config))
+
+
+def _latest_version(name: str) -> Optional[int]:
+    return getattr(ModelRegistry.get(name), "latest_version", None) if name in ModelRegistry else None
+
+
+def recorded_model_options(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The options to rebuild model ``name`` from a record (a run configuration or a
+    ``model_config``): a versioned model recorded without a ``version`` is version 1."""
+    if _latest_version(name) is not None and "version" not in options:
+        return {**options, "version": 1}
+    return dict(options)
+
+
+def inherit_model_version(recorded: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
+    """``--model-option`` values given to a resume or a fork of the same model, with the
+    run's recorded ``version`` when they name none (so repeating a run's options does not
+    switch its architecture); a run recorded without one stays without."""
+    if "version" in recorded and "version" not in given:
+        return {**given, "version": recorded["version"]}
+    return dict(given)
+
+
+def new_model_options(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The options a new run records for model ``name``: a versioned model gets its
+    ``latest_version`` unless ``options`` name one (see ``recorded_model_options``)."""
+    latest = _latest_version(name)
+    if latest is not None and "version" not in options:
+        return {**options, "version": latest}
+    return dict(options)
 
 
 DATA_ARGUMENTS = ("num_classes", "in_channels", "input_size")  # what a run takes from the data

@@ -18,7 +18,9 @@ import torch.nn as nn
 from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig, same_data_options
 from ..datasets import DatasetRegistry
 from ..errors import WriteError
-from ..models import ModelRegistry, model_data_arguments
+from ..models import (
+    ModelRegistry, inherit_model_version, model_data_arguments, new_model_options, recorded_model_options,
+)
 from ..plugins import check_resume_imports, merge_imports, verify_plugins
 from ..run_names import check_name_free, resolve_experiment
 from ..utils import get_device, seed_everything
@@ -29,8 +31,11 @@ from .experiment import (
     read_experiment_config, refuse_if_busy,
 )
 from .interrupts import StartupInterrupted, StopRequest
+from .evaluation import check_tta_flip
+from .fast_path import resolve_fast_path
 from .optim import build_optimizer, build_scheduler
-from .trainer import Trainer
+from .schedules import optimizer_steps_per_epoch
+from .trainer import Trainer, loader_length
 from .distributed import Distributed, agreement, solo
 from .resume import (
     latest_valid_checkpoint, check_compatible, check_same_data, recorded_progress, unsaved_fork,
@@ -59,6 +64,7 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         raise ExperimentError("Give either --resume or --fork, not both.")
     if resume is not None:
         saved = _read_config(runs_dir, resume)
+        overrides = _same_model_version(saved, overrides)
         if "imports" in overrides:  # the run's own plug-ins may be named again, no others
             overrides = dict(overrides)
             check_resume_imports(saved.imports, overrides.pop("imports"), resume)
@@ -78,11 +84,25 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         return saved.replace(**changed).validate()
     if fork is not None:
         parent = _read_config(runs_dir, fork, purpose="fork")
+        overrides = _same_model_version(parent, overrides)
         if "imports" in overrides:  # a fork may add plug-ins to its parent's
             overrides = {**overrides, "imports": merge_imports(parent.imports, overrides["imports"])}
         # A fork is a new run: it takes the parent's options but not its label (names are unique).
-        return parent.replace(**{"name": None, "notes": None, **overrides}).validate()
-    return RunConfig(**overrides).validate()
+        config = parent.replace(**{"name": None, "notes": None, **overrides}).validate()
+        if config.model != parent.model:  # a fork to another model: built new, so the newest version
+            config.model_options = new_model_options(config.model, config.model_options)
+        return config
+    config = RunConfig(**overrides).validate()
+    config.model_options = new_model_options(config.model, config.model_options)  # recorded: resume rebuilds it
+    return config
+
+
+def _same_model_version(previous: RunConfig, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """Repeating a run's ``--model-option`` values keeps its model's recorded version."""
+    given = overrides.get("model_options")
+    if not isinstance(given, dict) or overrides.get("model", previous.model) != previous.model:
+        return overrides
+    return {**overrides, "model_options": inherit_model_version(previous.model_options, given)}
 
 
 class Components(NamedTuple):
@@ -93,6 +113,7 @@ class Components(NamedTuple):
     val_loader: Any
     optimizer: Any
     scheduler: Any
+    fast_path: Any = None  # FastPath: amp and channels-last as resolved for this model and device
 
 
 def build_components(config: RunConfig, progress: bool = True) -> Components:
@@ -103,12 +124,16 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", config.dataset_options,
                       optional={"progress": progress}, chosen=chosen,
                       data_dir=config.data_dir, augment=config.augment, seed=config.seed)
-    model = _create(ModelRegistry, config.model, "--model-option", config.model_options,
+    model = _create(ModelRegistry, config.model, "--model-option", recorded_model_options(config.model, config.model_options),
                     **model_data_arguments(config.model, dataset)).to(device)
+    if config.tta_flip:
+        check_tta_flip(dataset, config.dataset)
     train_loader, val_loader = dataset.get_dataloaders(batch_size=config.batch_size, device=device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
-    scheduler = build_scheduler(config.scheduler, optimizer, config.epochs)
-    return Components(dataset, model, device, train_loader, val_loader, optimizer, scheduler)
+    scheduler = build_scheduler(config.scheduler, optimizer, config.epochs,
+                                optimizer_steps_per_epoch(loader_length(train_loader), config.grad_accum))
+    fast_path = resolve_fast_path(config.amp, config.channels_last, model, device)
+    return Components(dataset, model, device, train_loader, val_loader, optimizer, scheduler, fast_path)
 
 
 def _create(registry, name: str, flag: str, options: Dict[str, Any],
@@ -270,7 +295,8 @@ def _run_training(
             check_name_free(runs_dir, config.name, ConfigError, exclude=into)
         parts = build_components(config, progress=show_progress is not False)
         log(f"Data: {parts.dataset.describe()}")
-        log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}")
+        log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}, "
+            f"{parts.fast_path.description}")
         dry_forward(parts.model, parts.val_loader, config, parts.dataset.num_classes)
         if config.augmentation is None and resume is None and fork is None and \
                 isinstance(getattr(parts.dataset, "augmentation_policy", None), str):
@@ -402,12 +428,14 @@ def _prepare_trainer(experiment: ExperimentManager, config: RunConfig, parts: Co
             keep_longer_log(experiment, payload, log)
     read_only = dist is not None and not dist.is_main  # only rank 0 writes
     return Trainer(
-        parts.model, parts.train_loader, parts.val_loader, nn.CrossEntropyLoss(), parts.optimizer, parts.device,
+        parts.model, parts.train_loader, parts.val_loader, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        parts.optimizer, parts.device,
         experiment, checkpoint_manager=CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last,
                                                          read_only=read_only),
         scheduler=parts.scheduler, dataset=parts.dataset if config.reapply_transforms else None,
-        patience=config.patience, config=config.to_dict(), show_progress=show_progress, amp=config.amp,
-        compile_model=config.compile, channels_last=config.channels_last, grad_accum_steps=config.grad_accum,
+        patience=config.patience, config=config.to_dict(), show_progress=show_progress, amp=parts.fast_path.amp,
+        compile_model=config.compile, channels_last=parts.fast_path.channels_last, grad_accum_steps=config.grad_accum,
         grad_clip=config.grad_clip, checkpoint_interval=config.checkpoint_interval, distributed=dist,
+        ema_decay=config.ema_decay, warmup_epochs=config.warmup_epochs, tta_flip=config.tta_flip,
     )
 

@@ -25,6 +25,7 @@ _SCHEDULERS = {
     torch.optim.lr_scheduler.CosineAnnealingLR: "cosine",
     torch.optim.lr_scheduler.StepLR: "step",
     torch.optim.lr_scheduler.ReduceLROnPlateau: "plateau",
+    torch.optim.lr_scheduler.OneCycleLR: "onecycle",
 }
 
 
@@ -62,7 +63,8 @@ def describe_run(trainer, epochs: int) -> Dict[str, Any]:
         config["batch_size"] = batch_size
     group = trainer.optimizer.param_groups[0]
     config["optimizer"] = _OPTIMIZERS.get(type(trainer.optimizer), _custom(trainer.optimizer))
-    config["lr"] = float(group.get("initial_lr", group["lr"]))
+    # OneCycleLR keeps its peak (the configured rate) as max_lr; initial_lr is its start.
+    config["lr"] = float(group["max_lr"] if "max_lr" in group else group.get("initial_lr", group["lr"]))
     config["weight_decay"] = float(group.get("weight_decay", 0.0))
     scheduler = trainer.scheduler
     config["scheduler"] = "none" if scheduler is None else _SCHEDULERS.get(type(scheduler), _custom(scheduler))
@@ -78,4 +80,10 @@ def describe_run(trainer, epochs: int) -> Dict[str, Any]:
     config["grad_accum"] = trainer.grad_accum_steps
     config["grad_clip"] = trainer.grad_clip
     config["checkpoint_interval"] = trainer.checkpoint_interval
+    criterion = trainer.criterion
+    if isinstance(criterion, torch.nn.CrossEntropyLoss):
+        config["label_smoothing"] = float(criterion.label_smoothing)
+    config["ema_decay"] = trainer.ema.decay if trainer.ema is not None else 0.0
+    config["warmup_epochs"] = trainer.warmup_epochs
+    config["tta_flip"] = trainer.tta_flip
     return config

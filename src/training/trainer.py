@@ -34,6 +34,8 @@ from . import state_keys as keys
 from .checkpoint import CheckpointManager
 from .distributed import AGREE_EVERY, Distributed, PeerFailedError
 from .early_stopping import EarlyStopping
+from .ema import ModelEMA
+from .evaluation import evaluation_criterion, evaluation_forward
 from .experiment import ExperimentManager
 from .history import (
     METRICS_FILE, append_epoch, empty_history, read_log, record_start, write_log, write_metrics_csv,
@@ -44,6 +46,7 @@ from .plots import plot_history, run_title
 from .interrupts import StopRequest, TrainingInterrupted
 from .precision import Precision
 from .progress import ProgressBar
+from .schedules import LinearWarmup, check_schedule_plan, optimizer_steps_per_epoch, steps_per_batch
 
 
 def loader_length(loader) -> Optional[int]:
@@ -71,6 +74,15 @@ class Trainer:
             after the last epoch (0 redraws every epoch). Drawing costs ~0.1 s.
         checkpoint_interval: also refresh ``latest_checkpoint.pt`` mid-epoch at most
             every this many seconds (0 disables; needs a loader with ``state_dict``).
+        eval_criterion: the validation loss (default: ``criterion``, without its label
+            smoothing when it is a smoothed ``CrossEntropyLoss``).
+        ema_decay: keep an exponential moving average of the weights with this decay
+            (0 < decay < 1; 0 disables); it is what ``validate`` evaluates and what
+            checkpoints hold as the model (see ``ema.py``).
+        warmup_epochs: scale the learning rate linearly up over the optimizer steps of
+            the first N epochs (see ``schedules.py``; needs a sized training loader).
+        tta_flip: evaluate on each image and its mirror image (averaged logits); only
+            for data whose images may be flipped horizontally.
         distributed: the ranks of a torchrun job (default: joined from the environment;
             a single process otherwise). With several ranks the model is wrapped in
             ``DistributedDataParallel``, the built-in loaders are sharded, metrics are
@@ -104,6 +116,10 @@ class Trainer:
         grad_clip: float = 0.0,
         plot_interval: float = 10.0,
         checkpoint_interval: float = 300.0,
+        eval_criterion: Optional[nn.Module] = None,
+        ema_decay: float = 0.0,
+        warmup_epochs: int = 0,
+        tta_flip: bool = False,
         distributed: Optional[Distributed] = None,
     ):
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
@@ -144,6 +160,11 @@ class Trainer:
                 if self.device.type == "cuda" else None
             self.parallel_model = DistributedDataParallel(self.model, device_ids=ids)
         self.forward_model = torch.compile(self.parallel_model) if compile_model else self.parallel_model
+        self.eval_criterion = evaluation_criterion(criterion) if eval_criterion is None else eval_criterion
+        self.ema = ModelEMA(self.model, ema_decay) if ema_decay else None  # after the memory-format change
+        self.warmup = self._build_warmup(warmup_epochs, grad_accum_steps)
+        self.warmup_epochs = warmup_epochs
+        self.tta_flip = bool(tta_flip)
         self.grad_accum_steps = grad_accum_steps
         self.grad_clip = float(grad_clip)
         self.plot_interval = float(plot_interval)
@@ -159,6 +180,7 @@ class Trainer:
         self.global_step = 0
         self.train_tracker = MetricsTracker()
         self._mid_epoch = False  # the train tracker/loader hold a partial epoch
+        self._epoch_lr: Optional[float] = None  # the learning rate at the start of the current epoch
         self.stop_request = StopRequest(self._log, enabled=handle_signals)
         self._steps_since_agreement = 0
 
@@ -336,13 +358,14 @@ class Trainer:
         self.model.eval()
         if self.dist.enabled and hasattr(self.val_loader, "batch_index"):
             return self._validate_sharded()
+        forward = evaluation_forward(self.forward_model if self.ema is None else self.ema.module, self.tta_flip)
         tracker = MetricsTracker()
         start, steps = time.perf_counter(), 0
         for images, labels in self.val_loader:
             images, labels = self._to_device(images, labels)
             with self.precision.autocast():
-                outputs = self.forward_model(images)
-                loss = self.criterion(outputs, labels)
+                outputs = forward(images)
+                loss = self.eval_criterion(outputs, labels)
             tracker.update(loss, outputs, labels)
             steps += 1
         metrics = tracker.get_metrics()
@@ -358,11 +381,13 @@ class Trainer:
         loader = self.val_loader
         batches = (loader.dataset_size + loader.batch_size - 1) // loader.batch_size
         start, kept = time.perf_counter(), []
+        # the unwrapped model (no DDP buffer broadcast), or the weight average
+        forward = evaluation_forward(self.saved_model, self.tta_flip)
         for images, labels in loader:
             images, labels = self._to_device(images, labels)
             with self.precision.autocast():
-                outputs = self.model(images)  # the unwrapped model: no DDP buffer broadcast
-                loss = self.criterion(outputs, labels)
+                outputs = forward(images)
+                loss = self.eval_criterion(outputs, labels)
             kept.append((loader.batch_index, loss.detach().float(), (outputs.argmax(dim=1) == labels).sum(),
                          labels.shape[0]))
         records = torch.zeros(batches, 3, dtype=torch.float64)
@@ -391,8 +416,31 @@ class Trainer:
         if self.grad_clip:
             self.precision.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.precision.step(self.optimizer)
+        if self.warmup is not None:
+            with self.warmup.applied(self.optimizer):
+                self.precision.step(self.optimizer)
+        else:
+            self.precision.step(self.optimizer)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if steps_per_batch(self.scheduler):
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _build_warmup(self, warmup_epochs: int, grad_accum_steps: int) -> Optional[LinearWarmup]:
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
+        if not warmup_epochs:
+            return None
+        steps = optimizer_steps_per_epoch(loader_length(self.train_loader), grad_accum_steps)
+        if steps is None:
+            raise ValueError("warmup_epochs needs a training loader with a length (to count the steps of an epoch).")
+        return LinearWarmup(warmup_epochs * steps)
+
+    @property
+    def saved_model(self) -> nn.Module:
+        """The model checkpoints hold: the weight average with ``ema_decay``, else ``model``."""
+        return self.model if self.ema is None else self.ema.module
 
     # -- the run ---------------------------------------------------------------------
     def train(self, epochs: int, start_epoch: int = 0) -> Dict[str, Any]:
@@ -419,6 +467,7 @@ class Trainer:
             with self.stop_request:  # signals are noted until the outcome is recorded
                 try:
                     self._adopt_config(epochs)
+                    self._check_schedule_plan(epochs)
                     self._target_epochs = epochs
                     em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
                     signum = self._agree_on_stop()
@@ -503,7 +552,7 @@ class Trainer:
     def _run_epoch(self, epoch: int, epochs: int) -> bool:
         """One full epoch and its bookkeeping; returns True when early stopping fires."""
         started = time.perf_counter()
-        learning_rate = self.optimizer.param_groups[0]["lr"]
+        learning_rate = self._epoch_learning_rate()
         train_metrics, train_speed = self.train_epoch(epoch)
         val_metrics, _ = self.validate()
         if not math.isfinite(val_metrics["loss"]):
@@ -521,7 +570,7 @@ class Trainer:
         append_epoch(self._history, record)
         if self.checkpoint_manager is not None:
             self._collective_write(lambda state: self.checkpoint_manager.save_epoch_end(
-                self.model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], state
+                self.saved_model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], state
             ))
             self._last_save = time.monotonic()
         # Only now is the epoch complete: a failed save records the last saved epoch in
@@ -570,8 +619,22 @@ class Trainer:
                     raise
                 self._log(f"Warning: could not redraw the training curves ({exc}).")
 
+    def _epoch_learning_rate(self) -> float:
+        """The rate logged for an epoch: the one at its start (a per-step schedule moves it
+        within the epoch), also for an epoch resumed mid-way (it is in the checkpoint)."""
+        if not (self._mid_epoch and self._epoch_lr is not None):
+            self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        return self._epoch_lr
+
+    def _check_schedule_plan(self, epochs: int) -> None:
+        steps = optimizer_steps_per_epoch(loader_length(self.train_loader), self.grad_accum_steps)
+        done = math.ceil(getattr(self.train_loader, "position", 0) / self.grad_accum_steps) if self._mid_epoch else 0
+        if steps is not None:
+            check_schedule_plan(self.scheduler, (epochs - self.epoch) * steps - done, epochs,
+                                getattr(self.experiment_manager, "name", "the experiment"))
+
     def _step_scheduler(self, val_metrics: Dict[str, float]) -> None:
-        if self.scheduler is None:
+        if self.scheduler is None or steps_per_batch(self.scheduler):
             return
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(val_metrics["accuracy"] if self.scheduler.mode == "max" else val_metrics["loss"])
@@ -619,6 +682,9 @@ class Trainer:
             keys.DATASET: self.dataset.state_dict() if self.dataset is not None else None,
             keys.SCHEDULER: self.scheduler.state_dict() if self.scheduler is not None else None,
             keys.SCALER: self.precision.state_dict(),
+            keys.EMA: self.ema.state_dict(self.model) if self.ema is not None else None,
+            keys.WARMUP: self.warmup.state_dict() if self.warmup is not None else None,
+            keys.EPOCH_LEARNING_RATE: self._epoch_lr if self._mid_epoch else None,
             keys.EARLY_STOPPING: self.early_stopping.state_dict(),
             keys.CHECKPOINT_MANAGER: self.checkpoint_manager.state_dict() if self.checkpoint_manager else None,
             keys.HISTORY: {k: list(v) for k, v in self._history.items()},
@@ -632,7 +698,7 @@ class Trainer:
         state = self._training_state()
         state.update({
             keys.EPOCH: self.epoch,
-            keys.MODEL: self.model.state_dict(),
+            keys.MODEL: self.saved_model.state_dict(),
             keys.OPTIMIZER: self.optimizer.state_dict(),
             keys.MODEL_CONFIG: getattr(self.model, "model_config", None),
         })
@@ -644,6 +710,10 @@ class Trainer:
         history, RNG, data position and augmentation draw. A checkpoint with progress is
         recorded in ``starts`` as a ``start_kind`` point ("resume", "fork"; None: not)."""
         self.model.load_state_dict(state[keys.MODEL])
+        if self.ema is not None:  # the checkpoint's model is the average; the trained weights come back
+            self.ema.load_state_dict(state.get(keys.EMA), self.model)
+        if self.warmup is not None:
+            self.warmup.load_state_dict(state.get(keys.WARMUP))
         if restore_optimizer and state.get(keys.OPTIMIZER):
             self.optimizer.load_state_dict(state[keys.OPTIMIZER])
         if self.scheduler is not None and state.get(keys.SCHEDULER):
@@ -664,6 +734,7 @@ class Trainer:
         own = ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world_size else None
         if self._mid_epoch:
             self.train_tracker.load_state_dict((own or state)[keys.TRAIN_TRACKER])
+            self._epoch_lr = state.get(keys.EPOCH_LEARNING_RATE)
         if (own or state).get(keys.RNG):
             restore_rng_state((own or state)[keys.RNG])
         self.epoch = int(state.get(keys.EPOCH, 0))
@@ -699,7 +770,7 @@ class Trainer:
         if not math.isfinite(metrics["loss"]):
             self._diverged("training", epoch, metrics["loss"])
         path = self._collective_write(lambda state: self.checkpoint_manager.save_checkpoint(
-            self.model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
+            self.saved_model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
             self.checkpoint_manager.latest_path, state,
         ))
         self._last_save = time.monotonic()
