@@ -120,10 +120,20 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     """Seeded dataset, model (on its device), loaders, optimizer and scheduler."""
     seed_everything(config.seed)
     device = get_device(config.device)
+    import inspect
+
     chosen = {"augmentation": config.augmentation} if config.augmentation is not None else {}
+    parameters = inspect.signature(DatasetRegistry.get(config.dataset)).parameters
+    if chosen and "augmentation" not in parameters and \
+            not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        chosen = {}  # a data set without the option: fine if its own policy is the one recorded (checked below)
     dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", config.dataset_options,
                       optional={"progress": progress}, chosen=chosen,
                       data_dir=config.data_dir, augment=config.augment, seed=config.seed)
+    policy = getattr(dataset, "augmentation_policy", None)
+    if config.augmentation is not None and not chosen and policy != config.augmentation:
+        raise ConfigError(f"dataset {config.dataset!r} does not take --augment (its policy is {policy!r}); "
+                          "leave --augment out for this data set.")
     model = _create(ModelRegistry, config.model, "--model-option", recorded_model_options(config.model, config.model_options),
                     **model_data_arguments(config.model, dataset)).to(device)
     if config.tta_flip:
