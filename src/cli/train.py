@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, help=f"learning rate (default {d.lr})")
     add("--weight-decay", dest="weight_decay", type=float, help=f"weight decay (default {d.weight_decay})")
     add("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default {d.optimizer})")
-    add("--scheduler", help=f"learning-rate schedule per epoch: {', '.join(SCHEDULERS)} (default {d.scheduler})")
+    add("--scheduler", help=f"learning-rate schedule: {', '.join(SCHEDULERS)}; onecycle steps after every optimizer "
+                            f"step, the others once per epoch (default {d.scheduler})")
     add("--patience", type=int, help="stop after N epochs without validation-accuracy improvement; 0 disables (default 0)")
     add("--save-frequency", dest="save_frequency", type=int,
         help=f"also keep checkpoints/epoch_N.pt every N epochs; 0 disables (default {d.save_frequency})")
@@ -99,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra model argument, repeatable, e.g. --model-option width=16 (values parsed as JSON, else text)")
     add("--dataset-option", dest="dataset_options", action="append", metavar="KEY=VALUE",
         help="extra data set argument, repeatable, e.g. --dataset synthetic --dataset-option num_samples=512")
-    add("--amp", choices=("bf16", "fp16"),
-        help="mixed precision: bf16 (CPU and recent GPUs) or fp16 (GPUs; uses a gradient scaler); default off")
+    add("--amp", choices=("auto", "bf16", "fp16", "off"),
+        help="mixed precision: bf16 (CPU and recent GPUs), fp16 (GPUs; uses a gradient scaler), off (float32), or "
+             "auto: bf16 autocast with channels-last on a CPU with native bf16 for models measured with it "
+             "(mynet), else float32; the start-up line says which (default auto)")
     add("--compile", action="store_true", help="compile the model with torch.compile (slow start, faster steps)")
     add("--channels-last", dest="channels_last", action="store_true", help="channels-last memory format (CNNs)")
     add("--grad-accum", dest="grad_accum", type=int, help="batches per optimizer step (default 1)")
@@ -108,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-interval", dest="checkpoint_interval", type=float, metavar="SECONDS",
         help="also refresh latest_checkpoint.pt mid-epoch at most every SECONDS, so a kill loses at most that "
              f"much work; 0 disables (default {d.checkpoint_interval:g})")
+    add("--label-smoothing", dest="label_smoothing", type=float, metavar="X",
+        help="train on labels smoothed by X (0 <= X < 1, e.g. 0.1); the validation loss stays plain "
+             "cross-entropy (default 0)")
+    add("--ema", dest="ema_decay", type=float, metavar="DECAY",
+        help="keep an exponential moving average of the weights (0 < DECAY < 1, e.g. 0.999), updated every "
+             "optimizer step; it is what is evaluated, saved as best and held as the model in checkpoints "
+             "(default off)")
+    add("--warmup-epochs", dest="warmup_epochs", type=int, metavar="N",
+        help="raise the learning rate linearly over the steps of the first N epochs, on top of --scheduler "
+             "(default 0)")
+    add("--tta-flip", dest="tta_flip", action="store_true",
+        help="evaluate on each image and its mirror image (test-time augmentation); only for data sets "
+             "whose images may be flipped (crop-flip augmentation policy)")
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return parser
 
