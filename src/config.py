@@ -23,8 +23,21 @@ SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
 # speed switch a user must be able to turn off to resume on another machine). Everything else must match, or the run is not a
 # continuation (use --fork to branch with new values).
 RESUME_MUTABLE_KEYS = frozenset(
-    {"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir", "compile", "checkpoint_interval"}
+    {"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir", "compile", "checkpoint_interval",
+     "notes"}
 )
+# Data set options that say where the data is or how it is read, not what it is: a resume
+# may change them (a moved image folder, another cache); the data's fingerprint decides
+# whether it is still the same data.
+LOCATION_OPTIONS = frozenset({"root", "cache_dir", "workers", "progress", "memory_budget_mb", "download", "mirrors"})
+
+
+def same_data_options(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Whether two ``dataset_options`` ask for the same data (location options aside)."""
+    strip = lambda options: {k: v for k, v in (options or {}).items() if k not in LOCATION_OPTIONS}  # noqa: E731
+    return strip(a) == strip(b)
+
+
 # Recorded by the run, not chosen by the user: a resume compares it with the data it loads.
 RECORDED_KEYS = frozenset({"data_fingerprint"})
 # Keys whose default changed: a recorded configuration without them was made with the old one.
@@ -75,6 +88,9 @@ class RunConfig:
     data_fingerprint: Optional[Dict[str, Any]] = None
     # Plug-ins (train.py --import) as {"module", "path", "sha256"} records; see src/plugins.py.
     imports: List[Dict[str, str]] = field(default_factory=list)
+    # A label (--name; unique per runs directory, fixed for the run) and free text (--notes; may change on resume).
+    name: Optional[str] = None
+    notes: Optional[str] = None
 
     def validate(self) -> "RunConfig":
         """Check every value; returns ``self``.
@@ -152,6 +168,11 @@ class RunConfig:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}.")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"Unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}.")
+        from .run_names import name_problem, notes_problem
+
+        problem = (self.name is not None and name_problem(self.name)) or (self.notes is not None and notes_problem(self.notes))
+        if problem:
+            raise ConfigError(problem[0].upper() + problem[1:])
         return self
 
     def to_dict(self) -> Dict[str, Any]:

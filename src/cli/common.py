@@ -88,12 +88,15 @@ def experiment_names(runs_dir: Path) -> List[str]:
 
 
 def find_experiment(runs_dir: Path, name: Any) -> Path:
-    """The directory of experiment ``name`` in ``runs_dir``.
+    """The directory of experiment ``name`` (``expN`` or a run's ``--name``) in ``runs_dir``.
 
     Raises:
         ToolError: an invalid name (a path), a missing experiment (the existing ones are
             listed), or a symlink leading out of ``runs_dir``.
     """
+    from ..run_names import resolve_experiment
+
+    name = resolve_experiment(Path(runs_dir), name, ToolError)
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ToolError(f"Invalid experiment name {name!r}: use a plain name such as exp3 "
                         "(letters, digits, '.', '_', '-'; no path separators).")

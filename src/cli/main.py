@@ -14,7 +14,6 @@ import importlib
 import importlib.util
 import os
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInputError, ExptrainError
@@ -143,19 +142,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def run_train(argv: List[str]) -> int:
-    """``exptrain train``: train.py's own ``main``, from the checkout beside this package."""
-    script = Path(__file__).resolve().parents[2] / "train.py"
-    if not script.is_file():
-        print(f"Error: exptrain train needs train.py beside the src package ({script} is missing); "
-              "install the project from its checkout (pip install -e .) or run python train.py.", file=sys.stderr)
-        return EXIT_FAILED
-    module = sys.modules.get("train")
-    if getattr(module, "__file__", None) is None or Path(module.__file__).resolve() != script:
-        spec = importlib.util.spec_from_file_location("train", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    sys.argv[0] = "exptrain train"  # the name train.py's usage line shows
-    return module.main(argv, exiting=True)
+    """``exptrain train``: exactly ``python train.py`` (the same code, ``src/cli/train.py``)."""
+    from .train import main as train_main
+
+    sys.argv[0] = "exptrain train"  # the name the usage line shows
+    return train_main(argv, exiting=True)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -49,23 +49,26 @@ def _advise(array: np.memmap, advice: str) -> None:
             pass
 
 
-def channel_statistics(images, chunk: int = 4096) -> Tuple[List[float], List[float]]:
+def channel_statistics(images, chunk_bytes: int = 16 << 20) -> Tuple[List[float], List[float]]:
     """Per-channel mean and standard deviation of uint8 ``images`` ``(N, C, H, W)`` on the
-    0..1 scale, summed in float64 chunk by chunk (a memory-mapped array is never loaded
-    whole). An empty or constant channel gets std 1, so normalising never divides by 0."""
+    0..1 scale, from exact integer sums taken ``chunk_bytes`` of images at a time (a
+    memory-mapped array is never loaded whole, and no float copy of a chunk is made). An
+    empty or constant channel gets std 1, so normalising never divides by 0."""
     array = images.numpy() if torch.is_tensor(images) else np.asarray(images)
     if array.ndim == 3:
         array = array[:, None]
     channels = array.shape[1]
-    total = np.zeros(channels)
-    squares = np.zeros(channels)
-    for start in range(0, array.shape[0], chunk):
-        block = np.asarray(array[start : start + chunk], dtype=np.float64) / 255.0
-        total += block.sum(axis=(0, 2, 3))
-        squares += np.square(block).sum(axis=(0, 2, 3))
+    per_image = max(int(np.prod(array.shape[1:])), 1)
+    step = max(1, chunk_bytes // per_image)
+    total = np.zeros(channels, dtype=np.float64)
+    squares = np.zeros(channels, dtype=np.float64)
+    for start in range(0, array.shape[0], step):
+        block = np.asarray(array[start : start + step])
+        total += block.sum(axis=(0, 2, 3), dtype=np.float64)
+        squares += np.square(block, dtype=np.uint16).sum(axis=(0, 2, 3), dtype=np.float64)
     count = max(array.shape[0] * array.shape[2] * array.shape[3], 1)
-    mean = total / count
-    variance = np.maximum(squares / count - mean**2, 0.0)
+    mean = total / count / 255.0
+    variance = np.maximum(squares / count / 255.0**2 - mean**2, 0.0)
     std = np.sqrt(variance)
     return [float(m) for m in mean], [float(s) if s > 1e-6 else 1.0 for s in std]
 
@@ -162,23 +165,23 @@ class BaseDataset:
         self._maps = [array for array in (train_images, test_images) if isinstance(array, np.memmap)]
         if isinstance(train_images, np.memmap):
             _advise(train_images, "MADV_RANDOM")  # batches gather scattered samples: no read-ahead
+        sources = sources or {}
         self.train_images = self._as_nchw(train_images)
-        self.train_labels = torch.as_tensor(np.asarray(train_labels) if not torch.is_tensor(train_labels)
-                                            else train_labels).long()
         self.test_images = self._as_nchw(test_images)
-        self.test_labels = torch.as_tensor(np.asarray(test_labels) if not torch.is_tensor(test_labels)
-                                           else test_labels).long()
+        self.train_labels = self._as_labels(train_labels, sources.get("train") or f"The {self.name} train split")
+        self.test_labels = self._as_labels(test_labels, sources.get("test") or f"The {self.name} test split")
+        if self.train_images.shape[0] == 0:
+            raise DataError(f"The {self.name} train split holds no images; a data set needs training images.")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise ValueError(f"{self.name}: train images are {tuple(self.train_images.shape[1:])} but test images "
                              f"{tuple(self.test_images.shape[1:])}; both splits need one image shape.")
         if num_classes is None:
             num_classes = self.classes_count
         if num_classes is None:  # a third-party subclass that declares no count
-            labels = torch.cat([self.train_labels, self.test_labels])
+            labels = torch.cat([self.train_labels.reshape(-1), self.test_labels.reshape(-1)])
             num_classes = max(int(labels.max()) + 1, 1) if labels.numel() else 0
         if not is_integer(num_classes) or num_classes < 0:
             raise ValueError(f"{self.name}: num_classes must be a non-negative integer, got {num_classes!r}.")
-        sources = sources or {}
         for split, images, labels in (("train", self.train_images, self.train_labels),
                                       ("test", self.test_images, self.test_labels)):
             source = sources.get(split)
@@ -242,6 +245,23 @@ class BaseDataset:
         self.std = [float(v) for v in std] if isinstance(std, (list, tuple)) else float(std)
 
     @staticmethod
+    def _as_labels(labels, where) -> torch.Tensor:
+        """Integer labels as int64; fractional, NaN or infinite values are refused (a cast
+        would silently turn 0.7 into 0), naming the first one."""
+        array = labels.detach().cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
+        if array.dtype.kind == "f":
+            bad = ~np.isfinite(array) | (array != np.round(array))
+            if bad.any():
+                first = int(np.flatnonzero(bad.reshape(-1))[0])
+                raise DataError(f"{where} has {int(bad.sum())} label(s) that are not whole numbers (first at index "
+                                f"{first}: {float(array.reshape(-1)[first]):g}); labels must be class indices 0, 1, 2, ...")
+        elif array.dtype.kind not in "iub":
+            raise DataError(f"{where} holds labels of type {array.dtype}; labels must be integer class indices.")
+        if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+            raise DataError(f"{where} has a label of {int(array.max())}, beyond any class index.")
+        return torch.from_numpy(np.ascontiguousarray(array).astype(np.int64))
+
+    @staticmethod
     def _check_labels(where: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                       from_file: bool) -> None:
         fix = "the file is damaged, replace it" if from_file else "fix the labels or the data set's class count"
@@ -271,6 +291,12 @@ class BaseDataset:
             images = images.unsqueeze(1)
         if images.dim() != 4:
             raise ValueError(f"Images must be (N, H, W) or (N, C, H, W), got shape {tuple(images.shape)}.")
+        if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+            raise ValueError(f"Images of shape {tuple(images.shape)} look channels-last (N, H, W, C); give them as "
+                             "(N, C, H, W), e.g. array.transpose(0, 3, 1, 2).")
+        if 0 in tuple(images.shape[1:]):
+            raise ValueError(f"Images of shape {tuple(images.shape)} have an empty dimension; each image needs "
+                             "at least one channel and one pixel.")
         return images.contiguous()
 
     @property
@@ -417,8 +443,12 @@ class BaseDataset:
                 moved there once when it fits, so there is no per-batch host-to-device copy.
             val_batch_size: validation batch size (default: ``max(batch_size, 256)``).
         """
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+        if not is_integer(batch_size) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if val_batch_size is not None and (not is_integer(val_batch_size) or val_batch_size <= 0):
+            raise ValueError(f"val_batch_size must be a positive integer, got {val_batch_size!r}.")
+        batch_size = int(batch_size)
+        val_batch_size = int(val_batch_size) if val_batch_size is not None else None
         images = self.augmented_train_images if self._draw is None and self.augmented_train_images is not None \
             else self.train_images
         train_loader = TensorLoader(

@@ -61,8 +61,11 @@ class TensorLoader:
         release_pages: Optional[Callable[[], None]] = None,
         release_bytes: int = 256 << 20,
     ):
-        if not isinstance(batch_size, int) or batch_size <= 0:
+        import numbers
+
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        batch_size = int(batch_size)
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
         self.batch_size = batch_size

@@ -99,7 +99,10 @@ class Distributed:
         use_cuda = torch.cuda.is_available() and (device in (None, "auto") or str(device).startswith("cuda"))
         if use_cuda:
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
+        from .interrupts import native_wait
+
+        with native_wait():  # waits for every rank to join
+            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
         import atexit
 
         atexit.register(_destroy_at_exit)
@@ -244,11 +247,31 @@ def _cpu_group():
     return _CPU_GROUP
 
 
+_SOLO = 0  # > 0 inside ``solo()``
+
+
+class solo:
+    """``with solo(): ...``: work that one rank does alone (rank 0 bringing a finished run's
+    records up to date) sees no job, so an ``ExperimentManager`` made there does not wait
+    for the other ranks."""
+
+    def __enter__(self) -> "solo":
+        global _SOLO
+        _SOLO += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _SOLO
+        _SOLO -= 1
+
+
 def current_job() -> Optional[Distributed]:
     """The job this process belongs to when it is one of several (joining torchrun's group
-    if nobody has yet), else ``None``."""
+    if nobody has yet), else ``None`` (also inside ``solo()``)."""
     import torch.distributed as dist
 
+    if _SOLO:
+        return None
     if not (dist.is_available() and (dist.is_initialized() or _env_int("WORLD_SIZE", 1) > 1)):
         return None
     job = Distributed.from_environment()

@@ -7,6 +7,7 @@ Layout of one experiment::
         status.json            running / completed / stopped_early / interrupted / failed
         lineage.json           for a fork: parent name, epoch, checkpoint and its SHA-256
         training_log.jsonl     one JSON line per epoch (the machine-readable history)
+        metrics.csv            the same records as a CSV table (src/training/history.py)
         training_curves.png    loss and accuracy curves
         checkpoints/           best_model.pt, latest_checkpoint.pt, epoch_N.pt (+ manifests)
         .lock                  held (OS lock) by the process training in this directory

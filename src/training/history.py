@@ -1,18 +1,24 @@
-"""The per-epoch training history and its machine-readable log (JSON lines).
+"""The per-epoch training history, its machine-readable log (JSON lines) and its table
+(``metrics.csv``).
 
-One JSON object per epoch; the file is rewritten atomically after every epoch, so it
-always matches the checkpointed history. Reading tolerates a partial last line (a log
+One JSON object (one CSV row) per epoch; both files are rewritten atomically from the
+history after every epoch, so they always match the checkpointed history, and a resumed
+run continues them (its history starts with the epochs already trained). Reading tolerates a partial last line (a log
 written by an older version or another tool), never a silent gap.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..utils.io import atomic_write_text
+
+METRICS_FILE = "metrics.csv"  # beside the log: the same records as a spreadsheet table
 
 HISTORY_KEYS = (
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time",
@@ -36,6 +42,51 @@ def write_log(path: Path, history: Dict[str, List[Any]]) -> None:
     # Strict JSON: a non-finite number never reaches the log (a diverged epoch is not recorded).
     lines = [json.dumps(record, allow_nan=False) for record in history_records(history)]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def record_start(starts: List[Dict[str, Any]], kind: str, epoch: int, global_step: int, mid_epoch: bool) -> None:
+    """Append a resume or fork point to ``starts`` (a run's list of them); a point at
+    the same step as the last one replaces it (a resume stopped before its first step)."""
+    point = {"kind": str(kind), "epoch": int(epoch), "global_step": int(global_step), "mid_epoch": bool(mid_epoch)}
+    if starts and starts[-1].get("global_step") == point["global_step"] and starts[-1].get("epoch") == point["epoch"]:
+        starts[-1] = point if starts[-1].get("kind") != "fork" else starts[-1]
+    else:
+        starts.append(point)
+
+
+def write_metrics_csv(path: Path, history: Dict[str, List[Any]]) -> None:
+    """Write ``history`` as a CSV table (header ``HISTORY_KEYS``, one row per epoch,
+    numbers in full precision) atomically to ``path``; ``pandas.read_csv`` and
+    spreadsheets open it unchanged."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(HISTORY_KEYS)
+    for record in history_records(history):
+        writer.writerow([repr(float(record[k])) if isinstance(record[k], float) else record[k] for k in HISTORY_KEYS])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_history_files(log_path: Path, history: Dict[str, List[Any]]) -> None:
+    """The log at ``log_path`` and ``metrics.csv`` beside it, both from ``history``.
+
+    Raises:
+        OSError: a write failed (its ``filename`` names the file); the older file is intact.
+    """
+    write_log(Path(log_path), history)
+    write_metrics_csv(Path(log_path).with_name(METRICS_FILE), history)
+
+
+def read_metrics_epochs(path: Path) -> Optional[List[Any]]:
+    """The epoch column of a ``metrics.csv`` (None when the file is missing); a file that
+    cannot be read as one gives ``[]`` (it differs from any history, so it is rewritten)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return [int(row["epoch"]) for row in rows]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return []
 
 
 def read_log(path: Path) -> Dict[str, List[Any]]:

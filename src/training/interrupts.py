@@ -25,6 +25,59 @@ _pending: Optional[int] = None  # the first signal noted by the active StopReque
 _depth = 0  # how many StopRequest contexts are active (handlers are installed by the outermost)
 
 
+_native_waits = 0  # > 0 inside native_wait()
+
+
+class native_wait:
+    """``with native_wait(): ...``: a start-up wait inside native code (joining a torchrun
+    process group waits in C++ for the other ranks, and Python runs no signal handler until
+    it returns). A SIGINT/SIGTERM/SIGHUP there ends the process at once with 128 + N:
+    nothing is written during start-up. Python's own C-level handler still writes the
+    signal number to a wake-up socket, and a watcher thread acts on it."""
+
+    def __enter__(self) -> "native_wait":
+        global _native_waits
+        import socket
+
+        _native_waits += 1
+        self._previous = None
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        try:
+            self._previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:
+            self._reader.close()
+            self._writer.close()
+            return self
+        self._watcher = threading.Thread(target=self._watch, name="exptrain-native-wait", daemon=True)
+        self._watcher.start()
+        return self
+
+    def _watch(self) -> None:
+        import os
+
+        try:
+            data = self._reader.recv(1)
+        except OSError:
+            return
+        if not data or data[0] not in SIGNALS:
+            return
+        name = signal.Signals(data[0]).name
+        os.write(2, f"Interrupted by {name} during start-up; nothing was written.\n".encode())
+        os._exit(128 + data[0])
+
+    def __exit__(self, *exc) -> None:
+        global _native_waits
+        _native_waits -= 1
+        if self._previous is not None:
+            signal.set_wakeup_fd(self._previous)
+            self._writer.close()
+            self._reader.shutdown(2) if hasattr(self._reader, "shutdown") else None
+            self._reader.close()
+
+
 class TrainingInterrupted(ExptrainError):
     """Training stopped on a signal; ``signum`` says which and ``saved`` whether the
     state at the stop was written (the CLI exits with 128 + ``signum``)."""
@@ -88,6 +141,12 @@ class StopRequest:
             return
         if self.immediate:
             _pending = signum
+            if _native_waits:  # an exception would be swallowed by the C++ wait: nothing is written yet, so go
+                import os
+
+                os.write(2, f"Interrupted by {signal.Signals(signum).name} during start-up; nothing was written.\n"
+                         .encode())
+                os._exit(128 + signum)
             raise StartupInterrupted(signum)
         _pending = signum
         self._log(f"\n{signal.Signals(signum).name} received: finishing the current step and saving...")

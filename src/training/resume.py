@@ -22,9 +22,9 @@ from .experiment import (
     CHECKPOINTS_DIR, LINEAGE_FILE, LOG_FILE, STATUS_FILE, ExperimentError, ExperimentManager, existing_experiment_dir,
     read_json_object,
 )
-from .history import read_log, write_log
+from .history import METRICS_FILE, read_log, read_metrics_epochs, write_history_files
 from .optim import build_scheduler
-from .plots import plot_history
+from .plots import plot_history, run_title
 from .trainer import Trainer
 from .run_keys import DATA_KEYS
 
@@ -146,7 +146,9 @@ def settle_finished_records(runs_dir: str, name: str, payload: Dict[str, Any], c
     except (FileNotFoundError, ExperimentError):
         status = {}
     epoch = int(payload[keys.EPOCH])
-    log_lags = bool(history.get("epoch")) and logged != history
+    # metrics.csv is written right after the log: a kill in between leaves it one epoch behind.
+    log_lags = bool(history.get("epoch")) and (
+        logged != history or read_metrics_epochs(directory / METRICS_FILE) not in (None, history["epoch"]))
     if not log_lags and status.get("state") in ("completed", "stopped_early") and status.get("epoch") == epoch:
         return
     stopper = EarlyStopping(config.patience)
@@ -158,9 +160,10 @@ def settle_finished_records(runs_dir: str, name: str, payload: Dict[str, Any], c
         return  # another process holds the run and writes its records itself
     try:
         if log_lags:
-            write_log(Path(experiment.log_file), history)
+            write_history_files(Path(experiment.log_file), history)
         if history.get("epoch"):
-            plot_history(history, Path(experiment.plot_file))
+            plot_history(history, Path(experiment.plot_file), title=run_title(name, config.to_dict()),
+                         best_epoch=stopper.best_epoch or None, starts=payload.get(keys.STARTS) or ())
         experiment.write_status("stopped_early" if stopper.should_stop else "completed", epoch=epoch,
                                 global_step=int(payload.get(keys.GLOBAL_STEP, 0)),
                                 best_accuracy=stopper.best_value or 0.0, best_epoch=stopper.best_epoch)
@@ -249,7 +252,7 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
         # cannot continue the parent's data order mid-epoch.
         state.update({keys.TRAIN_LOADER: None, keys.DATASET: None, keys.MID_EPOCH: False, keys.RANKS: None})
     state.update({keys.EARLY_STOPPING: None, keys.CHECKPOINT_MANAGER: None})  # the branch tracks its own best
-    trainer.load_state_dict(state)
+    trainer.load_state_dict(state, start_kind="fork")
     for group in trainer.optimizer.param_groups:
         if "lr" in overrides or replan:
             group["lr"] = config.lr

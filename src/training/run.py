@@ -15,13 +15,14 @@ from typing import Any, Dict, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig
+from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig, same_data_options
 from ..datasets import DatasetRegistry
 from ..errors import WriteError
 from ..models import (
     ModelRegistry, inherit_model_version, model_data_arguments, new_model_options, recorded_model_options,
 )
 from ..plugins import check_resume_imports, merge_imports, verify_plugins
+from ..run_names import check_name_free, resolve_experiment
 from ..utils import get_device, seed_everything
 from . import state_keys as keys
 from .checkpoint import CheckpointError, CheckpointManager
@@ -35,7 +36,7 @@ from .fast_path import resolve_fast_path
 from .optim import build_optimizer, build_scheduler
 from .schedules import optimizer_steps_per_epoch
 from .trainer import Trainer, loader_length
-from .distributed import Distributed, agreement
+from .distributed import Distributed, agreement, solo
 from .resume import (
     latest_valid_checkpoint, check_compatible, check_same_data, recorded_progress, unsaved_fork,
     finished_message, settle_finished_records, check_schedule_extension, fork_epochs, keep_longer_log, load_fork,
@@ -67,10 +68,15 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         if "imports" in overrides:  # the run's own plug-ins may be named again, no others
             overrides = dict(overrides)
             check_resume_imports(saved.imports, overrides.pop("imports"), resume)
+        if "dataset_options" in overrides:  # given options add to (or move) the run's own
+            overrides = {**overrides, "dataset_options": {**saved.dataset_options, **overrides["dataset_options"]}}
         changed = {k: v for k, v in overrides.items() if getattr(saved, k) != v}
-        frozen = sorted(k for k in changed if k not in RESUME_MUTABLE_KEYS)
+        frozen = sorted(k for k in changed if k not in RESUME_MUTABLE_KEYS and not (
+            k == "dataset_options" and same_data_options(saved.dataset_options, changed[k])))
         if frozen:
-            details = ", ".join(f"{k} (run has {getattr(saved, k)!r}, given {changed[k]!r})" for k in frozen)
+            shown = lambda k: "the data set's default" if k == "augmentation" and saved.augmentation is None \
+                else repr(getattr(saved, k))  # noqa: E731
+            details = ", ".join(f"{k} (run has {shown(k)}, given {changed[k]!r})" for k in frozen)
             raise ConfigError(
                 f"--resume {resume} cannot change {details}; resume with the same values, "
                 f"or branch with --fork {resume} to use new ones."
@@ -81,7 +87,8 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
         overrides = _same_model_version(parent, overrides)
         if "imports" in overrides:  # a fork may add plug-ins to its parent's
             overrides = {**overrides, "imports": merge_imports(parent.imports, overrides["imports"])}
-        config = parent.replace(**overrides).validate()
+        # A fork is a new run: it takes the parent's options but not its label (names are unique).
+        config = parent.replace(**{"name": None, "notes": None, **overrides}).validate()
         if config.model != parent.model:  # a fork to another model: built new, so the newest version
             config.model_options = new_model_options(config.model, config.model_options)
         return config
@@ -113,10 +120,20 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     """Seeded dataset, model (on its device), loaders, optimizer and scheduler."""
     seed_everything(config.seed)
     device = get_device(config.device)
+    import inspect
+
     chosen = {"augmentation": config.augmentation} if config.augmentation is not None else {}
+    parameters = inspect.signature(DatasetRegistry.get(config.dataset)).parameters
+    if chosen and "augmentation" not in parameters and \
+            not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        chosen = {}  # a data set without the option: fine if its own policy is the one recorded (checked below)
     dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", config.dataset_options,
                       optional={"progress": progress}, chosen=chosen,
                       data_dir=config.data_dir, augment=config.augment, seed=config.seed)
+    policy = getattr(dataset, "augmentation_policy", None)
+    if config.augmentation is not None and not chosen and policy != config.augmentation:
+        raise ConfigError(f"dataset {config.dataset!r} does not take --augment (its policy is {policy!r}); "
+                          "leave --augment out for this data set.")
     model = _create(ModelRegistry, config.model, "--model-option", recorded_model_options(config.model, config.model_options),
                     **model_data_arguments(config.model, dataset)).to(device)
     if config.tta_flip:
@@ -146,6 +163,9 @@ def _create(registry, name: str, flag: str, options: Dict[str, Any],
         fixed[key] = value
     fixed.update({k: v for k, v in (optional or {}).items() if k in accepted and k not in options})
     unknown = sorted(set(options) - set(accepted))
+    if "image_size" in unknown and registry.kind == "dataset":
+        raise ConfigError(f"--image-size is for image folders (--dataset PATH); {registry.kind} {name!r} has images "
+                          "of a fixed size, so leave it out.")
     if unknown:
         choices = ", ".join(k for k in accepted if k not in fixed and k not in ("self", "kwargs", "_ignored"))
         raise ConfigError(f"{registry.kind} {name!r} has no option {', '.join(unknown)} ({flag}); its options: {choices}.")
@@ -266,6 +286,8 @@ def _run_training(
         log = _silent
     with agreement(dist):  # every rank checks; one rank's bad input stops them all, nothing written
         check_runs_dir(runs_dir, must_exist=resume is not None or fork is not None)
+        # A run's --name stands for its directory (read-only: config.json files only).
+        resume, fork = (resolve_experiment(runs_dir, r, ExperimentError) for r in (resume, fork))
         if resume is not None or fork is not None:
             existing_experiment_dir(Path(runs_dir), resume or fork)
         if resume is not None:  # a running experiment is refused before anything is loaded (or judged finished)
@@ -275,15 +297,21 @@ def _run_training(
         if lineage is not None:
             own = resolve_config(overrides, runs_dir, resume, None).to_dict()
             parent_config = _read_config(runs_dir, lineage["parent"], purpose="fork").to_dict()
-            overrides = {k: v for k, v in own.items() if parent_config.get(k) != v}
+            overrides = {k: v for k, v in own.items() if parent_config.get(k) != v or k in ("name", "notes")}
             into, resume, fork = resume, None, lineage["parent"]
             log(f"{into} is a fork of {fork} that saved no checkpoint of its own; it starts again from {fork}'s checkpoint.")
         config = resolve_config(overrides, runs_dir, resume, fork)
+        if resume is None:  # a new run (or fork) may not take a name another run holds
+            check_name_free(runs_dir, config.name, ConfigError, exclude=into)
         parts = build_components(config, progress=show_progress is not False)
         log(f"Data: {parts.dataset.describe()}")
         log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}, "
             f"{parts.fast_path.description}")
         dry_forward(parts.model, parts.val_loader, config, parts.dataset.num_classes)
+        if config.augmentation is None and resume is None and fork is None and \
+                isinstance(getattr(parts.dataset, "augmentation_policy", None), str):
+            # A new run records the policy it uses, so a resume may restate it with --augment.
+            config = config.replace(augmentation=parts.dataset.augmentation_policy)
         fingerprint = parts.dataset.fingerprint() if hasattr(parts.dataset, "fingerprint") else None
         if resume is not None:
             check_same_data(config.data_fingerprint, fingerprint, resume, config.data_dir)
@@ -329,6 +357,7 @@ def _run_training(
                     frozen = sorted(
                         k for k in saved_config
                         if k not in RESUME_MUTABLE_KEYS and k not in RECORDED_KEYS and saved_config[k] != getattr(config, k, None)
+                        and not (k == "dataset_options" and same_data_options(saved_config[k], config.dataset_options))
                     )
                     if frozen:
                         raise CheckpointError(
@@ -345,7 +374,8 @@ def _run_training(
                 if stop is not None:
                     stop.defer()  # the records may be rewritten: a signal must not tear a write
                 if dist.is_main:
-                    settle_finished_records(runs_dir, resume, payload, config, log)
+                    with solo():  # rank 0 alone: the others are not waiting for its experiment
+                        settle_finished_records(runs_dir, resume, payload, config, log)
                 return {"nothing_to_do": True, "message": finished, "experiment_dir": str(Path(runs_dir) / resume)}
             check_schedule_extension(payload, config, resume)
         if fork is not None:

@@ -27,6 +27,7 @@ TRAIN_TRACKER = "train_tracker"     # partial training metrics of an interrupted
 DATASET = "dataset"                 # the live augmentation draw (with --reapply-transforms)
 CONFIG = "config"                   # the run configuration
 WORLD_SIZE = "world_size"           # processes of the run (1 without torchrun)
+STARTS = "starts"                   # where the run was resumed or forked: [{kind, epoch, global_step, mid_epoch}]
 RANKS = "ranks"                     # per rank {rng_state, train_tracker} under torchrun, else None
 EMA = "ema_state_dict"              # --ema: decay, update count, the trained weights (model = the average)
 WARMUP = "warmup"                   # --warmup-epochs: optimizer steps counted

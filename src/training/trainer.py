@@ -37,10 +37,12 @@ from .early_stopping import EarlyStopping
 from .ema import ModelEMA
 from .evaluation import evaluation_criterion, evaluation_forward
 from .experiment import ExperimentManager
-from .history import append_epoch, empty_history, read_log, write_log
+from .history import (
+    METRICS_FILE, append_epoch, empty_history, read_log, record_start, write_log, write_metrics_csv,
+)
 from .run_config import describe_run
 from .metrics import MetricsTracker
-from .plots import plot_history
+from .plots import plot_history, run_title
 from .interrupts import StopRequest, TrainingInterrupted
 from .precision import Precision
 from .progress import ProgressBar
@@ -173,6 +175,7 @@ class Trainer:
         self.config = dict(config or {})
         self.show_progress = (sys.stderr.isatty() if show_progress is None else show_progress) and self.dist.is_main
         self._history = empty_history()
+        self.starts: list = []  # where this run was resumed or forked (drawn on the curves)
         self.epoch = 0  # completed epochs
         self.global_step = 0
         self.train_tracker = MetricsTracker()
@@ -511,7 +514,6 @@ class Trainer:
             "experiment_dir": em.experiment_dir,
             "stopped_early": stopped_early,
             "best_epoch": self.best_epoch,
-            "rank": self.dist.rank,
         }
 
     def _adopt_config(self, epochs: int) -> None:
@@ -575,11 +577,12 @@ class Trainer:
         # status.json, so a resume does not see progress that no checkpoint holds.
         self.epoch = epoch
         log_file = Path(self.experiment_manager.log_file)
-        try:
-            if self.dist.is_main:
-                write_log(log_file, self._history)
-        except OSError as exc:
-            raise write_error(log_file, exc, "write the training log") from None
+        for path, write in ((log_file, write_log), (log_file.with_name(METRICS_FILE), write_metrics_csv)):
+            try:
+                if self.dist.is_main:
+                    write(path, self._history)
+            except OSError as exc:
+                raise write_error(path, exc, "write the training log") from None
         self.experiment_manager.write_status(
             "running", epoch=epoch, global_step=self.global_step, target_epochs=epochs,
             best_accuracy=self.best_accuracy, best_epoch=self.best_epoch,
@@ -598,7 +601,9 @@ class Trainer:
         path = Path(self.experiment_manager.plot_file)
         try:
             if self.dist.is_main:
-                plot_history(self._history, path)
+                plot_history(self._history, path, title=run_title(getattr(self.experiment_manager, "name", None),
+                                                                  self.config),
+                             best_epoch=self.best_epoch or None, starts=self.starts)
         except OSError as exc:
             raise write_error(path, exc, "write the training curves") from None
         self._last_plot, self._plotted_epoch = time.monotonic(), self.epoch
@@ -683,6 +688,7 @@ class Trainer:
             keys.EARLY_STOPPING: self.early_stopping.state_dict(),
             keys.CHECKPOINT_MANAGER: self.checkpoint_manager.state_dict() if self.checkpoint_manager else None,
             keys.HISTORY: {k: list(v) for k, v in self._history.items()},
+            keys.STARTS: [dict(s) for s in self.starts],
             keys.RNG: capture_rng_state(),
             keys.CONFIG: self.config,
         }
@@ -698,9 +704,11 @@ class Trainer:
         })
         return state
 
-    def load_state_dict(self, state: Dict[str, Any], restore_optimizer: bool = True) -> None:
+    def load_state_dict(self, state: Dict[str, Any], restore_optimizer: bool = True,
+                        start_kind: Optional[str] = "resume") -> None:
         """Continue from a checkpoint dict: model, optimizer, scheduler, early stopping,
-        history, RNG, data position and augmentation draw."""
+        history, RNG, data position and augmentation draw. A checkpoint with progress is
+        recorded in ``starts`` as a ``start_kind`` point ("resume", "fork"; None: not)."""
         self.model.load_state_dict(state[keys.MODEL])
         if self.ema is not None:  # the checkpoint's model is the average; the trained weights come back
             self.ema.load_state_dict(state.get(keys.EMA), self.model)
@@ -731,6 +739,9 @@ class Trainer:
             restore_rng_state((own or state)[keys.RNG])
         self.epoch = int(state.get(keys.EPOCH, 0))
         self.global_step = int(state.get(keys.GLOBAL_STEP, 0))
+        self.starts = [dict(s) for s in state.get(keys.STARTS) or [] if isinstance(s, dict)]
+        if start_kind is not None and (self.epoch or self.global_step):
+            record_start(self.starts, start_kind, self.epoch, self.global_step, self._mid_epoch)
 
     def load_history_from_log(self) -> int:
         """Rebuild ``history`` from the experiment's log file, and with it the best
