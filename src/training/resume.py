@@ -177,14 +177,15 @@ def settle_finished_records(runs_dir: str, name: str, payload: Dict[str, Any], c
 
 
 def check_schedule_extension(payload: Dict[str, Any], config: RunConfig, name: str) -> None:
-    """Refuse to extend a cosine/step schedule past the length it was planned for: it
-    would train at the end of the plan (lr ~0) and then climb back (cosine)."""
+    """Refuse to extend a cosine/step/onecycle schedule past the length it was planned for
+    (before anything is opened or written): it would train at the end of the plan (lr ~0)
+    and then climb back (cosine), or fail (onecycle counts its steps)."""
     planned = (payload.get(keys.CONFIG) or {}).get("epochs")
     schedule = payload.get(keys.SCHEDULER) or {}
     if config.scheduler == "cosine" and all(isinstance(schedule.get(k), int) for k in ("T_max", "last_epoch")):
         # The plan's own end (a resume with a smaller --epochs keeps it, so it may be extended back to it).
         planned = int(payload[keys.EPOCH]) - schedule["last_epoch"] + schedule["T_max"]
-    if config.scheduler in ("cosine", "step") and isinstance(planned, int) and config.epochs > planned:
+    if config.scheduler in ("cosine", "step", "onecycle") and isinstance(planned, int) and config.epochs > planned:
         raise ConfigError(
             f"{name}'s {config.scheduler} learning-rate schedule was planned for {planned} epochs; extending it to "
             f"{config.epochs} would train past its end. Fork to plan a new schedule over the extra epochs: "

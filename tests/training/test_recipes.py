@@ -239,8 +239,10 @@ def test_onecycle_cannot_be_extended_past_its_plan(tmp_path, capsys):
     assert cli(runs, *DATA, *MLP, "--scheduler", "onecycle", "--epochs", "1") == 0
     before = latest(runs)
     assert cli(runs, "--resume", "exp1", "--epochs", "2", "--quiet") == 2
-    assert "onecycle learning-rate schedule has 0 of its 12 optimizer steps left" in capsys.readouterr().err
+    assert "onecycle learning-rate schedule was planned for 1 epochs" in capsys.readouterr().err
     assert_same_weights(latest(runs)["model_state_dict"], before["model_state_dict"])  # nothing trained
+    status = json.loads((runs / "exp1" / "status.json").read_text())
+    assert status["state"] == "completed", "refused before the experiment was opened: its records are unchanged"
 
 
 # -- mynet versions ----------------------------------------------------------------------
