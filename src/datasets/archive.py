@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..utils.io import TEMP_MARKER, fsync_directory, temp_path_for
-from .idx import DATA_DIR_ENV, DataError, download_file, md5_of
+from .idx import DATA_DIR_ENV, DataError, check_writable, download_file, md5_of
 
 MAX_EXTRACTED_BYTES = 1 << 30  # an official archive unpacks to ~180 MB; more is a bomb
 MAX_MEMBERS = 10_000
@@ -281,29 +281,6 @@ def _replace_across(source: Path, destination: Path) -> None:
 
 
 # -- the whole fetch ---------------------------------------------------------------
-
-def check_writable(folder: Path, display_name: str, alternative: str) -> None:
-    """Before downloading: ``folder`` exists or can be created, and can be written.
-
-    Raises:
-        DataError: naming the folder and ``alternative`` (what to copy there instead).
-    """
-    existing = folder
-    while not os.path.lexists(existing) and existing.parent != existing:
-        existing = existing.parent
-    if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            return
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-    else:
-        reason = f"{existing} is not a folder" if not os.path.isdir(existing) else "permission denied"
-    raise DataError(
-        f"Cannot download {display_name}: this user cannot write to {folder} ({reason}); make it writable, "
-        f"point --data-dir or ${DATA_DIR_ENV} at a writable folder, or {alternative}."
-    )
-
 
 def _alive(pid: int) -> bool:
     try:

@@ -13,11 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import ConfigError
 from .archive import ensure_archive_folder, load_restricted_pickle
 from .base import BaseDataset
 from .idx import DataError, check_data_folder, resolve_data_root
-from .options import check_bool
+from .options import check_download_options
 from .registry import DatasetRegistry
 
 IMAGE_SHAPE = (3, 32, 32)  # channel-planar: 1024 red, then 1024 green, then 1024 blue values
@@ -172,16 +171,7 @@ class CIFAR(BaseDataset):
         augmentation: Optional[str] = None,
     ):
         super().__init__(augment=augment, seed=seed, augmentation=augmentation)
-        download = check_bool(download, self.name, "download", flag="--dataset-option")
-        progress = check_bool(progress, self.name, "progress", flag="--dataset-option")
-        if mirrors is not None and (
-            not isinstance(mirrors, (list, tuple)) or not mirrors
-            or not all(isinstance(url, str) and url for url in mirrors)
-        ):
-            raise ConfigError(
-                f"--dataset-option mirrors for {self.name} must be a non-empty list of base URLs "
-                f'such as ["{self.mirrors[0]}"], got {mirrors!r}.'
-            )
+        download, progress, mirrors = check_download_options(self.name, download, progress, mirrors, self.mirrors[0])
         self.folder = resolve_data_root(data_dir) / self.folder_name
         check_data_folder(self.folder, f"The {self.name} folder {self.folder}")
         required = (*self.train_files, self.test_file, self.meta_file)

@@ -213,7 +213,7 @@ def ensure_idx_files(
     )
     if not download:
         raise DataError(f"{display_name} is not downloaded. {offline_help}")
-    _check_writable(folder, display_name)
+    check_writable(folder, display_name, f"copy {', '.join(IDX_FILES)} there")
     errors: List[str] = []
     for name in missing:
         for mirror in mirrors:
@@ -228,8 +228,12 @@ def ensure_idx_files(
     return found
 
 
-def _check_writable(folder: Path, display_name: str) -> None:
-    """Before downloading: ``folder`` exists or can be created, and can be written."""
+def check_writable(folder: Path, display_name: str, alternative: str) -> None:
+    """Before downloading: ``folder`` exists or can be created, and can be written.
+
+    Raises:
+        DataError: naming the folder and ``alternative`` (what to put there instead).
+    """
     existing = folder
     while not os.path.lexists(existing) and existing.parent != existing:
         existing = existing.parent
@@ -243,5 +247,5 @@ def _check_writable(folder: Path, display_name: str) -> None:
         reason = f"{existing} is not a folder" if not os.path.isdir(existing) else "permission denied"
     raise DataError(
         f"Cannot download {display_name}: this user cannot write to {folder} ({reason}); make it writable, "
-        f"point --data-dir or ${DATA_DIR_ENV} at a writable folder, or copy {', '.join(IDX_FILES)} there."
+        f"point --data-dir or ${DATA_DIR_ENV} at a writable folder, or {alternative}."
     )

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from ..config import ConfigError
 from .base import BaseDataset
 from .idx import check_data_folder, ensure_idx_files, read_idx, resolve_data_root, DataError
-from .options import check_bool
+from .options import check_download_options
 from .registry import DatasetRegistry
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "mnist_sample"
@@ -85,16 +84,7 @@ class MNIST(IdxImageDataset):
         augmentation: Optional[str] = None,
     ):
         super().__init__(augment=augment, seed=seed, augmentation=augmentation)
-        download = check_bool(download, self.name, "download", flag="--dataset-option")
-        progress = check_bool(progress, self.name, "progress", flag="--dataset-option")
-        if mirrors is not None and (
-            not isinstance(mirrors, (list, tuple)) or not mirrors
-            or not all(isinstance(url, str) and url for url in mirrors)
-        ):
-            raise ConfigError(
-                f"--dataset-option mirrors for {self.name} must be a non-empty list of base URLs "
-                f'such as ["{self.mirrors[0]}"], got {mirrors!r}.'
-            )
+        download, progress, mirrors = check_download_options(self.name, download, progress, mirrors, self.mirrors[0])
         self.raw_folder = resolve_data_root(data_dir) / self.folder_name / "raw"
         check_data_folder(self.raw_folder, f"The {self.name} folder {self.raw_folder}")
         files = ensure_idx_files(
