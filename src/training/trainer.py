@@ -34,6 +34,7 @@ from . import state_keys as keys
 from .checkpoint import CheckpointManager
 from .distributed import AGREE_EVERY, Distributed, PeerFailedError
 from .early_stopping import EarlyStopping
+from .background import BackgroundWrites, FrozenState, freeze
 from .ema import ModelEMA
 from .evaluation import evaluation_criterion, evaluation_forward
 from .experiment import ExperimentManager
@@ -121,6 +122,7 @@ class Trainer:
         warmup_epochs: int = 0,
         tta_flip: bool = False,
         distributed: Optional[Distributed] = None,
+        background_writes: bool = True,
     ):
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             if loader is None:
@@ -182,6 +184,10 @@ class Trainer:
         self._mid_epoch = False  # the train tracker/loader hold a partial epoch
         self._epoch_lr: Optional[float] = None  # the learning rate at the start of the current epoch
         self.stop_request = StopRequest(self._log, enabled=handle_signals)
+        # Epoch-end saves overlap the next epoch on a writer thread (not under torchrun,
+        # where a save is a collective step of every rank).
+        self._writes = BackgroundWrites(enabled=background_writes and not self.dist.enabled)
+        self._committed_epoch = 0  # the newest epoch whose checkpoint and log are written
         self._steps_since_agreement = 0
 
     def _shard(self, loader, whole_batches: bool):
@@ -457,7 +463,7 @@ class Trainer:
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs <= 0:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
         start_epoch = max(int(start_epoch), self.epoch)
-        self.epoch = start_epoch
+        self.epoch = self._committed_epoch = start_epoch
         em = self.experiment_manager
         stopped_early, started = False, time.perf_counter()
         self._last_plot = self._last_save = time.monotonic()  # first redraw/save after their intervals
@@ -466,25 +472,7 @@ class Trainer:
         try:
             with self.stop_request:  # signals are noted until the outcome is recorded
                 try:
-                    self._adopt_config(epochs)
-                    self._check_schedule_plan(epochs)
-                    self._target_epochs = epochs
-                    em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
-                    signum = self._agree_on_stop()
-                    if signum:
-                        raise TrainingInterrupted(
-                            signum, saved=self._save_start_if_unsaved(),
-                            message=f"Interrupted by {signal.Signals(signum).name} before training "
-                                    f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
-                    for epoch in range(start_epoch + 1, epochs + 1):
-                        stopped_early = self._run_epoch(epoch, epochs)
-                        signum = self._agree_on_stop()
-                        if signum and epoch < epochs and not stopped_early:
-                            raise TrainingInterrupted(signum, saved=self.checkpoint_manager is not None)
-                        if stopped_early:
-                            self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
-                                      f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
-                            break
+                    stopped_early = self._run_epochs(start_epoch, epochs)
                     self._plot_if_stale()
                     em.write_status("stopped_early" if stopped_early else "completed", epoch=self.epoch,
                                     global_step=self.global_step, best_accuracy=self.best_accuracy, best_epoch=self.best_epoch)
@@ -503,6 +491,7 @@ class Trainer:
                     self._log(f"{signal.Signals(self.stop_request.signum).name} arrived after the last epoch was saved; "
                               "the run is complete.")
         finally:
+            self._writes.wait_quietly()  # (already waited for; never release the lock mid-write)
             if hasattr(em, "release"):
                 em.release()  # a notebook's finished run does not block train.py --resume
         training_time = time.perf_counter() - started
@@ -515,6 +504,42 @@ class Trainer:
             "stopped_early": stopped_early,
             "best_epoch": self.best_epoch,
         }
+
+    def _run_epochs(self, start_epoch: int, epochs: int) -> bool:
+        """The epochs of ``train``; returns True when early stopping ended them. Returns
+        (or raises) only once the background writer is idle; a failed write is raised in
+        place of whatever else stopped the run, since the run ends at its last saved epoch."""
+        em = self.experiment_manager
+        try:
+            self._adopt_config(epochs)
+            self._check_schedule_plan(epochs)
+            self._target_epochs = epochs
+            em.write_status("running", epoch=self.epoch, global_step=self.global_step, target_epochs=epochs)
+            signum = self._agree_on_stop()
+            if signum:
+                raise TrainingInterrupted(
+                    signum, saved=self._save_start_if_unsaved(),
+                    message=f"Interrupted by {signal.Signals(signum).name} before training "
+                            f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
+            stopped_early = False
+            for epoch in range(start_epoch + 1, epochs + 1):
+                stopped_early = self._run_epoch(epoch, epochs)
+                signum = self._agree_on_stop()
+                if signum and epoch < epochs and not stopped_early:
+                    self._wait_for_writes()
+                    raise TrainingInterrupted(signum, saved=self.checkpoint_manager is not None)
+                if stopped_early:
+                    self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
+                              f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
+                    break
+            self._wait_for_writes()
+            return stopped_early
+        except BaseException as exc:
+            pending = self._writes.wait_quietly()
+            if pending is not None:
+                self._writes_failed()
+                raise pending from exc
+            raise
 
     def _adopt_config(self, epochs: int) -> None:
         """A Trainer built in Python has no config: describe the run in the CLI's schema
@@ -555,6 +580,7 @@ class Trainer:
         learning_rate = self._epoch_learning_rate()
         train_metrics, train_speed = self.train_epoch(epoch)
         val_metrics, _ = self.validate()
+        self._wait_for_writes()  # the previous epoch's save: its error stops the run here
         if not math.isfinite(val_metrics["loss"]):
             self._diverged("validation", epoch, val_metrics["loss"])
         self._step_scheduler(val_metrics)
@@ -568,27 +594,16 @@ class Trainer:
             "learning_rate": learning_rate, "epoch_time": time.perf_counter() - started,
         }
         append_epoch(self._history, record)
-        if self.checkpoint_manager is not None:
-            self._collective_write(lambda state: self.checkpoint_manager.save_epoch_end(
-                self.saved_model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], state
-            ))
-            self._last_save = time.monotonic()
-        # Only now is the epoch complete: a failed save records the last saved epoch in
-        # status.json, so a resume does not see progress that no checkpoint holds.
-        self.epoch = epoch
-        log_file = Path(self.experiment_manager.log_file)
-        for path, write in ((log_file, write_log), (log_file.with_name(METRICS_FILE), write_metrics_csv)):
-            try:
-                if self.dist.is_main:
-                    write(path, self._history)
-            except OSError as exc:
-                raise write_error(path, exc, "write the training log") from None
-        self.experiment_manager.write_status(
-            "running", epoch=epoch, global_step=self.global_step, target_epochs=epochs,
+        self._commit_epoch(epoch, val_metrics, dict(
+            epoch=epoch, global_step=self.global_step, target_epochs=epochs,
             best_accuracy=self.best_accuracy, best_epoch=self.best_epoch,
             epochs_without_improvement=self.epochs_without_improvement, last_epoch_time=record["epoch_time"],
-        )
+        ))
+        # The training thread moves on; the epoch counts as saved unless the write fails
+        # (then _writes_failed sets it back to the last epoch a checkpoint holds).
+        self.epoch = epoch
         if time.monotonic() - self._last_plot >= self.plot_interval:
+            self._wait_for_writes()  # the curves never show an epoch before its checkpoint is committed
             self._plot()
         self._log(
             f"Epoch {epoch}/{epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2f}%  "
@@ -596,6 +611,56 @@ class Trainer:
             f"{record['epoch_time']:.1f}s ({train_speed:.0f} it/s)" + ("  *best" if improved else "")
         )
         return self.early_stopping.should_stop
+
+    def _commit_epoch(self, epoch: int, val_metrics: Dict[str, float], status: Dict[str, Any]) -> None:
+        """Save the end of ``epoch`` and then record it (log, metrics.csv, status), as one
+        job of the background writer: the training thread only copies the state.
+
+        Under torchrun (or with ``background_writes=False``) the job runs here, the save
+        being a collective step. The previous job has finished (``_run_epoch`` waited)."""
+        manager, em = self.checkpoint_manager, self.experiment_manager
+        loss, accuracy = val_metrics["loss"], val_metrics["accuracy"]
+        history = {key: list(values) for key, values in self._history.items()}
+        log_file = Path(em.log_file)
+        if manager is not None and self._writes.enabled:
+            frozen = (FrozenState(self.saved_model), FrozenState(self.optimizer), freeze(self._training_state()))
+        else:
+            frozen = None
+
+        def job():
+            if frozen is not None:
+                manager.save_epoch_end(frozen[0], frozen[1], epoch, loss, accuracy, frozen[2])
+            elif manager is not None:
+                self._collective_write(lambda state: manager.save_epoch_end(
+                    self.saved_model, self.optimizer, epoch, loss, accuracy, state))
+            # Only now is the epoch complete: a failed save records the last saved epoch in
+            # status.json, so a resume does not see progress that no checkpoint holds.
+            self._committed_epoch = epoch
+            for path, write in ((log_file, write_log), (log_file.with_name(METRICS_FILE), write_metrics_csv)):
+                try:
+                    if self.dist.is_main:
+                        write(path, history)
+                except OSError as exc:
+                    raise write_error(path, exc, "write the training log") from None
+            em.write_status("running", **status)
+
+        self._writes.submit(job)
+        if manager is not None:
+            self._last_save = time.monotonic()
+
+    def _wait_for_writes(self) -> None:
+        """Wait for the background writer; a failed write is raised here, unchanged, and
+        the epochs it did not save are forgotten (the run stops at the last saved one)."""
+        error = self._writes.wait_quietly()
+        if error is not None:
+            self._writes_failed()
+            raise error
+
+    def _writes_failed(self) -> None:
+        if self.epoch > self._committed_epoch:
+            self.epoch = self._committed_epoch
+            keep = [i for i, e in enumerate(self._history["epoch"]) if e <= self._committed_epoch]
+            self._history = {key: [values[i] for i in keep] for key, values in self._history.items()}
 
     def _plot(self) -> None:
         path = Path(self.experiment_manager.plot_file)
@@ -769,6 +834,7 @@ class Trainer:
         metrics = self._epoch_metrics(self.train_tracker)  # the same numbers on every rank
         if not math.isfinite(metrics["loss"]):
             self._diverged("training", epoch, metrics["loss"])
+        self._wait_for_writes()
         path = self._collective_write(lambda state: self.checkpoint_manager.save_checkpoint(
             self.saved_model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
             self.checkpoint_manager.latest_path, state,

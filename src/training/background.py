@@ -1,0 +1,97 @@
+"""Checkpoint writes off the training thread.
+
+At an epoch end the training thread only takes a consistent copy of the state
+(``FrozenState`` for the model and optimizer, ``freeze`` for the rest: tensors are cloned,
+so the next optimizer step cannot change what is saved). ``BackgroundWrites`` then runs the
+save and the bookkeeping that describes it (log, metrics.csv, status) as one job on a worker
+thread: serializing, hashing, writing, fsync, rename and manifests overlap the next epoch.
+
+The guarantees of a synchronous save stay:
+
+* one job at a time: the next ``submit`` (and every other write of the run) first waits
+  for the previous job, so files are written in order and the newest committed checkpoint
+  is always valid (each file is still written atomically with its manifest);
+* the log, metrics.csv and status of an epoch are written after its checkpoint, in the
+  same job, and only when the checkpoint was written;
+* a failed job's exception is kept and raised, unchanged (same message, same exit code),
+  by the next ``wait`` or ``submit``: at the next epoch boundary, or on the way out;
+* the worker is not a daemon thread, so even an unexpected exit lets the interpreter
+  finish the write in progress (only SIGKILL or power loss can cut it, and the atomic
+  writes cover those).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any, Callable, Optional
+
+
+def freeze(value: Any) -> Any:
+    """A deep copy of ``value`` that no later training step can change (tensors are
+    cloned; views of one storage stay views of one copied storage)."""
+    return copy.deepcopy(value)
+
+
+class FrozenState:
+    """A copy of a module's or optimizer's ``state_dict()`` (and a model's
+    ``model_config``), taken now, standing in for the live object when the checkpoint
+    is written later: ``CheckpointManager`` only calls ``state_dict()`` and reads
+    ``model_config``."""
+
+    def __init__(self, source: Any):
+        self._state = freeze(source.state_dict())
+        self.model_config = freeze(getattr(source, "model_config", None))
+
+    def state_dict(self) -> Any:
+        return self._state
+
+
+class BackgroundWrites:
+    """Run write jobs one at a time on a worker thread (inline when ``enabled`` is False,
+    e.g. under torchrun, where a save is a collective step of every rank)."""
+
+    def __init__(self, enabled: bool = True, name: str = "exptrain-writer"):
+        self.enabled = bool(enabled)
+        self.name = name
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a job is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Wait for the previous job (raising its error), then start ``job``."""
+        self.wait()
+        if not self.enabled:
+            job()
+            return
+        self._thread = threading.Thread(target=self._run, args=(job,), name=self.name, daemon=False)
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # raised on the training thread by the next wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Wait for the running job; raise its exception (once) if it failed."""
+        error = self.wait_quietly()
+        if error is not None:
+            raise error
+
+    def wait_quietly(self) -> Optional[BaseException]:
+        """Wait for the running job; return (and forget) its exception instead of raising."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        return error
+
+
+__all__ = ["BackgroundWrites", "FrozenState", "freeze"]
+
