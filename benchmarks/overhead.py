@@ -6,7 +6,10 @@ Each contender trains and validates every epoch:
 
 * hand:      the floor - a minimal loop over pre-normalised tensors, one sync per epoch;
 * trainer:   ``src.training.Trainer`` with its defaults on (per-epoch validation, log,
-             plot, latest/best checkpoints, progress bar to a silenced stderr);
+             plot, latest/best checkpoints written by the background writer, progress
+             bar to a silenced stderr);
+* trainer-sync: the same with ``background_writes=False`` (checkpoints, log and status
+             written on the training thread, as before the background writer);
 * lightning: ``pytorch_lightning.Trainer`` with its defaults (checkpointing, logger,
              progress bar, sanity check), fed by DataLoader(TensorDataset) of the same
              pre-normalised tensors, logging train loss per step and val loss/acc.
@@ -18,6 +21,12 @@ of the ratio of each round's pair, with its spread (min-max). Where ``perf stat`
 count instructions (often not in a VM), their ratio is printed too. On a shared machine
 CPU time moves less than wall time; a ratio's spread says how far to trust it.
 
+A second table splits the trainers' extra time on the training thread: the per-epoch
+bookkeeping (everything in an epoch but the step loop and validation: the state snapshot,
+the hand-off to the writer or the synchronous save, log, status, a throttled plot), the
+final plot at the end of the run, and the step loop's overhead per step against the
+hand-written loop's training time.
+
     python benchmarks/overhead.py [--rounds 7] [--smoke]
 """
 
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import time
 import warnings
 
 import _common  # noqa: F401  (puts the repository on sys.path)
@@ -49,12 +59,15 @@ def run_hand(name, data, tensors, batch_size, epochs):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
     with Measure() as measured:
-        _hand_epochs(model, optimizer, criterion, x, y, xv, yv, batch_size, epochs)
+        measured.train_times = _hand_epochs(model, optimizer, criterion, x, y, xv, yv, batch_size, epochs)
     return measured
 
 
 def _hand_epochs(model, optimizer, criterion, x, y, xv, yv, batch_size, epochs):
+    """Returns the seconds of each epoch's training loop (validation excluded)."""
+    train_times = []
     for _ in range(epochs):
+        started = time.perf_counter()
         model.train()
         order = torch.randperm(len(y))
         for i in range(0, len(y), batch_size):
@@ -63,15 +76,18 @@ def _hand_epochs(model, optimizer, criterion, x, y, xv, yv, batch_size, epochs):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        loss.item()
+        train_times.append(time.perf_counter() - started)
         model.eval()
         correct = torch.zeros((), dtype=torch.long)
         with torch.inference_mode():
             for i in range(0, len(yv), 256):
                 correct += (model(xv[i : i + 256]).argmax(1) == yv[i : i + 256]).sum()
         correct.item()
+    return train_times
 
 
-def run_trainer(name, data, tensors, batch_size, epochs):
+def run_trainer(name, data, tensors, batch_size, epochs, background_writes=True):
     torch.manual_seed(0)
     model = make_model(name)
     images, labels, test_images, test_labels, mean, std = data
@@ -82,11 +98,39 @@ def run_trainer(name, data, tensors, batch_size, epochs):
         trainer = Trainer(
             model, train_loader, val_loader, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters(), lr=1e-3),
             torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir), show_progress=True,
+            background_writes=background_writes,
         )
+        timed = {name: _timed(trainer, name) for name in ("train_epoch", "validate", "_run_epoch", "_plot_if_stale")}
         with QuietOutput(), Measure() as measured:
             trainer.train(epochs=epochs)
         experiment.release()
+    # Where the time on the training thread goes: the step loop (train_epoch), validation,
+    # the per-epoch bookkeeping (the rest of _run_epoch: snapshot, hand-off, log, status,
+    # throttled plots) and the end of the run (the final plot).
+    measured.train_times = timed["train_epoch"]
+    measured.bookkeeping = [run - train - val for run, train, val in
+                            zip(timed["_run_epoch"], timed["train_epoch"], timed["validate"])]
+    measured.final_plot = sum(timed["_plot_if_stale"])
     return measured
+
+
+def run_trainer_sync(name, data, tensors, batch_size, epochs):
+    return run_trainer(name, data, tensors, batch_size, epochs, background_writes=False)
+
+
+def _timed(trainer, name):
+    """Record the seconds of every call of ``trainer.name`` in the returned list."""
+    method, times = getattr(trainer, name), []
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - started)
+
+    setattr(trainer, name, timed)
+    return times
 
 
 def run_lightning(name, data, tensors, batch_size, epochs):
@@ -127,7 +171,7 @@ def run_lightning(name, data, tensors, batch_size, epochs):
         return measured
 
 
-CONTENDERS = {"hand": run_hand, "trainer": run_trainer, "lightning": run_lightning}
+CONTENDERS = {"hand": run_hand, "trainer": run_trainer, "trainer-sync": run_trainer_sync, "lightning": run_lightning}
 
 
 def main() -> None:
@@ -158,7 +202,7 @@ def main() -> None:
     perf = "instruction counts by perf" if Measure.perf_available() else "no instruction counts (perf cannot count here)"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; per epoch, median over {args.rounds} "
           f"alternating rounds; {perf}\n")
-    rows = []
+    rows, costs = [], []
     for model_name, batch_size, epochs, subset in configs:
         count = subset or len(full.train_labels)
         data = (full.train_images[:count], full.train_labels[:count], full.test_images, full.test_labels, full.mean, full.std)
@@ -179,6 +223,13 @@ def main() -> None:
             if Measure.perf_available():
                 row.append(_ratio(runs[other], runs["hand"], "instructions"))
         rows.append(row)
+        steps = -(-count // batch_size)
+        hand_train = median([t for m in runs["hand"] for t in m.train_times])
+        for name in [n for n in contenders if n.startswith("trainer")]:
+            bookkeeping = [t for m in runs[name] for t in m.bookkeeping]
+            per_step = (median([t for m in runs[name] for t in m.train_times]) - hand_train) / steps
+            costs.append([model_name, batch_size, name, f"{median(bookkeeping) * 1e3:.1f} ({spread_ms(bookkeeping)})",
+                          f"{median([m.final_plot for m in runs[name]]) * 1e3:.0f}", f"{per_step * 1e6:.0f}"])
         print(f"{model_name} b{batch_size}: " + ", ".join(f"{n} {wall[n]:.3f}s wall {cpu[n]:.3f}s CPU" for n in contenders),
               flush=True)
     headers = ["model", "batch", "train images"] + [f"{n} s/epoch wall / CPU" for n in contenders]
@@ -186,6 +237,14 @@ def main() -> None:
         headers += [f"{other}/hand wall", f"{other}/hand CPU"] + ([f"{other}/hand instr."] if Measure.perf_available() else [])
     print()
     print_table(headers, rows)
+    print("\nThe trainer's extra time on the training thread (medians over rounds and epochs; trainer-sync "
+          "writes its checkpoints on the training thread, as before the background writer):\n")
+    print_table(["model", "batch", "contender", "bookkeeping ms/epoch (spread)", "final plot ms",
+                 "step loop overhead us/step (vs hand)"], costs)
+
+
+def spread_ms(values) -> str:
+    return f"{min(values) * 1e3:.1f}-{max(values) * 1e3:.1f}"
 
 
 def _ratio(mine, hands, field: str) -> str:

@@ -20,7 +20,8 @@ def run_benchmark(name: str, *args: str) -> str:
 
 def test_overhead_smoke(shared_data):
     out = run_benchmark("overhead.py", "--smoke", "--no-lightning", "--data-dir", str(shared_data))
-    assert "| mlp" in out and "trainer/hand" in out
+    assert "| mlp" in out and "trainer/hand" in out and "trainer-sync/hand" in out
+    assert "bookkeeping ms/epoch" in out and "us/step" in out
 
 
 def test_data_smoke(shared_data):

@@ -26,11 +26,37 @@ import copy
 import threading
 from typing import Any, Callable, Optional
 
+import torch
 
-def freeze(value: Any) -> Any:
-    """A deep copy of ``value`` that no later training step can change (tensors are
-    cloned; views of one storage stay views of one copied storage)."""
-    return copy.deepcopy(value)
+
+def freeze(value: Any, to_host: Callable[[torch.Tensor], bool] = lambda t: t.device.type != "cpu") -> Any:
+    """A deep copy of ``value`` that no later training step can change.
+
+    CPU tensors are cloned (views of one storage stay views of one copied storage).
+    Tensors for which ``to_host`` holds (those on a GPU) are copied to host memory instead,
+    so a snapshot never doubles the accelerator's memory; a tensor that appears twice
+    (tied weights) is copied once. Checkpoints are loaded with ``map_location="cpu"``, so
+    the saved device makes no difference."""
+    memo: dict = {}
+    _host_copies(value, memo, to_host, set())
+    return copy.deepcopy(value, memo)
+
+
+def _host_copies(value: Any, memo: dict, to_host, seen: set) -> None:
+    """Put a host copy of every ``to_host`` tensor inside ``value`` into ``memo`` (keyed by
+    ``id`` as ``copy.deepcopy`` expects), so the deep copy uses it."""
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        if to_host(value) and id(value) not in memo:
+            memo[id(value)] = value.detach().to("cpu", copy=True)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _host_copies(item, memo, to_host, seen)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            _host_copies(item, memo, to_host, seen)
 
 
 class FrozenState:

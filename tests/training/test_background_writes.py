@@ -19,7 +19,7 @@ from src.datasets import DatasetRegistry
 from src.errors import NonFiniteLossError
 from src.models import ModelRegistry
 from src.training import CheckpointManager, ExperimentManager, Trainer
-from src.training.background import BackgroundWrites, FrozenState
+from src.training.background import BackgroundWrites, FrozenState, freeze
 from src.training.checkpoint import CheckpointSaveError
 from src.training.manifest import read_manifest
 
@@ -55,6 +55,20 @@ def test_frozen_state_serializes_to_the_same_bytes_and_ignores_later_steps():
     optimizer.step()  # in-place updates of the live weights and moments
     assert (saved(frozen_model), saved(frozen_optimizer)) == before
     assert saved(frozen_model) != saved(model)
+
+
+def test_freeze_copies_accelerator_tensors_to_the_host_once():
+    """The host-copy path (taken for GPU tensors) exercised on CPU tensors: every tensor
+    copied, a tensor that appears twice copied once, the rest deep-copied."""
+    weight = torch.randn(3, 3)
+    state = {"a": weight, "b": [weight, (torch.arange(4), {"n": 3})], "name": "x"}
+    frozen = freeze(state, to_host=lambda t: True)
+    assert frozen["a"] is frozen["b"][0] and frozen["a"] is not weight and torch.equal(frozen["a"], weight)
+    assert torch.equal(frozen["b"][1][0], torch.arange(4)) and frozen["b"][1][1] == {"n": 3}
+    weight.add_(1)
+    assert not torch.equal(frozen["a"], weight)
+    plain = freeze(state)  # CPU tensors: the ordinary deep copy keeps views of one storage together
+    assert plain["a"] is plain["b"][0] and plain["a"].data_ptr() != weight.data_ptr()
 
 
 def test_background_writes_runs_in_order_and_reraises_the_same_error_once():
