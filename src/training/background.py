@@ -88,10 +88,11 @@ class BackgroundWrites:
         """True while a job is running."""
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Wait for the previous job (raising its error), then start ``job``."""
+    def submit(self, job: Callable[[], None], inline: bool = False) -> None:
+        """Wait for the previous job (raising its error), then start ``job`` (or run it
+        here and now when ``inline``)."""
         self.wait()
-        if not self.enabled:
+        if inline or not self.enabled:
             job()
             return
         self._thread = threading.Thread(target=self._run, args=(job,), name=self.name, daemon=False)

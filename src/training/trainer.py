@@ -622,10 +622,12 @@ class Trainer:
         loss, accuracy = val_metrics["loss"], val_metrics["accuracy"]
         history = {key: list(values) for key, values in self._history.items()}
         log_file = Path(em.log_file)
+        frozen, inline = None, False
         if manager is not None and self._writes.enabled:
-            frozen = (FrozenState(self.saved_model), FrozenState(self.optimizer), freeze(self._training_state()))
-        else:
-            frozen = None
+            try:
+                frozen = (FrozenState(self.saved_model), FrozenState(self.optimizer), freeze(self._training_state()))
+            except Exception:  # state that cannot be deep-copied (an exotic tensor type): save it here, as before
+                inline = True
 
         def job():
             if frozen is not None:
@@ -644,7 +646,7 @@ class Trainer:
                     raise write_error(path, exc, "write the training log") from None
             em.write_status("running", **status)
 
-        self._writes.submit(job)
+        self._writes.submit(job, inline=inline)
         if manager is not None:
             self._last_save = time.monotonic()
 

@@ -211,3 +211,25 @@ def test_a_model_that_cannot_be_saved_is_reported_as_non_finite(tmp_path, monkey
         trainer.train(epochs=4)
     status = json.loads((Path(trainer.experiment_manager.experiment_dir) / "status.json").read_text())
     assert status["state"] == "failed" and status["reason"] == "non-finite loss" and status["epoch"] == 1
+
+
+def test_state_that_cannot_be_copied_is_saved_on_the_training_thread(tmp_path, monkeypatch):
+    import src.training.trainer as trainer_module
+
+    def refuse(value):
+        raise RuntimeError("cannot deep-copy this tensor type")
+
+    monkeypatch.setattr(trainer_module, "freeze", refuse)
+    trainer = make_trainer(tmp_path / "runs")
+    threads = []
+    real_save = CheckpointManager.save_epoch_end
+
+    def noting_save(self, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, "save_epoch_end", noting_save)
+    assert trainer.train(epochs=2)["epochs_trained"] == 2
+    assert threads == [threading.current_thread().name] * 2
+    _, payload, _ = trainer.checkpoint_manager.find_latest_valid()
+    assert payload["epoch"] == 2
