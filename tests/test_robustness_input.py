@@ -129,6 +129,8 @@ BAD_OPTIONS = {
     "num_samples=100.5": ((*MLP, "--dataset-option", "num_samples=100.5"), ("num_samples", ">= 1", "100.5")),
     "num_samples=100000000": ((*MLP, "--dataset-option", "num_samples=100000000"), ("num_samples", "limit", "num_samples <=")),
     "seed=2**64": ((*MLP, "--seed", "18446744073709551616"), ("seed", "2**63-1", "18446744073709551616")),
+    "--augment crop-flip --no-augment": ((*MLP, "--augment", "crop-flip", "--no-augment"),
+                                         ("--no-augment", "crop-flip", "contradict")),
     "seed=-1": ((*MLP, "--seed", "-1"), ("seed", "non-negative", "-1")),
     # Beyond the list: options that collide with what the run sets itself.
     "dataset seed": ((*MLP, "--dataset-option", "seed=5"), ("--dataset-option seed", "--seed")),

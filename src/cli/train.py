@@ -252,6 +252,9 @@ def _main(args, stop) -> int:
             if name in overrides and not math.isfinite(overrides[name]):
                 flag = "--ema" if name == "ema_decay" else "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be a finite number, got {overrides[name]!r}.")
+        if overrides.get("augment") is False and overrides.get("augmentation") not in (None, "none"):
+            raise ConfigError(f"--no-augment and --augment {overrides['augmentation']} contradict each other; give "
+                              "one of them (--augment none is the same as --no-augment).")
         for key in ("model_options", "dataset_options"):
             if hasattr(args, key):
                 overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))
