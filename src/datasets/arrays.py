@@ -54,6 +54,11 @@ class ArrayDataset(BaseDataset):
         if class_names is not None:
             if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names):
                 raise ValueError(f"class_names must be a list of texts, got {class_names!r}.")
+            repeated = sorted({c for c in class_names if list(class_names).count(c) > 1})
+            if repeated:
+                raise ValueError(f"class_names names {repeated[0]!r} more than once; give each class its own name.")
+            if not class_names:
+                raise ValueError("class_names is empty; give one name per class.")
             if num_classes is not None and num_classes != len(class_names):
                 raise ValueError(f"num_classes={num_classes!r} but {len(class_names)} class names were given.")
             num_classes = len(class_names)

@@ -187,6 +187,10 @@ def test_array_dataset_refuses_bad_input_clearly():
         ArrayDataset(train_x, train_y, test_x, test_y, class_names=["a", "b"], num_classes=3)
     with pytest.raises(Exception, match="outside 0..1"):
         ArrayDataset(train_x, train_y, test_x, test_y, class_names=["a", "b"])
+    with pytest.raises(ValueError, match="names 'x' more than once"):
+        ArrayDataset(train_x, train_y, test_x, test_y, class_names=["w", "x", "y", "x"])
+    with pytest.raises(ValueError, match="class_names is empty"):
+        ArrayDataset(train_x, train_y, test_x, test_y, class_names=[])
     with pytest.raises(ValueError, match="std must be positive"):
         ArrayDataset(train_x, train_y, test_x, test_y, std=0.0)
     named = ArrayDataset(train_x, train_y, test_x, test_y, class_names=["w", "x", "y", "z"])
