@@ -715,6 +715,22 @@ def test_finished_schedule_is_refused_on_resume_and_replanned_by_fork(tmp_path, 
     assert _learning_rates(tmp_path / "runs" / "exp3")[epochs:epochs + 2] == pytest.approx([10 * r for r in extended])
 
 
+def test_finished_onecycle_is_replanned_by_fork_over_the_steps_left(tmp_path, cli):
+    """A one-cycle plan cannot be extended on resume; a fork plans a new cycle over exactly
+    its remaining optimizer steps, starting at lr/25 (OneCycleLR's start) of the fork's lr."""
+    assert cli(*TINY, "--scheduler", "onecycle", "--epochs", 2, "--batch-size", 8).returncode == 0
+    experiment = tmp_path / "runs" / "exp1"
+    line = assert_one_line_error(cli("--resume", "exp1", "--epochs", 4), 2)
+    assert "--fork exp1 --epochs 4" in line
+    for name, extra, lr in (("exp2", (), 1e-3), ("exp3", ("--lr", "0.01"), 0.01)):
+        forked = cli("--fork", "exp1", "--epochs", 4, *extra)
+        assert forked.returncode == 0, forked.stdout + forked.stderr
+        rates = _learning_rates(tmp_path / "runs" / name)
+        assert len(rates) == 4 and rates[:2] == _learning_rates(experiment)
+        assert rates[2] == pytest.approx(lr / 25) and rates[3] > rates[2], rates
+        assert json.loads((tmp_path / "runs" / name / "status.json").read_text())["state"] == "completed"
+
+
 def test_cosine_run_shortened_on_resume_can_be_extended_back_to_its_plan(tmp_path, cli):
     # Early stopping ends a 4-epoch cosine plan at epoch 2 (no gain at lr 1e-12); a resume
     # to 3 epochs keeps the 4-epoch plan, so resuming to 4 stays within it and 5 does not.

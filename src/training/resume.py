@@ -236,11 +236,12 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
                overrides: Dict[str, Any]) -> None:
     """Start the fork from the parent's state; explicit overrides win over the parent's.
 
-    A ``cosine`` or ``step`` schedule is planned anew over the fork's remaining epochs
-    (from the fork's ``lr``) when the fork changes the scheduler or the epoch count;
-    otherwise the parent's schedule continues."""
+    A ``cosine``, ``step`` or ``onecycle`` schedule is planned anew over the fork's
+    remaining epochs (``onecycle``: its remaining optimizer steps; from the fork's ``lr``)
+    when the fork changes the scheduler or the epoch count; otherwise the parent's schedule
+    continues."""
     state = dict(payload)
-    replan = config.scheduler in ("cosine", "step") and (
+    replan = config.scheduler in ("cosine", "step", "onecycle") and (
         parent.scheduler != config.scheduler or parent.epochs != config.epochs)
     if parent.optimizer != config.optimizer:
         state[keys.OPTIMIZER] = None
@@ -260,7 +261,9 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
             group["initial_lr"] = config.lr
         if "weight_decay" in overrides:
             group["weight_decay"] = config.weight_decay
-    if replan:
+    if replan and config.scheduler == "onecycle":  # one cycle over exactly the steps left
+        trainer.scheduler = build_scheduler("onecycle", trainer.optimizer, 1, trainer.remaining_optimizer_steps(config.epochs))
+    elif replan:
         trainer.scheduler = build_scheduler(config.scheduler, trainer.optimizer, config.epochs - trainer.epoch)
     elif trainer.scheduler is not None and "lr" in overrides and hasattr(trainer.scheduler, "base_lrs"):
         trainer.scheduler.base_lrs = [config.lr for _ in trainer.scheduler.base_lrs]

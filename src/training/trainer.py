@@ -693,12 +693,19 @@ class Trainer:
             self._epoch_lr = self.optimizer.param_groups[0]["lr"]
         return self._epoch_lr
 
-    def _check_schedule_plan(self, epochs: int) -> None:
+    def remaining_optimizer_steps(self, epochs: int) -> Optional[int]:
+        """Optimizer steps from the current position (inside an epoch after a mid-epoch
+        resume) to the end of epoch ``epochs``; None for an unsized training loader."""
         steps = optimizer_steps_per_epoch(loader_length(self.train_loader), self.grad_accum_steps)
+        if steps is None:
+            return None
         done = math.ceil(getattr(self.train_loader, "position", 0) / self.grad_accum_steps) if self._mid_epoch else 0
-        if steps is not None:
-            check_schedule_plan(self.scheduler, (epochs - self.epoch) * steps - done, epochs,
-                                getattr(self.experiment_manager, "name", "the experiment"))
+        return (epochs - self.epoch) * steps - done
+
+    def _check_schedule_plan(self, epochs: int) -> None:
+        needed = self.remaining_optimizer_steps(epochs)
+        if needed is not None:
+            check_schedule_plan(self.scheduler, needed, epochs, getattr(self.experiment_manager, "name", "the experiment"))
 
     def _step_scheduler(self, val_metrics: Dict[str, float]) -> None:
         if self.scheduler is None or steps_per_batch(self.scheduler):
