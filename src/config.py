@@ -24,7 +24,7 @@ SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
 # continuation (use --fork to branch with new values).
 RESUME_MUTABLE_KEYS = frozenset(
     {"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir", "compile", "checkpoint_interval",
-     "notes"}
+     "notes", "threads"}
 )
 # Data set options that say where the data is or how it is read, not what it is: a resume
 # may change them (a moved image folder, another cache); the data's fingerprint decides
@@ -83,6 +83,9 @@ class RunConfig:
     ema_decay: float = 0.0  # 0: no weight average
     warmup_epochs: int = 0
     tta_flip: bool = False
+    # CPU threads per process (torch.set_num_threads); None: torch's own choice (one per
+    # core). Recorded, so a resume uses the same count (results can depend on it).
+    threads: Optional[int] = None
     dataset_options: Dict[str, Any] = field(default_factory=dict)
     model_options: Dict[str, Any] = field(default_factory=dict)
     data_fingerprint: Optional[Dict[str, Any]] = None
@@ -140,6 +143,10 @@ class RunConfig:
             raise ConfigError(f"data_dir must be a path (text), got {self.data_dir!r}.")
         if self.data_fingerprint is not None and not isinstance(self.data_fingerprint, dict):
             raise ConfigError(f"data_fingerprint must be a recorded fingerprint, got {self.data_fingerprint!r}.")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or not 1 <= self.threads <= 1024):
+            raise ConfigError(f"threads must be a whole number of CPU threads from 1 to 1024 (omit it for torch's "
+                              f"default, one per core), got {self.threads!r}.")
         if self.augmentation is not None:
             from .datasets.transforms import POLICIES
 

@@ -159,3 +159,16 @@ def test_resume_of_finished_run_is_a_success_that_changes_nothing(tmp_path):
         assert result.returncode == 0, result.stderr
         assert "exp1 is complete at epoch 1" in result.stdout and "--epochs N with N > 1" in result.stdout
         assert tree_hashes(experiment) == before, "nothing is written"
+
+
+def test_threads_is_recorded_kept_on_resume_and_changeable(tmp_path):
+    """--threads N sets torch's CPU threads (the start-up line says so); the count is recorded,
+    so a resume without the flag uses it again (results may depend on it); a resume may change it."""
+    tiny = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp", "--quiet")
+    first = run_cli(*tiny, "--epochs", "1", "--threads", "1", cwd=tmp_path)
+    assert "on cpu, 1 CPU thread," in first.stdout
+    config = tmp_path / "runs" / "exp1" / "config.json"
+    assert json.loads(config.read_text())["threads"] == 1
+    assert "on cpu, 1 CPU thread," in run_cli("--resume", "exp1", "--epochs", "2", cwd=tmp_path).stdout
+    changed = run_cli("--resume", "exp1", "--epochs", "3", "--threads", "2", cwd=tmp_path)
+    assert "on cpu, 2 CPU threads," in changed.stdout and json.loads(config.read_text())["threads"] == 2

@@ -129,6 +129,7 @@ BAD_OPTIONS = {
     "num_samples=100.5": ((*MLP, "--dataset-option", "num_samples=100.5"), ("num_samples", ">= 1", "100.5")),
     "num_samples=100000000": ((*MLP, "--dataset-option", "num_samples=100000000"), ("num_samples", "limit", "num_samples <=")),
     "seed=2**64": ((*MLP, "--seed", "18446744073709551616"), ("seed", "2**63-1", "18446744073709551616")),
+    "--threads 0": ((*MLP, "--threads", "0"), ("threads", "1 to 1024", "got 0")),
     "--augment crop-flip --no-augment": ((*MLP, "--augment", "crop-flip", "--no-augment"),
                                          ("--no-augment", "crop-flip", "contradict")),
     "seed=-1": ((*MLP, "--seed", "-1"), ("seed", "non-negative", "-1")),

@@ -36,7 +36,7 @@ OPTIONS = {
     "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval", "name": "name", "notes": "notes",
     "label_smoothing": "label_smoothing", "ema_decay": "ema_decay", "warmup_epochs": "warmup_epochs",
-    "tta_flip": "tta_flip",
+    "tta_flip": "tta_flip", "threads": "threads",
 }
 # RunConfig fields set by flags handled apart (repeatable KEY=VALUE items, plug-in specs);
 # with OPTIONS, exactly the keys a --config file may hold (src/config_file.py; tested).
@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tta-flip", dest="tta_flip", action="store_true",
         help="evaluate on each image and its mirror image (test-time augmentation); only for data sets "
              "whose images may be flipped (crop-flip augmentation policy)")
+    add("--threads", type=int, metavar="N",
+        help="CPU threads per process for torch's operations (default: torch's choice, one per core); on a "
+             "machine other jobs share, fewer threads than cores is often much faster. Recorded: a resume "
+             "keeps it unless given again")
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return parser
 

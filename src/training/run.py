@@ -303,10 +303,14 @@ def _run_training(
         config = resolve_config(overrides, runs_dir, resume, fork)
         if resume is None:  # a new run (or fork) may not take a name another run holds
             check_name_free(runs_dir, config.name, ConfigError, exclude=into)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
         parts = build_components(config, progress=show_progress is not False)
         log(f"Data: {parts.dataset.describe()}")
-        log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}, "
-            f"{parts.fast_path.description}")
+        threads = f", {torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}" \
+            if parts.device.type == "cpu" else ""
+        log(f"Model: {config.model} ({sum(p.numel() for p in parts.model.parameters()):,} parameters) on {parts.device}"
+            f"{threads}, {parts.fast_path.description}")
         dry_forward(parts.model, parts.val_loader, config, parts.dataset.num_classes)
         if config.augmentation is None and resume is None and fork is None and \
                 isinstance(getattr(parts.dataset, "augmentation_policy", None), str):
