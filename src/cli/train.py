@@ -36,7 +36,7 @@ OPTIONS = {
     "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval", "name": "name", "notes": "notes",
     "label_smoothing": "label_smoothing", "ema_decay": "ema_decay", "warmup_epochs": "warmup_epochs",
-    "tta_flip": "tta_flip",
+    "tta_flip": "tta_flip", "tensorboard": "tensorboard", "tensorboard_every": "tensorboard_every",
 }
 # RunConfig fields set by flags handled apart (repeatable KEY=VALUE items, plug-in specs);
 # with OPTIONS, exactly the keys a --config file may hold (src/config_file.py; tested).
@@ -124,8 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tta-flip", dest="tta_flip", action="store_true",
         help="evaluate on each image and its mirror image (test-time augmentation); only for data sets "
              "whose images may be flipped (crop-flip augmentation policy)")
+    add("--tensorboard", action="store_true",
+        help="also write TensorBoard event files into the experiment's tensorboard/ folder: the training loss "
+             "every --tensorboard-every steps, and each epoch's losses, accuracies, learning rate and time; "
+             "view with: tensorboard --logdir runs (needs: pip install tensorboard; may be switched on or off "
+             "on --resume)")
+    add("--no-tensorboard", dest="tensorboard", action="store_false",
+        help="no TensorBoard event files (the default; turns them off on --resume)")
+    add("--tensorboard-every", dest="tensorboard_every", type=_positive_steps, metavar="N",
+        help=f"with --tensorboard, log the training loss every N steps (default {d.tensorboard_every})")
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return parser
+
+
+def _positive_steps(text: str) -> int:
+    """argparse type: a positive whole number of steps."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expects a positive whole number of steps, e.g. 50, got {text!r}")
+    return value
 
 
 def parse_key_values(items, flag: str) -> dict:

@@ -47,6 +47,7 @@ from .interrupts import StopRequest, TrainingInterrupted
 from .precision import Precision
 from .progress import ProgressBar
 from .schedules import LinearWarmup, check_schedule_plan, optimizer_steps_per_epoch, steps_per_batch
+from .tb_logger import TensorBoardLogger
 
 
 def loader_length(loader) -> Optional[int]:
@@ -83,6 +84,8 @@ class Trainer:
             the first N epochs (see ``schedules.py``; needs a sized training loader).
         tta_flip: evaluate on each image and its mirror image (averaged logits); only
             for data whose images may be flipped horizontally.
+        tensorboard: a ``TensorBoardLogger`` (``tb_logger.py``) for the training loss
+            every ``tensorboard.every`` steps and each epoch's record; used on rank 0 only.
         distributed: the ranks of a torchrun job (default: joined from the environment;
             a single process otherwise). With several ranks the model is wrapped in
             ``DistributedDataParallel``, the built-in loaders are sharded, metrics are
@@ -121,6 +124,7 @@ class Trainer:
         warmup_epochs: int = 0,
         tta_flip: bool = False,
         distributed: Optional[Distributed] = None,
+        tensorboard: Optional[TensorBoardLogger] = None,
     ):
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             if loader is None:
@@ -182,6 +186,7 @@ class Trainer:
         self._mid_epoch = False  # the train tracker/loader hold a partial epoch
         self._epoch_lr: Optional[float] = None  # the learning rate at the start of the current epoch
         self.stop_request = StopRequest(self._log, enabled=handle_signals)
+        self.tensorboard = tensorboard if self.dist.is_main else None
         self._steps_since_agreement = 0
 
     def _shard(self, loader, whole_batches: bool):
@@ -252,6 +257,7 @@ class Trainer:
         start, steps = time.perf_counter(), 0
         progress = self._progress(loader, f"epoch {epoch}")
         sharded = self.dist.enabled
+        log_every = self.tensorboard.every if self.tensorboard is not None else 0
         try:
             for images, labels in loader:
                 images, labels = self._to_device(images, labels)
@@ -267,6 +273,8 @@ class Trainer:
                 batch += 1
                 self.global_step += 1
                 steps += 1
+                if log_every and self.global_step % log_every == 0:
+                    self.tensorboard.log_step(self.global_step, loss)
                 if step_ends:
                     self._optimizer_step()
                     # Stop or save only between optimizer steps: accumulated gradients are not saved.
@@ -476,6 +484,8 @@ class Trainer:
                             signum, saved=self._save_start_if_unsaved(),
                             message=f"Interrupted by {signal.Signals(signum).name} before training "
                                     f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
+                    if self.tensorboard is not None:  # hides what a killed process logged after this step
+                        self.tensorboard.open(self.global_step)
                     for epoch in range(start_epoch + 1, epochs + 1):
                         stopped_early = self._run_epoch(epoch, epochs)
                         signum = self._agree_on_stop()
@@ -503,6 +513,9 @@ class Trainer:
                     self._log(f"{signal.Signals(self.stop_request.signum).name} arrived after the last epoch was saved; "
                               "the run is complete.")
         finally:
+            problem = self.tensorboard.close() if self.tensorboard is not None else None
+            if problem:
+                self._log(f"Warning: {problem}.")
             if hasattr(em, "release"):
                 em.release()  # a notebook's finished run does not block train.py --resume
         training_time = time.perf_counter() - started
@@ -568,6 +581,8 @@ class Trainer:
             "learning_rate": learning_rate, "epoch_time": time.perf_counter() - started,
         }
         append_epoch(self._history, record)
+        if self.tensorboard is not None:  # before the checkpoint, which a resume would not log again
+            self.tensorboard.log_epoch(self.global_step, record)
         if self.checkpoint_manager is not None:
             self._collective_write(lambda state: self.checkpoint_manager.save_epoch_end(
                 self.saved_model, self.optimizer, epoch, val_metrics["loss"], val_metrics["accuracy"], state
