@@ -19,6 +19,8 @@ The ``tensorboard`` package is an optional extra, imported only when logging is 
 
 from __future__ import annotations
 
+import importlib
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -44,8 +46,8 @@ def require_tensorboard() -> None:
             the pip command.
     """
     try:
-        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard and checks its version
-        del SummaryWriter
+        importlib.import_module("tensorboard")
+        importlib.import_module("torch.utils.tensorboard")  # checks tensorboard's version
     except Exception as exc:  # a missing package, or one that fails to import (protobuf mismatch)
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(
@@ -79,6 +81,23 @@ def check_tensorboard(config: RunConfig, overrides: Dict[str, Any], experiment_d
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{path} is a file, not the directory of TensorBoard events; move it away and "
                               "resume again.")
+
+
+def _wait_for_a_later_second(log_dir: Path) -> None:
+    """Readers take a run's event files in name order, which begins with the second a file
+    was created (``events.out.tfevents.<10-digit time>.<host>.<pid>.<n>``); the restart
+    marker only hides what was read before it. So a new file must not share its second
+    with an existing one (a second ``train()`` in the same process within a second):
+    wait, at most a second, until the clock has passed the newest. A newest time further
+    ahead (a clock set back) is not waited for."""
+    newest = -1
+    for path in log_dir.glob("*tfevents*") if log_dir.is_dir() else ():
+        stamp = path.name.split("tfevents.", 1)[-1][:10]
+        if stamp.isdigit():
+            newest = max(newest, int(stamp))
+    remaining = newest + 1 - time.time()
+    if 0 < remaining <= 1:
+        time.sleep(remaining)
 
 
 class TensorBoardLogger:
@@ -116,6 +135,7 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         try:
+            _wait_for_a_later_second(self.log_dir)
             self._writer = SummaryWriter(str(self.log_dir), purge_step=int(step) + 1)
         except OSError as exc:
             raise write_error(self.log_dir, exc, "write TensorBoard events to") from None
