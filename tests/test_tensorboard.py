@@ -267,3 +267,35 @@ def test_tensorboard_is_imported_only_when_logging_is_on():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=cli_env(), capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_python_api_logs_through_repeated_train_calls_and_train_py_continues(tmp_path):
+    import torch
+    import torch.nn as nn
+
+    from src.datasets import DatasetRegistry
+    from src.models import ModelRegistry
+    from src.training import CheckpointManager, ExperimentManager
+
+    torch.manual_seed(0)
+    # input_shape as a list, as config.json reads it back (a tuple makes train.py refuse the resume)
+    data = DatasetRegistry.create("synthetic", num_samples=192, num_classes=4, input_shape=[1, 8, 8], seed=0)
+    train_loader, val_loader = data.get_dataloaders(batch_size=16)
+    model = ModelRegistry.create("mlp", num_classes=4, input_size=8, hidden_sizes=[16])
+    experiment = ExperimentManager(base_dir=str(tmp_path / "runs"))
+    trainer = Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters()),
+                      torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir),
+                      show_progress=False, tensorboard=TensorBoardLogger(experiment.tensorboard_dir, every=4))
+    try:
+        trainer.train(epochs=1)
+        trainer.train(epochs=2)  # a second writer at once: its file must still be read after the first
+    finally:
+        experiment.release()
+    config = json.loads((tmp_path / "runs" / "exp1" / "config.json").read_text())
+    assert (config["tensorboard"], config["tensorboard_every"]) == (True, 4)
+    assert cli(tmp_path / "runs", "--resume", "exp1", "--epochs", "3", "--quiet") == 0
+    scalars = events(tmp_path / "runs" / "exp1" / "tensorboard")
+    assert len(list((tmp_path / "runs" / "exp1" / "tensorboard").iterdir())) == 3
+    assert_one_axis(scalars)
+    assert [step for step, _ in scalars["epoch"]] == [12, 24, 36]
+    assert [step for step, _ in scalars[STEP_LOSS_TAG]] == list(range(4, 37, 4))
