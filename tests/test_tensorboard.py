@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import pytest
 
 import train
 from src.config import ConfigError, RunConfig
+from src.errors import WriteError
 from src.training import Trainer
 from src.training.tb_logger import EPOCH_TAGS, STEP_LOSS_TAG, TensorBoardLogger
 from tests.conftest import REPO_ROOT, cli_env, load_checkpoint
@@ -246,6 +248,27 @@ def test_a_failed_event_write_stops_the_run_with_one_line_and_keeps_the_checkpoi
     monkeypatch.undo()
     assert cli(runs, "--resume", "exp1") == 0
     assert_one_axis(events(runs / "exp1" / "tensorboard"))
+
+
+def test_a_write_failing_in_the_writer_thread_is_one_write_error_and_no_traceback(tmp_path, monkeypatch):
+    printed = []  # what threading.excepthook would print as a thread's traceback
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(args.exc_value))
+    logger = TensorBoardLogger(tmp_path / "tb", every=1)
+    logger.log_step(1, 0.5)
+    record_file = logger._writer.file_writer.event_writer._async_writer._writer._writer  # tensorboard 2.21's
+
+    def full(data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    record_file.write = full
+    with pytest.raises(WriteError, match=r"Could not write TensorBoard events to .*tb: No space left on device"):
+        logger.log_step(2, 0.4)
+    assert logger.close() is None  # joins the writer thread: its exception has been handled
+    assert printed == []
+    other = threading.Thread(target=lambda: 1 / 0)
+    other.start()
+    other.join()
+    assert [type(e) for e in printed] == [ZeroDivisionError], "other threads' errors still reach the hook"
 
 
 def test_logger_close_is_idempotent_and_never_raises(tmp_path, monkeypatch):

@@ -20,7 +20,9 @@ The ``tensorboard`` package is an optional extra, imported only when logging is 
 from __future__ import annotations
 
 import importlib
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -83,6 +85,30 @@ def check_tensorboard(config: RunConfig, overrides: Dict[str, Any], experiment_d
                               "resume again.")
 
 
+_QUIET_THREADS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
+def _quiet_writer_thread(writer) -> None:
+    """TensorBoard's writer thread hands a failed write (a full disk) on to the next
+    ``flush``, where it becomes one ``WriteError`` line; the thread's own traceback,
+    printed by ``threading.excepthook``, would only repeat it. Every other thread's
+    exceptions still reach the hook as before."""
+    worker = getattr(getattr(getattr(writer.file_writer, "event_writer", None), "_async_writer", None), "_worker", None)
+    if not isinstance(worker, threading.Thread):
+        return  # another tensorboard version: its traceback is printed, nothing is lost
+    _QUIET_THREADS.add(worker)
+    if getattr(threading.excepthook, "quiets_tensorboard_writers", False):
+        return
+    previous = threading.excepthook
+
+    def excepthook(args) -> None:
+        if args.thread not in _QUIET_THREADS or not isinstance(args.exc_value, Exception):
+            previous(args)
+
+    excepthook.quiets_tensorboard_writers = True
+    threading.excepthook = excepthook
+
+
 def _wait_for_a_later_second(log_dir: Path) -> None:
     """Readers take a run's event files in name order, which begins with the second a file
     was created (``events.out.tfevents.<10-digit time>.<host>.<pid>.<n>``); the restart
@@ -137,6 +163,7 @@ class TensorBoardLogger:
         try:
             _wait_for_a_later_second(self.log_dir)
             self._writer = SummaryWriter(str(self.log_dir), purge_step=int(step) + 1)
+            _quiet_writer_thread(self._writer)
         except OSError as exc:
             raise write_error(self.log_dir, exc, "write TensorBoard events to") from None
 
