@@ -183,6 +183,8 @@ def test_missing_package_is_refused_before_anything_is_written(tmp_path, monkeyp
     assert "--no-tensorboard" in capsys.readouterr().err
     after = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in (runs / "exp1").rglob("*") if p.is_file()}
     assert after == before, "a refused resume leaves the experiment as it was"
+    assert cli(runs, "--resume", "exp1", "--quiet") == 0, "a finished run has nothing to do, logging or not"
+    assert "complete" in capsys.readouterr().out
     assert cli(runs, "--resume", "exp1", "--epochs", "2", "--no-tensorboard") == 0
 
 

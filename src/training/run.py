@@ -35,7 +35,7 @@ from .evaluation import check_tta_flip
 from .fast_path import resolve_fast_path
 from .optim import build_optimizer, build_scheduler
 from .schedules import optimizer_steps_per_epoch
-from .tb_logger import TensorBoardLogger, check_tensorboard
+from .tb_logger import TensorBoardLogger, check_tensorboard, require_tensorboard
 from .trainer import Trainer, loader_length
 from .distributed import Distributed, agreement, solo
 from .resume import (
@@ -384,6 +384,8 @@ def _run_training(
             check_schedule_extension(payload, config, resume)
         if fork is not None:
             config = fork_epochs(payload, config, fork, overrides)
+        if config.tensorboard and dist.is_main:  # a resume's check waits for the finished-run answer
+            require_tensorboard()
 
         if stop is not None:
             if stop.requested:  # noted during start-up, but its exception was lost (raised inside compile())

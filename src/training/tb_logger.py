@@ -59,7 +59,10 @@ def require_tensorboard() -> None:
 
 
 def check_tensorboard(config: RunConfig, overrides: Dict[str, Any], experiment_dir: Optional[Path] = None) -> None:
-    """Before a run opens its experiment: its TensorBoard options can work.
+    """Early, before a run loads its data: its TensorBoard options can work. The package
+    is imported here for a new run; a resume calls ``require_tensorboard`` later, once it
+    knows the run is not finished (a finished run resumes with nothing to do, logging
+    or not).
 
     Args:
         config: the resolved configuration.
@@ -75,8 +78,9 @@ def check_tensorboard(config: RunConfig, overrides: Dict[str, Any], experiment_d
                           "logging is off; add --tensorboard (tensorboard: true in a --config file).")
     if not config.tensorboard:
         return
-    require_tensorboard()
-    if experiment_dir is not None:
+    if experiment_dir is None:
+        require_tensorboard()
+    else:
         from .experiment import TENSORBOARD_DIR
 
         path = Path(experiment_dir) / TENSORBOARD_DIR
