@@ -26,7 +26,7 @@ from src.config import ConfigError, RunConfig
 from src.errors import WriteError
 from src.training import Trainer
 from src.training.tb_logger import EPOCH_TAGS, STEP_LOSS_TAG, TensorBoardLogger
-from tests.conftest import REPO_ROOT, cli_env, load_checkpoint
+from tests.conftest import REPO_ROOT, assert_same_weights, cli_env, load_checkpoint
 # The test extra installs tensorboard (pyproject.toml): CI tests it, never skips it.
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
@@ -102,6 +102,15 @@ def test_events_share_the_step_axis_and_match_metrics_csv(straight):
     assert [value for _, value in scalars["epoch"]] == [1.0, 2.0, 3.0]
     assert load_checkpoint(straight / "checkpoints" / "latest_checkpoint.pt")["global_step"] == epoch_ends[-1]
     assert json.loads((straight / "config.json").read_text())["tensorboard"] is True
+
+
+def test_logging_does_not_change_the_run(tmp_path, straight):
+    """Why it may be switched on or off on --resume: the weights and numbers are the same."""
+    assert cli(tmp_path / "runs", *DATA, "--epochs", "3") == 0
+    plain = load_checkpoint(tmp_path / "runs" / "exp1" / "checkpoints" / "latest_checkpoint.pt")
+    logged = load_checkpoint(straight / "checkpoints" / "latest_checkpoint.pt")
+    assert_same_weights(plain["model_state_dict"], logged["model_state_dict"])
+    assert [r["val_loss"] for r in metrics(tmp_path / "runs" / "exp1")] == [r["val_loss"] for r in metrics(straight)]
 
 
 def test_interrupted_and_resumed_run_logs_each_step_once_with_the_same_values(tmp_path, monkeypatch, straight):
