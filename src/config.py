@@ -20,11 +20,12 @@ SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
 
 # Keys a resumed run may change: they do not alter the numbers the run produces up to
 # the point where it stopped (torch.compile may reorder float operations, but it is a
-# speed switch a user must be able to turn off to resume on another machine). Everything else must match, or the run is not a
+# speed switch a user must be able to turn off to resume on another machine; logging
+# options only say what is written beside the run). Everything else must match, or the run is not a
 # continuation (use --fork to branch with new values).
 RESUME_MUTABLE_KEYS = frozenset(
     {"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir", "compile", "checkpoint_interval",
-     "notes", "threads"}
+     "notes", "threads", "tensorboard", "tensorboard_every"}
 )
 # Data set options that say where the data is or how it is read, not what it is: a resume
 # may change them (a moved image folder, another cache); the data's fingerprint decides
@@ -94,6 +95,9 @@ class RunConfig:
     # A label (--name; unique per runs directory, fixed for the run) and free text (--notes; may change on resume).
     name: Optional[str] = None
     notes: Optional[str] = None
+    # Logging (src/training/tb_logger.py): TensorBoard event files, the training loss every N steps.
+    tensorboard: bool = False
+    tensorboard_every: int = 50
 
     def validate(self) -> "RunConfig":
         """Check every value; returns ``self``.
@@ -130,7 +134,7 @@ class RunConfig:
         if not _is_number(self.checkpoint_interval) or self.checkpoint_interval < 0:
             raise ConfigError(f"checkpoint_interval must be a non-negative number of seconds (0 disables), "
                               f"got {self.checkpoint_interval!r}.")
-        for name in ("augment", "reapply_transforms", "compile", "channels_last", "tta_flip"):
+        for name in ("augment", "reapply_transforms", "compile", "channels_last", "tta_flip", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         for name in ("dataset_options", "model_options"):
@@ -166,6 +170,9 @@ class RunConfig:
         if not _is_number(self.ema_decay) or not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay (--ema) must be a number between 0 and 1, e.g. 0.999 (0 disables), "
                               f"got {self.ema_decay!r}.")
+        if not _is_int(self.tensorboard_every) or self.tensorboard_every < 1:
+            raise ConfigError(f"tensorboard_every (--tensorboard-every) must be a positive whole number of steps, "
+                              f"e.g. 50, got {self.tensorboard_every!r}.")
         if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}.")
         if self.warmup_epochs > self.epochs:

@@ -27,11 +27,13 @@ def test_help_documents_every_flag():
     for flag in ("--dataset", "--model", "--epochs", "--batch-size", "--lr", "--weight-decay", "--optimizer",
                  "--scheduler", "--patience", "--save-frequency", "--keep-last", "--seed", "--device", "--data-dir",
                  "--runs-dir", "--resume", "--fork", "--reapply-transforms", "--no-augment", "--quiet", "--amp",
-                 "--compile", "--channels-last", "--grad-accum", "--grad-clip"):
+                 "--compile", "--channels-last", "--grad-accum", "--grad-clip", "--tensorboard", "--no-tensorboard",
+                 "--tensorboard-every", "--threads"):
         assert flag in result.stdout
     readme = (REPO_ROOT / "README.md").read_text()
     for flag in ("--keep-last", "--reapply-transforms", "--no-augment", "--runs-dir", "--amp", "--compile",
-                 "--channels-last", "--grad-accum", "--grad-clip"):
+                 "--channels-last", "--grad-accum", "--grad-clip", "--tensorboard", "--no-tensorboard",
+                 "--tensorboard-every", "--threads"):
         assert f"`{flag}" in readme, f"README's CLI table lacks {flag}"
 
 

@@ -36,7 +36,8 @@ OPTIONS = {
     "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval", "name": "name", "notes": "notes",
     "label_smoothing": "label_smoothing", "ema_decay": "ema_decay", "warmup_epochs": "warmup_epochs",
-    "tta_flip": "tta_flip", "threads": "threads",
+    "tta_flip": "tta_flip", "threads": "threads", "tensorboard": "tensorboard",
+    "tensorboard_every": "tensorboard_every",
 }
 # RunConfig fields set by flags handled apart (repeatable KEY=VALUE items, plug-in specs);
 # with OPTIONS, exactly the keys a --config file may hold (src/config_file.py; tested).
@@ -128,8 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads per process for torch's operations (default: torch's choice, one per core); on a "
              "machine other jobs share, fewer threads than cores is often much faster. Recorded: a resume "
              "keeps it unless given again")
+    add("--tensorboard", action="store_true",
+        help="also write TensorBoard event files into the experiment's tensorboard/ folder: the training loss "
+             "every --tensorboard-every steps, and each epoch's losses, accuracies, learning rate and time; "
+             "view with: tensorboard --logdir runs (needs: pip install tensorboard; may be switched on or off "
+             "on --resume)")
+    add("--no-tensorboard", dest="tensorboard", action="store_false",
+        help="no TensorBoard event files (the default; turns them off on --resume)")
+    add("--tensorboard-every", dest="tensorboard_every", type=_positive_steps, metavar="N",
+        help=f"with --tensorboard, log the training loss every N steps (default {d.tensorboard_every})")
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return parser
+
+
+def _positive_steps(text: str) -> int:
+    """argparse type: a positive whole number of steps."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expects a positive whole number of steps, e.g. 50, got {text!r}")
+    return value
 
 
 def parse_key_values(items, flag: str) -> dict:

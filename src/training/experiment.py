@@ -10,6 +10,7 @@ Layout of one experiment::
         metrics.csv            the same records as a CSV table (src/training/history.py)
         training_curves.png    loss and accuracy curves
         checkpoints/           best_model.pt, latest_checkpoint.pt, epoch_N.pt (+ manifests)
+        tensorboard/           TensorBoard event files, with --tensorboard (tb_logger.py)
         .lock                  held (OS lock) by the process training in this directory
 
 Names are validated before anything touches the disk. A new experiment is built complete
@@ -47,6 +48,7 @@ LINEAGE_FILE = "lineage.json"
 LOG_FILE = "training_log.jsonl"
 PLOT_FILE = "training_curves.png"
 CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _EXP_NUMBER = re.compile(r"^exp(\d+)$")
@@ -474,6 +476,10 @@ class ExperimentManager:
     @property
     def config_file(self) -> str:
         return str(self._dir / CONFIG_FILE)
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return str(self._dir / TENSORBOARD_DIR)
 
     # -- records ---------------------------------------------------------------------
     def _write(self, path: Path, text: str, what: str) -> None:

@@ -35,6 +35,7 @@ from .evaluation import check_tta_flip
 from .fast_path import resolve_fast_path
 from .optim import build_optimizer, build_scheduler
 from .schedules import optimizer_steps_per_epoch
+from .tb_logger import TensorBoardLogger, check_tensorboard, require_tensorboard
 from .trainer import Trainer, loader_length
 from .distributed import Distributed, agreement, solo
 from .resume import (
@@ -301,6 +302,9 @@ def _run_training(
             into, resume, fork = resume, None, lineage["parent"]
             log(f"{into} is a fork of {fork} that saved no checkpoint of its own; it starts again from {fork}'s checkpoint.")
         config = resolve_config(overrides, runs_dir, resume, fork)
+        if dist.is_main:  # the rank that writes the events
+            reopened = resume or into
+            check_tensorboard(config, overrides, Path(runs_dir) / reopened if reopened is not None else None)
         if resume is None:  # a new run (or fork) may not take a name another run holds
             check_name_free(runs_dir, config.name, ConfigError, exclude=into)
         if config.threads is not None:
@@ -384,6 +388,8 @@ def _run_training(
             check_schedule_extension(payload, config, resume)
         if fork is not None:
             config = fork_epochs(payload, config, fork, overrides)
+        if config.tensorboard and dist.is_main:  # a resume's check waits for the finished-run answer
+            require_tensorboard()
 
         if stop is not None:
             if stop.requested:  # noted during start-up, but its exception was lost (raised inside compile())
@@ -451,5 +457,7 @@ def _prepare_trainer(experiment: ExperimentManager, config: RunConfig, parts: Co
         compile_model=config.compile, channels_last=parts.fast_path.channels_last, grad_accum_steps=config.grad_accum,
         grad_clip=config.grad_clip, checkpoint_interval=config.checkpoint_interval, distributed=dist,
         ema_decay=config.ema_decay, warmup_epochs=config.warmup_epochs, tta_flip=config.tta_flip,
+        tensorboard=TensorBoardLogger(experiment.tensorboard_dir, config.tensorboard_every)
+        if config.tensorboard and not read_only else None,
     )
 

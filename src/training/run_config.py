@@ -86,4 +86,8 @@ def describe_run(trainer, epochs: int) -> Dict[str, Any]:
     config["ema_decay"] = trainer.ema.decay if trainer.ema is not None else 0.0
     config["warmup_epochs"] = trainer.warmup_epochs
     config["tta_flip"] = trainer.tta_flip
+    logger = getattr(trainer, "tensorboard", None)
+    config["tensorboard"] = logger is not None
+    if logger is not None:
+        config["tensorboard_every"] = logger.every
     return config

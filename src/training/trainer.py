@@ -48,6 +48,7 @@ from .interrupts import StopRequest, TrainingInterrupted
 from .precision import Precision
 from .progress import ProgressBar
 from .schedules import LinearWarmup, check_schedule_plan, optimizer_steps_per_epoch, steps_per_batch
+from .tb_logger import TensorBoardLogger
 
 
 def loader_length(loader) -> Optional[int]:
@@ -84,6 +85,8 @@ class Trainer:
             the first N epochs (see ``schedules.py``; needs a sized training loader).
         tta_flip: evaluate on each image and its mirror image (averaged logits); only
             for data whose images may be flipped horizontally.
+        tensorboard: a ``TensorBoardLogger`` (``tb_logger.py``) for the training loss
+            every ``tensorboard.every`` steps and each epoch's record; used on rank 0 only.
         distributed: the ranks of a torchrun job (default: joined from the environment;
             a single process otherwise). With several ranks the model is wrapped in
             ``DistributedDataParallel``, the built-in loaders are sharded, metrics are
@@ -123,6 +126,7 @@ class Trainer:
         tta_flip: bool = False,
         distributed: Optional[Distributed] = None,
         background_writes: bool = True,
+        tensorboard: Optional[TensorBoardLogger] = None,
     ):
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             if loader is None:
@@ -188,6 +192,7 @@ class Trainer:
         # where a save is a collective step of every rank).
         self._writes = BackgroundWrites(enabled=background_writes and not self.dist.enabled)
         self._committed_epoch = 0  # the newest epoch whose checkpoint and log are written
+        self.tensorboard = tensorboard if self.dist.is_main else None
         self._steps_since_agreement = 0
 
     def _shard(self, loader, whole_batches: bool):
@@ -258,6 +263,7 @@ class Trainer:
         start, steps = time.perf_counter(), 0
         progress = self._progress(loader, f"epoch {epoch}")
         sharded = self.dist.enabled
+        log_every = self.tensorboard.every if self.tensorboard is not None else 0
         try:
             for images, labels in loader:
                 images, labels = self._to_device(images, labels)
@@ -273,6 +279,8 @@ class Trainer:
                 batch += 1
                 self.global_step += 1
                 steps += 1
+                if log_every and self.global_step % log_every == 0:
+                    self.tensorboard.log_step(self.global_step, loss)
                 if step_ends:
                     self._optimizer_step()
                     # Stop or save only between optimizer steps: accumulated gradients are not saved.
@@ -491,6 +499,9 @@ class Trainer:
                     self._log(f"{signal.Signals(self.stop_request.signum).name} arrived after the last epoch was saved; "
                               "the run is complete.")
         finally:
+            problem = self.tensorboard.close() if self.tensorboard is not None else None
+            if problem:
+                self._log(f"Warning: {problem}.")
             self._writes.wait_quietly()  # (already waited for; never release the lock mid-write)
             if hasattr(em, "release"):
                 em.release()  # a notebook's finished run does not block train.py --resume
@@ -521,6 +532,8 @@ class Trainer:
                     signum, saved=self._save_start_if_unsaved(),
                     message=f"Interrupted by {signal.Signals(signum).name} before training "
                             f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
+            if self.tensorboard is not None:  # hides what a killed process logged after this step
+                self.tensorboard.open(self.global_step)
             stopped_early = False
             for epoch in range(start_epoch + 1, epochs + 1):
                 stopped_early = self._run_epoch(epoch, epochs)
@@ -594,6 +607,8 @@ class Trainer:
             "learning_rate": learning_rate, "epoch_time": time.perf_counter() - started,
         }
         append_epoch(self._history, record)
+        if self.tensorboard is not None:  # before the checkpoint, which a resume would not log again
+            self.tensorboard.log_epoch(self.global_step, record)
         self._commit_epoch(epoch, val_metrics, dict(
             epoch=epoch, global_step=self.global_step, target_epochs=epochs,
             best_accuracy=self.best_accuracy, best_epoch=self.best_epoch,
