@@ -354,3 +354,14 @@ def test_resume_after_a_best_epoch_keeps_it_against_a_worse_later_epoch(tmp_path
     assert results["history"]["val_accuracy"] == [80.0, 90.0, 85.0]
     assert best.read_bytes() == best_bytes, "a worse epoch replaced best_model.pt after a resume"
     assert results["best_accuracy"] == 90.0 and results["best_epoch"] == 2
+
+
+def test_python_run_with_tuple_options_resumes_from_train_py(tmp_path):
+    """A tuple option (input_shape=(1, 8, 8)) is a list in config.json; the checkpoints'
+    copy of the config must say the same, or train.py --resume sees a different run."""
+    trainer = make_trainer(tmp_path)  # synthetic data made with input_shape=(1, 8, 8)
+    trainer.train(epochs=1)
+    trainer.experiment_manager.release()
+    resumed = run_cli("--resume", "exp1", "--epochs", "2", "--quiet", cwd=tmp_path, check=False)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Done: 2 epochs" in resumed.stdout

@@ -18,6 +18,7 @@ non-finite is ever saved as best or latest.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -566,6 +567,9 @@ class Trainer:
             except ValueError:  # a damaged config.json: describe the run instead
                 self.config = describe_run(self, epochs)
             self.config["epochs"] = max(int(epochs), int(self.config.get("epochs") or 0))
+            # As config.json will hold it (tuples become lists), so that the copy in the
+            # checkpoints and the file agree when train.py --resume compares them.
+            self.config = json.loads(json.dumps(self.config))
         if not exists:
             em.save_config(self.config)
 
