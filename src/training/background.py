@@ -80,13 +80,13 @@ class BackgroundWrites:
     def __init__(self, enabled: bool = True, name: str = "exptrain-writer"):
         self.enabled = bool(enabled)
         self.name = name
-        self._thread: Optional[threading.Thread] = None
+        self._done: Optional[threading.Event] = None  # set when the running job has ended
         self._error: Optional[BaseException] = None
 
     @property
     def busy(self) -> bool:
         """True while a job is running."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._done is not None and not self._done.is_set()
 
     def submit(self, job: Callable[[], None], inline: bool = False) -> None:
         """Wait for the previous job (raising its error), then start ``job`` (or run it
@@ -95,14 +95,18 @@ class BackgroundWrites:
         if inline or not self.enabled:
             job()
             return
-        self._thread = threading.Thread(target=self._run, args=(job,), name=self.name, daemon=False)
-        self._thread.start()
+        done = threading.Event()
+        thread = threading.Thread(target=self._run, args=(job, done), name=self.name, daemon=False)
+        thread.start()
+        self._done = done
 
-    def _run(self, job: Callable[[], None]) -> None:
+    def _run(self, job: Callable[[], None], done: threading.Event) -> None:
         try:
             job()
         except BaseException as exc:  # raised on the training thread by the next wait()
             self._error = exc
+        finally:
+            done.set()
 
     def wait(self) -> None:
         """Wait for the running job; raise its exception (once) if it failed."""
@@ -111,11 +115,22 @@ class BackgroundWrites:
             raise error
 
     def wait_quietly(self) -> Optional[BaseException]:
-        """Wait for the running job; return (and forget) its exception instead of raising."""
-        thread = self._thread
-        if thread is not None:
-            thread.join()
-            self._thread = None
+        """Wait for the running job; return (and forget) its exception instead of raising.
+
+        An exception raised while waiting (Ctrl-C as ``KeyboardInterrupt`` where signals
+        are not handled) does not cut the wait short: the job is waited for, then that
+        exception is raised (the job's own error, if any, is kept for the next wait). An
+        event is waited on, not the thread: an interrupted ``Thread.join`` can leave the
+        thread marked as ended while it still runs (CPython gh-90882)."""
+        interrupted = None
+        while self._done is not None and not self._done.is_set():
+            try:
+                self._done.wait()
+            except BaseException as exc:  # noqa: BLE001 - re-raised once the write is done
+                interrupted = interrupted or exc
+        self._done = None
+        if interrupted is not None:
+            raise interrupted
         error, self._error = self._error, None
         return error
 

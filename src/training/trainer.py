@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import NonFiniteLossError, WriteError, write_error
+from ..errors import ExptrainError, NonFiniteLossError, WriteError, write_error
 from ..utils.seed import capture_rng_state, restore_rng_state
 from . import state_keys as keys
 from .checkpoint import CheckpointManager
@@ -193,6 +193,7 @@ class Trainer:
         # where a save is a collective step of every rank).
         self._writes = BackgroundWrites(enabled=background_writes and not self.dist.enabled)
         self._committed_epoch = 0  # the newest epoch whose checkpoint and log are written
+        self._unsaved_state: Optional[str] = None  # why train() cannot continue (a save failed, divergence)
         self.tensorboard = tensorboard if self.dist.is_main else None
         self._steps_since_agreement = 0
 
@@ -471,6 +472,12 @@ class Trainer:
         """
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs <= 0:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+        if self._unsaved_state is not None:
+            name = getattr(self.experiment_manager, "name", "the experiment")
+            raise ExptrainError(
+                f"This Trainer stopped at epoch {self.epoch} of {name} because {self._unsaved_state}; its model and "
+                f"optimizer have moved past what was saved, so it cannot continue. Resume from the saved checkpoints "
+                f"instead: python train.py --resume {name} (or a new Trainer with ExperimentManager(resume_exp={name!r})).")
         start_epoch = max(int(start_epoch), self.epoch)
         self.epoch = self._committed_epoch = start_epoch
         em = self.experiment_manager
@@ -494,6 +501,8 @@ class Trainer:
                     self._record_status("failed", reason="non-finite loss", error=str(exc))
                     raise
                 except BaseException as exc:
+                    if self._writes.wait_quietly() is not None:  # a failed write under a second interrupt
+                        self._writes_failed()
                     self._record_status("failed", error=f"{type(exc).__name__}: {exc}")
                     raise
                 if self.stop_request.requested:
@@ -550,8 +559,13 @@ class Trainer:
             return stopped_early
         except BaseException as exc:
             pending = self._writes.wait_quietly()
-            if pending is not None:
+            failed = pending if pending is not None else exc
+            if pending is not None or isinstance(failed, WriteError):  # an epoch's save failed
                 self._writes_failed()
+            if isinstance(failed, (WriteError, NonFiniteLossError)):  # the state in memory was not saved
+                self._unsaved_state = ("a checkpoint could not be written" if isinstance(failed, WriteError)
+                                       else "training diverged")
+            if pending is not None:
                 raise pending from exc
             raise
 
@@ -678,9 +692,10 @@ class Trainer:
             raise error
 
     def _writes_failed(self) -> None:
-        if self.epoch > self._committed_epoch:
-            self.epoch = self._committed_epoch
-            keep = [i for i, e in enumerate(self._history["epoch"]) if e <= self._committed_epoch]
+        """A write failed: the run's progress is what the last committed epoch holds."""
+        self.epoch = min(self.epoch, self._committed_epoch)
+        keep = [i for i, e in enumerate(self._history["epoch"]) if e <= self._committed_epoch]
+        if len(keep) < len(self._history["epoch"]):
             self._history = {key: [values[i] for i in keep] for key, values in self._history.items()}
 
     def _plot(self) -> None:

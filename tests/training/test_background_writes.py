@@ -161,7 +161,8 @@ def test_the_write_overlaps_the_next_epoch_and_the_log_follows_its_checkpoint(tm
     assert status["state"] == "completed" and status["epoch"] == 3
 
 
-def test_a_failed_background_write_stops_the_run_at_the_last_saved_epoch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("background", [True, False])
+def test_a_failed_background_write_stops_the_run_at_the_last_saved_epoch(tmp_path, monkeypatch, background):
     """The disk fills during the epoch-2 write (on the writer thread): the error is raised
     by train() unchanged, status, log and metrics.csv stop at epoch 1, and the trainer's
     epoch says 1 again."""
@@ -181,7 +182,7 @@ def test_a_failed_background_write_stops_the_run_at_the_last_saved_epoch(tmp_pat
 
     monkeypatch.setattr(io_module, "_write_all", full_disk)
     monkeypatch.setattr(CheckpointManager, "save_epoch_end", arm_after_epoch_one)
-    trainer = make_trainer(tmp_path / "runs")
+    trainer = make_trainer(tmp_path / "runs", background=background)
     with pytest.raises(CheckpointSaveError, match="No space left on device.*intact"):
         trainer.train(epochs=4)
     experiment = Path(trainer.experiment_manager.experiment_dir)
@@ -192,6 +193,11 @@ def test_a_failed_background_write_stops_the_run_at_the_last_saved_epoch(tmp_pat
     assert trainer.epoch == 1 and trainer.history["epoch"] == [1]
     _, payload, _ = trainer.checkpoint_manager.find_latest_valid()
     assert payload["epoch"] == 1
+    # Its model and optimizer are past epoch 1: it refuses to go on, and says how to resume.
+    armed["on"] = False
+    with pytest.raises(Exception, match=r"stopped at epoch 1 of exp1 because a checkpoint could not be written.*"
+                                        r"--resume exp1"):
+        trainer.train(epochs=4)
 
 
 def test_a_model_that_cannot_be_saved_is_reported_as_non_finite(tmp_path, monkeypatch):
