@@ -572,8 +572,10 @@ def test_progress_is_visible_and_a_kill_loses_at_most_the_checkpoint_interval(tm
     process = start_cli(*LONG, "--epochs", "2", cwd=tmp_path)
     try:
         wait_for_line(process, "Epoch 1/2")
-        status = status_of(experiment)
-        assert status["epoch"] >= 1
+        # The epoch's line is printed as its save is handed to the background writer; the
+        # status follows once the checkpoint is committed.
+        status = wait_until(lambda: (s := status_of(experiment)).get("epoch", 0) >= 1 and s, process,
+                            "the status of epoch 1", pause=0.005)
         assert_status_matches_log(experiment, status, 2)
         # The mid-epoch saves of epoch 2 keep the progress fields (they used to vanish).
         status = wait_until(lambda: (s := status_of(experiment)).get("mid_epoch_checkpoint") and s, process,
