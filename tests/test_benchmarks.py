@@ -41,3 +41,8 @@ def test_gpu_script_is_valid_bash():
 def test_imagefolder_smoke():
     out = run_benchmark("imagefolder.py", "--smoke")
     assert "per-sample Pillow" in out and "memory-mapped" in out
+
+
+def test_snapshot_smoke():
+    out = run_benchmark("snapshot.py", "--smoke")
+    assert "| mlp" in out and "synchronous save ms" in out
