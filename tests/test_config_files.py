@@ -66,12 +66,12 @@ def test_every_recipe_parses_and_validates(recipe):
 
 def test_fashion_recipe_matches_the_readme_command():
     values = read_config_file(REPO_ROOT / "configs" / "fashion-mnist.yaml")
-    assert values == {"dataset": "fashion_mnist", "model": "mynet", "model_options": {"width": 16},
-                      "augment": False, "batch_size": 128, "lr": 4e-3,
-                      "scheduler": "onecycle", "epochs": 5, "save_frequency": 0}
+    assert values == {"dataset": "fashion_mnist", "model": "mynet", "model_options": {"version": 3, "width": 16},
+                      "augment": False, "batch_size": 128, "lr": 6e-3,
+                      "scheduler": "onecycle", "epochs": 3, "save_frequency": 0}
     readme = " ".join((REPO_ROOT / "README.md").read_text().split())  # line breaks as spaces
-    assert ("fashion91 (`--model-option width=16 --no-augment --batch-size 128 --lr 4e-3 --scheduler onecycle "
-            "--epochs 5`)") in readme
+    assert ("fashion91 (`--model-option version=3 --model-option width=16 --no-augment --batch-size 128 --lr 6e-3 "
+            "--scheduler onecycle --epochs 3`)") in readme
 
 
 # -- one source of truth -------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -253,8 +254,8 @@ def test_mynet_versions_record_and_rebuild():
     assert "version" not in old.model_config  # exactly what checkpoints before version 2 hold
     rebuilt = build_model(old.model_config)
     assert [tuple(p.shape) for p in rebuilt.parameters()] == [tuple(p.shape) for p in old.parameters()]
-    with pytest.raises(ConfigError, match="mynet has versions 1, 2; got --model-option version=3"):
-        ModelRegistry.create("mynet", version=3)
+    with pytest.raises(ConfigError, match="mynet has versions 1, 2, 3; got --model-option version=4"):
+        ModelRegistry.create("mynet", version=4)
     with pytest.raises(ConfigError, match="at least 8x8"):
         ModelRegistry.create("mynet", input_size=6)
 
@@ -283,6 +284,54 @@ def test_new_runs_record_mynet_version_2_and_old_experiments_resume_exactly(tmp_
     assert latest(runs, "exp2")["epoch"] == 2
     assert cli(runs, "--fork", "exp1", "--model-option", "width=2", "--epochs", "3", "--quiet") == 0
     assert "version" not in latest(runs, "exp3")["model_config"]  # forked from the version-1 run
+
+
+def test_mynet_version_3_pools_before_batch_norm_and_records_its_hidden_layer():
+    model = ModelRegistry.create("mynet", version=3, width=4)
+    assert model.model_config == {"name": "mynet", "num_classes": 10, "in_channels": 1, "input_size": 28,
+                                  "width": 4, "dropout": 0.0, "version": 3, "hidden": 128}
+    assert [type(layer) for layer in model.features[0]] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]
+    assert [m.out_features for m in model.classifier if isinstance(m, nn.Linear)] == [128, 10]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    rebuilt = build_model(model.model_config)
+    assert rebuilt.model_config == model.model_config
+    assert [tuple(p.shape) for p in rebuilt.parameters()] == [tuple(p.shape) for p in model.parameters()]
+    single = ModelRegistry.create("mynet", version=3, width=4, hidden=0, dropout=0.5, input_size=16, in_channels=3)
+    assert [m.out_features for m in single.classifier if isinstance(m, nn.Linear)] == [10]
+    assert single(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+    # a run asking for version 3 records it (a new run without a version is still version 2)
+    assert ModelRegistry.create("mynet").model_config["version"] == 2
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"hidden": 16}, "hidden is a mynet version 3 option; got hidden=16 with version 2"),
+    ({"hidden": 16, "version": 1}, "with version 1. Add --model-option version=3"),
+    ({"hidden": -1, "version": 3}, "--model-option hidden for mynet must be an integer >= 0, got -1"),
+    ({"hidden": 1.5, "version": 3}, "got 1.5"),
+    ({"hidden": True, "version": 3}, "got True"),
+    ({"hidden": "wide", "version": 3}, "got 'wide'"),
+    ({"hidden": 10 ** 9, "version": 3}, "use a smaller width or hidden"),
+])
+def test_mynet_version_3_refuses_bad_hidden_layers(options, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ModelRegistry.create("mynet", **options)
+
+
+def test_mynet_version_3_learns_and_resumes_bit_exact_after_a_mid_epoch_signal(tmp_path, monkeypatch):
+    recipe = (*DATA, "--dataset-option", "input_shape=[1,16,16]", "--model-option", "version=3",
+              "--model-option", "width=4", "--model-option", "hidden=16", "--scheduler", "onecycle",
+              "--lr", "1e-2", "--epochs", "3")
+    straight, stopped = tmp_path / "a", tmp_path / "b"
+    assert cli(straight, *recipe) == 0
+    assert latest(straight)["model_config"]["version"] == 3
+    accuracies = [record["val_accuracy"] for record in history(straight)]
+    assert max(accuracies) >= 75, accuracies  # chance is 25%
+    interrupt_at_step(monkeypatch, 192 // 16 + 5)  # inside epoch 2
+    assert cli(stopped, *recipe) == 128 + signal.SIGTERM
+    assert latest(stopped)["mid_epoch"]
+    monkeypatch.undo()
+    assert cli(stopped, "--resume", "exp1", "--quiet") == 0
+    assert_same_final_state(stopped / "exp1", straight / "exp1")
 
 
 def test_forks_switch_ema_on_and_off(tmp_path):
