@@ -33,15 +33,15 @@ from ..errors import ExptrainError, NonFiniteLossError, WriteError, write_error
 from ..utils.seed import capture_rng_state, restore_rng_state
 from . import state_keys as keys
 from .checkpoint import CheckpointManager
-from .distributed import AGREE_EVERY, Distributed, PeerFailedError
+from .distributed import Distributed, PeerFailedError
 from .early_stopping import EarlyStopping
-from .background import BackgroundWrites, FrozenState, freeze
+from .background import BackgroundWrites
 from .ema import ModelEMA
+from .trainer_distributed import DistributedSteps
+from .trainer_saves import SaveSteps
 from .evaluation import evaluation_criterion, evaluation_forward
 from .experiment import ExperimentManager
-from .history import (
-    METRICS_FILE, append_epoch, empty_history, read_log, record_start, write_log, write_metrics_csv,
-)
+from .history import append_epoch, empty_history, read_log, record_start
 from .run_config import describe_run
 from .metrics import MetricsTracker
 from .plots import plot_history, run_title
@@ -61,7 +61,7 @@ def loader_length(loader) -> Optional[int]:
         return None
 
 
-class Trainer:
+class Trainer(SaveSteps, DistributedSteps):
     """See the module docstring. Extra keyword arguments beyond the specified ones:
 
     Args:
@@ -197,34 +197,6 @@ class Trainer:
         self.tensorboard = tensorboard if self.dist.is_main else None
         self._steps_since_agreement = 0
 
-    def _shard(self, loader, whole_batches: bool):
-        if not self.dist.enabled:
-            return loader
-        if hasattr(loader, "shard"):
-            return loader.shard(self.dist.rank, self.dist.world_size, whole_batches=whole_batches)
-        from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
-
-        if whole_batches:
-            return loader  # every rank evaluates the whole set: exact, only slower
-        if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset) \
-                or loader.batch_size is None:
-            raise ValueError(
-                f"Under torchrun the training loader must be the built-in one (dataset.get_dataloaders()) or a "
-                f"DataLoader over a sized dataset with a batch_size; a {type(loader).__name__} cannot be split "
-                f"across {self.dist.world_size} processes."
-            )
-        # A user's DataLoader: torch's DistributedSampler (it repeats a few samples so every
-        # rank gets as many; its shuffle is seeded by the run's torch seed and the epoch).
-        sampler = DistributedSampler(loader.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                     shuffle=isinstance(loader.sampler, RandomSampler),
-                                     seed=int(torch.initial_seed()) % (2**63), drop_last=False)
-        sharded = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                             pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                             worker_init_fn=loader.worker_init_fn, generator=loader.generator)
-        sharded.set_epoch = sampler.set_epoch
-        return sharded
-
     def _on_device(self, loader):
         # The built-in loader moves its uint8 data once; other loaders are copied per batch.
         if hasattr(loader, "to_device"):
@@ -312,14 +284,6 @@ class Trainer:
         self._mid_epoch = False
         return metrics, steps / max(time.perf_counter() - start, 1e-9)
 
-    def _sync_context(self, step_ends: bool):
-        """DDP's ``no_sync`` on the batches of an accumulation that do not end it."""
-        import contextlib
-
-        if step_ends or not self.dist.enabled:
-            return contextlib.nullcontext()
-        return self.parallel_model.no_sync()
-
     def _epoch_metrics(self, tracker: MetricsTracker) -> Dict[str, float]:
         """The tracker's metrics, summed over all ranks (one reduction per epoch)."""
         metrics = tracker.get_metrics()
@@ -330,43 +294,6 @@ class Trainer:
         total = int(total)
         return {"loss": loss_sum / total if total else 0.0,
                 "accuracy": 100.0 * correct / total if total else 0.0, "total_samples": total}
-
-    def _agree_on_stop(self) -> Optional[int]:
-        """At an epoch boundary: the signal to stop on, or None. Under torchrun a signal any
-        rank received stops every rank, and only the agreed value counts: a signal that
-        arrives on one rank after the agreement is acted on at the next one (deciding on
-        the local flag would let that rank stop alone)."""
-        if not self.dist.enabled:
-            return self.stop_request.signum
-        (signum,) = self.dist.agree([self.stop_request.signum or 0])
-        if not signum:
-            return None
-        if not self.stop_request.requested:
-            self.stop_request.signum = signum
-        return signum
-
-    def _agree_mid_epoch(self, epoch: int, tracker: MetricsTracker) -> None:
-        """Every ``AGREE_EVERY`` optimizer steps, all ranks agree (one small CPU all-reduce)
-        on a stop signal any of them received, on a ``checkpoint_interval`` save that rank
-        0's clock says is due, and on a non-finite loss any of them read back; then all act
-        on it together."""
-        # Every rank counts the same optimizer steps, so every rank reaches the same
-        # agreement points: collectives pair up in order.
-        self._steps_since_agreement += 1
-        if self._steps_since_agreement < AGREE_EVERY:
-            return
-        self._steps_since_agreement = 0
-        due = bool(self.checkpoint_interval) and time.monotonic() - self._last_save >= self.checkpoint_interval
-        signum, save, diverged = self.dist.agree([
-            self.stop_request.signum or 0, int(due and self.dist.is_main), int(tracker.non_finite)])
-        if diverged:
-            self._diverged("training", epoch, self._epoch_metrics(tracker)["loss"])
-        if signum:
-            if not self.stop_request.requested:
-                self.stop_request.signum = signum  # another rank's signal: stop with it
-            self._interrupt_mid_epoch()
-        if save:
-            self._save_mid_epoch(epoch)
 
     @torch.inference_mode()
     def validate(self) -> Tuple[Dict[str, float], float]:
@@ -388,39 +315,6 @@ class Trainer:
         if not metrics["total_samples"]:  # never a silent 0% "accuracy"
             raise ValueError("val_loader yielded no samples; the Trainer needs validation data to measure accuracy.")
         return metrics, steps / max(time.perf_counter() - start, 1e-9)
-
-    def _validate_sharded(self) -> Tuple[Dict[str, float], float]:
-        """Each rank evaluates whole single-process batches (batch ``b`` on rank ``b %
-        world``); the per-batch sums are reduced once and added up in batch order, in
-        float64, exactly as ``MetricsTracker`` adds them in one process: the numbers equal
-        a single-process evaluation of the same weights, bit for bit on CPU."""
-        loader = self.val_loader
-        batches = (loader.dataset_size + loader.batch_size - 1) // loader.batch_size
-        start, kept = time.perf_counter(), []
-        # the unwrapped model (no DDP buffer broadcast), or the weight average
-        forward = evaluation_forward(self.saved_model, self.tta_flip)
-        for images, labels in loader:
-            images, labels = self._to_device(images, labels)
-            with self.precision.autocast():
-                outputs = forward(images)
-                loss = self.eval_criterion(outputs, labels)
-            kept.append((loader.batch_index, loss.detach().float(), (outputs.argmax(dim=1) == labels).sum(),
-                         labels.shape[0]))
-        records = torch.zeros(batches, 3, dtype=torch.float64)
-        if kept:
-            losses = torch.stack([loss for _, loss, _, _ in kept]).tolist()  # one read-back
-            corrects = torch.stack([correct for _, _, correct, _ in kept]).tolist()
-            for (index, _, _, count), value, correct in zip(kept, losses, corrects):
-                records[index, 0], records[index, 1], records[index, 2] = value * count, correct, count
-        self.dist.sum_tensor(records)
-        loss_sum = 0.0
-        for value in records[:, 0].tolist():  # batch order, as the tracker sums
-            loss_sum += value
-        correct, total = int(records[:, 1].sum()), int(records[:, 2].sum())
-        if not total:
-            raise ValueError("val_loader yielded no samples; the Trainer needs validation data to measure accuracy.")
-        metrics = {"loss": loss_sum / total, "accuracy": 100.0 * correct / total, "total_samples": total}
-        return metrics, len(kept) / max(time.perf_counter() - start, 1e-9)
 
     def _to_device(self, images: torch.Tensor, labels: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
@@ -645,59 +539,6 @@ class Trainer:
         )
         return self.early_stopping.should_stop
 
-    def _commit_epoch(self, epoch: int, val_metrics: Dict[str, float], status: Dict[str, Any]) -> None:
-        """Save the end of ``epoch`` and then record it (log, metrics.csv, status), as one
-        job of the background writer: the training thread only copies the state.
-
-        Under torchrun (or with ``background_writes=False``) the job runs here, the save
-        being a collective step. The previous job has finished (``_run_epoch`` waited)."""
-        manager, em = self.checkpoint_manager, self.experiment_manager
-        loss, accuracy = val_metrics["loss"], val_metrics["accuracy"]
-        history = {key: list(values) for key, values in self._history.items()}
-        log_file = Path(em.log_file)
-        frozen, inline = None, False
-        if manager is not None and self._writes.enabled:
-            try:
-                frozen = (FrozenState(self.saved_model), FrozenState(self.optimizer), freeze(self._training_state()))
-            except Exception:  # state that cannot be deep-copied (an exotic tensor type): save it here, as before
-                inline = True
-
-        def job():
-            if frozen is not None:
-                manager.save_epoch_end(frozen[0], frozen[1], epoch, loss, accuracy, frozen[2])
-            elif manager is not None:
-                self._collective_write(lambda state: manager.save_epoch_end(
-                    self.saved_model, self.optimizer, epoch, loss, accuracy, state))
-            # Only now is the epoch complete: a failed save records the last saved epoch in
-            # status.json, so a resume does not see progress that no checkpoint holds.
-            self._committed_epoch = epoch
-            for path, write in ((log_file, write_log), (log_file.with_name(METRICS_FILE), write_metrics_csv)):
-                try:
-                    if self.dist.is_main:
-                        write(path, history)
-                except OSError as exc:
-                    raise write_error(path, exc, "write the training log") from None
-            em.write_status("running", **status)
-
-        self._writes.submit(job, inline=inline)
-        if manager is not None:
-            self._last_save = time.monotonic()
-
-    def _wait_for_writes(self) -> None:
-        """Wait for the background writer; a failed write is raised here, unchanged, and
-        the epochs it did not save are forgotten (the run stops at the last saved one)."""
-        error = self._writes.wait_quietly()
-        if error is not None:
-            self._writes_failed()
-            raise error
-
-    def _writes_failed(self) -> None:
-        """A write failed: the run's progress is what the last committed epoch holds."""
-        self.epoch = min(self.epoch, self._committed_epoch)
-        keep = [i for i, e in enumerate(self._history["epoch"]) if e <= self._committed_epoch]
-        if len(keep) < len(self._history["epoch"]):
-            self._history = {key: [values[i] for i in keep] for key, values in self._history.items()}
-
     def _plot(self) -> None:
         path = Path(self.experiment_manager.plot_file)
         try:
@@ -750,27 +591,6 @@ class Trainer:
             self.scheduler.step()
 
     # -- state -----------------------------------------------------------------------
-    def _collective_write(self, write):
-        """``write(training state)`` on rank 0, as one step of every rank: the per-rank
-        states are gathered first, and every rank learns how the write went (a full disk
-        stops all ranks with rank 0's message). Returns what ``write`` returned."""
-        state = self._training_state()
-        if not self.dist.enabled:
-            return write(state)
-        error, result = None, None
-        if self.dist.is_main:
-            try:
-                result = write(state)
-            except Exception as exc:  # re-raised below, after the others know
-                error = exc
-        outcome = self.dist.broadcast_object(
-            ("error", type(error).__name__, str(error)) if error is not None else ("ok", result))
-        if error is not None:
-            raise error
-        if outcome[0] == "error":
-            raise (NonFiniteLossError if outcome[1] == "NonFiniteLossError" else WriteError)(outcome[2])
-        return outcome[1]
-
     def _training_state(self) -> Dict[str, Any]:
         """Everything but model and optimizer (which CheckpointManager adds). Under
         torchrun every rank's RNG and partial metrics are gathered (a collective step:
@@ -870,51 +690,6 @@ class Trainer:
         return last
 
     # -- mid-epoch saves -------------------------------------------------------------
-    def _save_position(self, epoch: int) -> Optional[Path]:
-        """Save the exact position inside ``epoch`` to latest (None if it cannot be recorded)."""
-        if self.checkpoint_manager is None or not hasattr(self.train_loader, "state_dict"):
-            return None
-        metrics = self._epoch_metrics(self.train_tracker)  # the same numbers on every rank
-        if not math.isfinite(metrics["loss"]):
-            self._diverged("training", epoch, metrics["loss"])
-        self._wait_for_writes()
-        path = self._collective_write(lambda state: self.checkpoint_manager.save_checkpoint(
-            self.saved_model, self.optimizer, self.epoch, metrics["loss"], metrics["accuracy"],
-            self.checkpoint_manager.latest_path, state,
-        ))
-        self._last_save = time.monotonic()
-        return path
-
-    def _save_start_if_unsaved(self) -> bool:
-        """Stopped before the first step: a run that starts from loaded progress (a fork)
-        but has no checkpoint of its own saves that start, so --resume can continue it (its
-        parent may have moved on from the checkpoint it was forked from)."""
-        if self.checkpoint_manager is None or (self.epoch == 0 and self.global_step == 0):
-            return False
-        if self.dist.broadcast_object(bool(self.checkpoint_manager.candidates())):  # rank 0's view
-            return False
-        return self._save_position(self.epoch + 1) is not None
-
-    def _save_mid_epoch(self, epoch: int) -> None:
-        """The periodic ``checkpoint_interval`` save."""
-        if self._save_position(epoch) is None:
-            self.checkpoint_interval = 0.0  # this loader cannot record its position
-            return
-        # The same progress fields as at an epoch end, so a reader never sees them vanish mid-epoch.
-        self.experiment_manager.write_status(
-            "running", epoch=self.epoch, global_step=self.global_step, target_epochs=self._target_epochs,
-            best_accuracy=self.best_accuracy, best_epoch=self.best_epoch,
-            epochs_without_improvement=self.epochs_without_improvement, mid_epoch_checkpoint=True,
-        )
-
-    def _interrupt_mid_epoch(self) -> None:
-        path = self._save_position(self.epoch + 1)
-        if path is not None:
-            self._log(f"Saved {path} at step {self.global_step} (epoch {self.epoch + 1}, batch {self.train_loader.position}).")
-        else:
-            self._log("This loader cannot record its position; the last end-of-epoch checkpoint is kept.")
-        raise TrainingInterrupted(self.stop_request.signum, path is not None)
-
     # -- output ----------------------------------------------------------------------
     def _progress(self, loader, description: str):
         return ProgressBar(loader, description) if self.show_progress else None

@@ -355,7 +355,7 @@ def test_a_failed_log_write_in_the_background_is_one_clear_error_and_resumable(t
     """The checkpoint of epoch 2 is written but its log line is not (ENOSPC in the
     writer's log write): a WriteError naming the log, status "failed" never ahead of the
     newest checkpoint, and a resume brings the log up to date and finishes the run."""
-    import src.training.trainer as trainer_module
+    import src.training.trainer_saves as trainer_module
     from src.errors import WriteError
 
     real_write_log = trainer_module.write_log
@@ -444,7 +444,7 @@ def test_frozen_states_do_not_outlive_their_write(tmp_path, monkeypatch):
     import gc
     import weakref
 
-    import src.training.trainer as trainer_module
+    import src.training.trainer_saves as trainer_module
 
     alive, peak = [], {"n": 0}
     real_frozen = trainer_module.FrozenState

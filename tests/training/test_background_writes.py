@@ -130,7 +130,7 @@ def test_the_write_overlaps_the_next_epoch_and_the_log_follows_its_checkpoint(tm
     checkpoints = Path(trainer.checkpoint_manager.checkpoints_dir)
     epoch_two_started, held, seen = threading.Event(), {"timed_out": None}, []
     real_save, real_train_epoch = CheckpointManager.save_epoch_end, Trainer.train_epoch
-    import src.training.trainer as trainer_module
+    import src.training.trainer_saves as trainer_module
 
     def held_save(self, model, optimizer, epoch, *args, **kwargs):
         if epoch == 1:
@@ -220,7 +220,7 @@ def test_a_model_that_cannot_be_saved_is_reported_as_non_finite(tmp_path, monkey
 
 
 def test_state_that_cannot_be_copied_is_saved_on_the_training_thread(tmp_path, monkeypatch):
-    import src.training.trainer as trainer_module
+    import src.training.trainer_saves as trainer_module
 
     def refuse(value):
         raise RuntimeError("cannot deep-copy this tensor type")
