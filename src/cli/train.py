@@ -277,9 +277,6 @@ def _main(args, stop) -> int:
             if name in overrides and not math.isfinite(overrides[name]):
                 flag = "--ema" if name == "ema_decay" else "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be a finite number, got {overrides[name]!r}.")
-        if overrides.get("augment") is False and overrides.get("augmentation") not in (None, "none"):
-            raise ConfigError(f"--no-augment and --augment {overrides['augmentation']} contradict each other; give "
-                              "one of them (--augment none is the same as --no-augment).")
         for key in ("model_options", "dataset_options"):
             if hasattr(args, key):
                 overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))
@@ -296,7 +293,14 @@ def _main(args, stop) -> int:
             from src.config_file import check_config_values, merge_config_values
 
             check_config_values(args.config, file_values)
+            if overrides.get("tensorboard") is False and "tensorboard_every" not in overrides:
+                file_values.pop("tensorboard_every", None)  # --no-tensorboard wins over the file's logging
             overrides = merge_config_values(file_values, overrides)
+        if overrides.get("augment") is False and overrides.get("augmentation") not in (None, "none"):
+            where = f" ({args.config} and the command line)" if args.config is not None else ""
+            raise ConfigError(f"Augmentation off (--no-augment, augment: false) and the augmentation policy "
+                              f"{overrides['augmentation']!r} (--augment, augmentation:) contradict each other{where}; "
+                              "give one of them (--augment none is the same as --no-augment).")
         if "dataset" in overrides:
             from src.config import dataset_from_path
 

@@ -54,6 +54,9 @@ class ArrayDataset(BaseDataset):
         if class_names is not None:
             if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names):
                 raise ValueError(f"class_names must be a list of texts, got {class_names!r}.")
+            class_names = [str(c) for c in class_names]  # a numpy array of names, a tuple: a plain list
+            if any(not c.strip() for c in class_names):
+                raise ValueError(f"class_names holds an empty name ({class_names!r}); give every class a name.")
             repeated = sorted({c for c in class_names if list(class_names).count(c) > 1})
             if repeated:
                 raise ValueError(f"class_names names {repeated[0]!r} more than once; give each class its own name.")

@@ -56,6 +56,8 @@ class MetricsTracker:
             outputs: logits ``(batch, classes)``.
             labels: class indices ``(batch,)``.
         """
+        if labels.shape[0] == 0:  # an empty batch adds nothing (its mean loss would be NaN)
+            return
         loss_device = loss_value.device if torch.is_tensor(loss_value) else None
         if (self._corrects is not None and self._corrects.device != outputs.device) or (
                 loss_device is not None and self._losses is not None and self._losses.device != loss_device):

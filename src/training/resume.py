@@ -24,6 +24,7 @@ from .experiment import (
 )
 from .history import METRICS_FILE, read_log, read_metrics_epochs, write_history_files
 from .optim import build_scheduler
+from .schedules import schedule_steps_left
 from .plots import plot_history, run_title
 from .trainer import Trainer
 from .run_keys import DATA_KEYS
@@ -238,8 +239,9 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
 
     A ``cosine``, ``step`` or ``onecycle`` schedule is planned anew over the fork's
     remaining epochs (``onecycle``: its remaining optimizer steps; from the fork's ``lr``)
-    when the fork changes the scheduler or the epoch count; otherwise the parent's schedule
-    continues."""
+    when the fork changes the scheduler or the epoch count, and a ``onecycle`` one also
+    when its steps left no longer match the fork's (another batch size, ``--grad-accum``,
+    data or process count); otherwise the parent's schedule continues."""
     state = dict(payload)
     replan = config.scheduler in ("cosine", "step", "onecycle") and (
         parent.scheduler != config.scheduler or parent.epochs != config.epochs)
@@ -261,8 +263,16 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
             group["initial_lr"] = config.lr
         if "weight_decay" in overrides:
             group["weight_decay"] = config.weight_decay
+    needed = trainer.remaining_optimizer_steps(config.epochs)
+    if config.scheduler == "onecycle" and not replan and needed is not None \
+            and schedule_steps_left(trainer.scheduler) != needed:
+        # Another batch size, --grad-accum, data or process count changes the steps left:
+        # the parent's cycle would end early or run out, so the fork plans its own.
+        replan = True
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = config.lr
     if replan and config.scheduler == "onecycle":  # one cycle over exactly the steps left
-        trainer.scheduler = build_scheduler("onecycle", trainer.optimizer, 1, trainer.remaining_optimizer_steps(config.epochs))
+        trainer.scheduler = build_scheduler("onecycle", trainer.optimizer, 1, needed)
     elif replan:
         trainer.scheduler = build_scheduler(config.scheduler, trainer.optimizer, config.epochs - trainer.epoch)
     elif trainer.scheduler is not None and "lr" in overrides and hasattr(trainer.scheduler, "base_lrs"):

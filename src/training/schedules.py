@@ -87,6 +87,15 @@ class LinearWarmup:
             self.steps = int(state["steps"])
 
 
+def schedule_steps_left(scheduler: Any) -> Optional[int]:
+    """The optimizer steps a per-step schedule with a fixed plan (one-cycle) has left, or
+    None for any other schedule."""
+    total = getattr(scheduler, "total_steps", None)
+    if not steps_per_batch(scheduler) or not isinstance(total, int):
+        return None
+    return total - int(scheduler.last_epoch)
+
+
 def check_schedule_plan(scheduler: Any, steps_needed: int, epochs: int, experiment: str) -> None:
     """Refuse to train past the end of a per-step schedule's plan: a one-cycle schedule
     planned for fewer steps than training to ``epochs`` needs (a resume with a larger
@@ -97,11 +106,9 @@ def check_schedule_plan(scheduler: Any, steps_needed: int, epochs: int, experime
     """
     from ..config import ConfigError
 
+    left = schedule_steps_left(scheduler)
     total = getattr(scheduler, "total_steps", None)
-    if not steps_per_batch(scheduler) or not isinstance(total, int):
-        return
-    left = total - int(scheduler.last_epoch)
-    if steps_needed > left:
+    if left is not None and steps_needed > left:
         raise ConfigError(
             f"{experiment}'s onecycle learning-rate schedule has {left} of its {total} optimizer steps left, but "
             f"training to epoch {epochs} needs {steps_needed}; a one-cycle schedule cannot be extended. Fork to plan "

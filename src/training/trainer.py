@@ -571,10 +571,14 @@ class Trainer(SaveSteps, DistributedSteps):
     def remaining_optimizer_steps(self, epochs: int) -> Optional[int]:
         """Optimizer steps from the current position (inside an epoch after a mid-epoch
         resume) to the end of epoch ``epochs``; None for an unsized training loader."""
-        steps = optimizer_steps_per_epoch(loader_length(self.train_loader), self.grad_accum_steps)
+        batches = loader_length(self.train_loader)
+        steps = optimizer_steps_per_epoch(batches, self.grad_accum_steps)
         if steps is None:
             return None
-        done = math.ceil(getattr(self.train_loader, "position", 0) / self.grad_accum_steps) if self._mid_epoch else 0
+        position = getattr(self.train_loader, "position", 0) if self._mid_epoch else 0
+        # Whole accumulations done (a fork may change --grad-accum: a partial one is redone);
+        # at the epoch's end the last, partial accumulation has stepped too.
+        done = steps if position >= batches else position // self.grad_accum_steps
         return (epochs - self.epoch) * steps - done
 
     def _check_schedule_plan(self, epochs: int) -> None:
