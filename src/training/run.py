@@ -291,7 +291,10 @@ def _run_training(
         resume, fork = (resolve_experiment(runs_dir, r, ExperimentError) for r in (resume, fork))
         if resume is not None or fork is not None:
             existing_experiment_dir(Path(runs_dir), resume or fork)
-        if resume is not None:  # a running experiment is refused before anything is loaded (or judged finished)
+        # A running experiment is refused before anything is loaded (or judged finished). Only
+        # rank 0 takes the lock, so only rank 0 looks: another rank checking later would find
+        # rank 0's own lock (it settles a finished run's records inside this block).
+        if resume is not None and dist.is_main:
             refuse_if_busy(Path(runs_dir) / resume)
         into = None  # a fork that saved no checkpoint of its own (a full disk, a kill) restarts from its parent, in place
         lineage = unsaved_fork(Path(runs_dir), resume) if resume is not None else None
