@@ -174,3 +174,19 @@ def test_threads_is_recorded_kept_on_resume_and_changeable(tmp_path):
     assert "on cpu, 1 CPU thread," in run_cli("--resume", "exp1", "--epochs", "2", cwd=tmp_path).stdout
     changed = run_cli("--resume", "exp1", "--epochs", "3", "--threads", "2", cwd=tmp_path)
     assert "on cpu, 2 CPU threads," in changed.stdout and json.loads(config.read_text())["threads"] == 2
+
+
+def test_model_options_given_to_fork_or_resume_add_to_the_runs_own(tmp_path):
+    """--model-option on --fork/--resume adds to the run's recorded options instead of
+    replacing them (a fork naming one option used to reset the others to their defaults)."""
+    tiny = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mynet", "--quiet")
+    run_cli(*tiny, "--model-option", "width=8", "--model-option", "dropout=0.0", "--epochs", "1", cwd=tmp_path)
+    recorded = json.loads((tmp_path / "runs" / "exp1" / "config.json").read_text())["model_options"]
+    assert recorded["width"] == 8
+    resumed = run_cli("--resume", "exp1", "--model-option", "width=8", "--epochs", "2", cwd=tmp_path)
+    assert "Done: 2 epochs" in resumed.stdout
+    forked = run_cli("--fork", "exp1", "--model-option", "dropout=0.0", "--lr", "1e-4", "--epochs", "3", cwd=tmp_path)
+    assert "Done: 3 epochs" in forked.stdout
+    assert json.loads((tmp_path / "runs" / "exp2" / "config.json").read_text())["model_options"] == recorded
+    changed = run_cli("--fork", "exp1", "--model-option", "width=16", cwd=tmp_path, check=False)
+    assert changed.returncode == 2 and "width: 8 vs 16" in changed.stderr

@@ -99,11 +99,14 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
 
 
 def _same_model_version(previous: RunConfig, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """Repeating a run's ``--model-option`` values keeps its model's recorded version."""
+    """``--model-option`` values given to a resume or fork of the same model add to (or
+    change) the run's own, so ``--fork exp1 --model-option dropout=0.2`` keeps exp1's width;
+    the model's recorded version is kept unless one is given."""
     given = overrides.get("model_options")
     if not isinstance(given, dict) or overrides.get("model", previous.model) != previous.model:
         return overrides
-    return {**overrides, "model_options": inherit_model_version(previous.model_options, given)}
+    merged = {**previous.model_options, **given}
+    return {**overrides, "model_options": inherit_model_version(previous.model_options, merged)}
 
 
 class Components(NamedTuple):
