@@ -99,9 +99,9 @@ def resolve_config(overrides: Dict[str, Any], runs_dir: str, resume: Optional[st
 
 
 def _same_model_version(previous: RunConfig, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """``--model-option`` values given to a resume or fork of the same model add to (or
-    change) the run's own, so ``--fork exp1 --model-option dropout=0.2`` keeps exp1's width;
-    the model's recorded version is kept unless one is given."""
+    """``--model-option`` values given to a resume or fork of the same model are taken key
+    by key over the run's own (restating one option keeps the others); the model's recorded
+    version is kept unless one is given."""
     given = overrides.get("model_options")
     if not isinstance(given, dict) or overrides.get("model", previous.model) != previous.model:
         return overrides
