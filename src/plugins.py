@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .config import ConfigError
+from .errors import DEBUG_ENV
 from .datasets import DatasetRegistry
 from .models import ModelRegistry
 
 MODULE_PREFIX = "exptrain_plugin_"  # a .py file is imported as exptrain_plugin_<stem>
 RECORD_KEYS = ("module", "path", "sha256")
-DEBUG_ENV = "EXPTRAIN_DEBUG"  # set to 1 to also see the traceback of a plug-in that fails to import
 _REGISTRIES = (ModelRegistry, DatasetRegistry)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ALREADY_REGISTERED = re.compile(r"The (\w+) name (.+) is already registered\.")  # Registry.register's message

@@ -266,6 +266,33 @@ def lock_holder(experiment_dir: Path, table: Optional[LockTable] = None,
     return str(pid) if pid is not None else "unknown"
 
 
+def output_directory(experiment_dir: Path, out: Optional[str], default: Path) -> Tuple[Path, bool]:
+    """Where a tool writes its results: ``out`` if given, else ``default``; returns the
+    directory and whether it lies inside the experiment (then, as again just before
+    writing, a running experiment is refused).
+
+    Raises:
+        ToolError: the experiment is running (and the target is inside it); the target is
+            a file.
+    """
+    target = Path(out) if out else Path(default)
+    inside = is_inside(target, experiment_dir)
+    if inside:
+        refuse_if_running(experiment_dir)
+    if target.exists() and not target.is_dir():
+        raise ToolError(f"--out {target} is a file, not a directory; choose a directory.")
+    return target, inside
+
+
+def is_inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` is ``directory`` or lies under it (links resolved)."""
+    try:
+        Path(path).resolve().relative_to(Path(directory).resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def refuse_if_running(experiment_dir: Path, out_flag: str = "--out DIR") -> None:
     """Refuse to write into an experiment a live process is training in.
 

@@ -28,7 +28,8 @@ from ..utils import get_device
 from ..utils.io import atomic_write_bytes
 from .checkpoints import describe, load_model
 from .common import (
-    EVALUATION_DIR, ToolError, checkpoint_file_name, print_warning, class_names_for, find_experiment, read_config, refuse_if_running,
+    EVALUATION_DIR, ToolError, checkpoint_file_name, class_names_for, find_experiment, output_directory, print_warning,
+    read_config, refuse_if_running,
 )
 
 RESULT_FILE = "evaluation.json"
@@ -202,12 +203,8 @@ def evaluate_experiment(runs_dir: str, name: str, checkpoint: str = "best", spli
         raise ToolError(f"--mistakes must be a whole number from 0 to 200, got {mistakes!r}.")
     if split not in SPLITS:
         raise ToolError(f"Unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
-    target = Path(out) if out else experiment_dir / EVALUATION_DIR / f"{checkpoint}-{split}{'-tta' if tta else ''}"
-    inside = _inside(target, experiment_dir)
-    if inside:
-        refuse_if_running(experiment_dir)
-    if target.exists() and not target.is_dir():
-        raise ToolError(f"--out {target} is a file, not a directory; choose a directory.")
+    target, inside = output_directory(
+        experiment_dir, out, experiment_dir / EVALUATION_DIR / f"{checkpoint}-{split}{'-tta' if tta else ''}")
     config = read_config(experiment_dir)
     loaded = load_model(experiment_dir, checkpoint)
     dataset = build_dataset(config, data_dir)
@@ -257,14 +254,6 @@ def evaluate_experiment(runs_dir: str, name: str, checkpoint: str = "best", spli
         refuse_if_running(experiment_dir)  # a resume may have started meanwhile
     _write(target, pictures, record)
     return record
-
-
-def _inside(path: Path, directory: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(Path(directory).resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _write(target: Path, pictures: Dict[str, bytes], record: Dict[str, Any]) -> None:

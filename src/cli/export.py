@@ -26,8 +26,10 @@ from ..errors import write_error
 from ..models import build_model
 from ..utils.io import atomic_write_bytes
 from .checkpoints import describe, input_shape, load_model
-from .common import print_warning, EXPORT_DIR, ToolError, checkpoint_file_name, find_experiment, read_config
-from .evaluate import _inside
+from .common import (
+    EXPORT_DIR, ToolError, checkpoint_file_name, find_experiment, output_directory, print_warning, read_config,
+    refuse_if_running,
+)
 from .predict import data_description
 
 FORMATS = ("safetensors", "torchscript", "onnx")
@@ -146,14 +148,7 @@ def export_experiment(runs_dir: str, name: str, checkpoint: str = "best", fmt: s
         raise ToolError(f"Unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
     experiment_dir = find_experiment(Path(runs_dir), name)
     checkpoint_file_name(checkpoint)
-    target = Path(out) if out else experiment_dir / EXPORT_DIR / checkpoint
-    inside = _inside(target, experiment_dir)
-    if inside:
-        from .common import refuse_if_running
-
-        refuse_if_running(experiment_dir)
-    if target.exists() and not target.is_dir():
-        raise ToolError(f"--out {target} is a file, not a directory; choose a directory.")
+    target, inside = output_directory(experiment_dir, out, experiment_dir / EXPORT_DIR / checkpoint)
     config = read_config(experiment_dir)
     loaded = load_model(experiment_dir, checkpoint)
     shape = input_shape(config, loaded.model_config)
@@ -172,9 +167,7 @@ def export_experiment(runs_dir: str, name: str, checkpoint: str = "best", fmt: s
     }
     record["files"] = [str(target / FILE_NAMES[fmt]), str(target / RECORD_NAMES[fmt])]
     if inside:
-        from .common import refuse_if_running
-
-        refuse_if_running(experiment_dir)
+        refuse_if_running(experiment_dir)  # a resume may have started meanwhile
     try:
         target.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target / FILE_NAMES[fmt], data)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 import sys
 from typing import List, Optional
 
-from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInputError, ExptrainError
+from ..errors import BadInputError, report_error
 
-DEBUG_ENV = "EXPTRAIN_DEBUG"  # set to 1 to see the traceback of an unexpected error
 CHECKPOINT_HELP = "best (default), latest (the newest valid one) or epoch_N"
 
 EPILOG = """\
@@ -117,28 +115,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise BadInputError("--runs-dir must name a directory, got ''.")
         module = importlib.import_module(f"{__package__}.{COMMAND_MODULES[args.command]}")
         return module.run(args)
-    except ExptrainError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (ValueError, KeyError, TypeError) as exc:  # a bad value caught by a library's own check
-        print(f"Error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except BrokenPipeError:  # exptrain list | head
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
         print("Interrupted; nothing was left half-written.", file=sys.stderr)
         return 130
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"Error: {exc.strerror or exc}{where}.", file=sys.stderr)
-        return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback, unless asked for
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(f"Error: unexpected {type(exc).__name__}: {_one_line(exc)} (set {DEBUG_ENV}=1 for the traceback).",
-              file=sys.stderr)
-        return EXIT_FAILED
+        return report_error(exc)
 
 
 def run_train(argv: List[str]) -> int:
@@ -147,11 +131,6 @@ def run_train(argv: List[str]) -> int:
 
     sys.argv[0] = "exptrain train"  # the name the usage line shows
     return train_main(argv, exiting=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().strip("'\"") or type(exc).__name__
-    return text.splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import os
 import signal
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-DEBUG_ENV = "EXPTRAIN_DEBUG"  # set to 1 to see the traceback of an unexpected error
+EXIT_OK = 0
 
 # CLI option -> RunConfig field; argparse defaults are suppressed so that only the flags
 # given on the command line become overrides (what --fork inherits and --resume checks).
@@ -261,7 +260,7 @@ def main(argv=None, *, exiting: bool = False) -> int:
 
 def _main(args, stop) -> int:
     from src.config import ConfigError
-    from src.errors import ExptrainError
+    from src.errors import ExptrainError, report_error
     from src.training.run import run_training
 
     overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
@@ -319,19 +318,8 @@ def _main(args, stop) -> int:
         elif exc.exit_code >= 128 and _reports():  # under torchrun rank 0 reports the stop for all
             print(str(exc), file=sys.stderr)
         return exc.exit_code
-    except (ValueError, KeyError, TypeError) as exc:  # a bad value caught by a library's own check
-        print(f"Error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"Error: {exc.strerror or exc}{where}; the files written before are intact.", file=sys.stderr)
-        return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback, unless asked for
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(f"Error: unexpected {type(exc).__name__}: {_one_line(exc)} (set {DEBUG_ENV}=1 for the traceback).",
-              file=sys.stderr)
-        return EXIT_FAILED
+        return report_error(exc, "; the files written before are intact.")
     _outcome_recorded()  # before the result line: a signal sent on seeing it must find the run ended
     if results.get("nothing_to_do"):
         return EXIT_OK
@@ -348,11 +336,6 @@ def _main(args, stop) -> int:
 def _reports() -> bool:
     """Whether this process reports for the job: always, except a torchrun rank other than 0."""
     return os.environ.get("RANK", "0") in ("", "0")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().strip("'\"") or type(exc).__name__
-    return text.splitlines()[0]
 
 
 if __name__ == "__main__":

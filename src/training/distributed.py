@@ -30,6 +30,7 @@ from typing import Any, List, Optional, Sequence
 import torch
 
 from ..errors import ExptrainError
+from .experiment import ExperimentPaths
 
 TIMEOUT_ENV = "EXPTRAIN_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
@@ -330,14 +331,12 @@ class agreement:
         return False
 
 
-class FollowerExperiment:
+class FollowerExperiment(ExperimentPaths):
     """What a rank other than 0 sees of the experiment: its paths and files, read-only.
     Every write (status, config, lineage) is rank 0's and is a no-op here."""
 
     def __init__(self, base_dir, name: str, resume_exp=None, fork_exp=None, parent_checkpoint=None):
         from pathlib import Path
-
-        from .experiment import CHECKPOINTS_DIR, CONFIG_FILE
 
         self.base_dir = Path(base_dir)
         self.name = name
@@ -346,7 +345,6 @@ class FollowerExperiment:
         self.parent_checkpoint = Path(parent_checkpoint) if parent_checkpoint else None
         self._parent_state = None
         self._dir = self.base_dir / name
-        self._checkpoints, self._config = CHECKPOINTS_DIR, CONFIG_FILE
 
     @property
     def parent_state(self):
@@ -354,30 +352,6 @@ class FollowerExperiment:
         if self._parent_state is None and self.parent_checkpoint is not None:
             self._parent_state = torch.load(self.parent_checkpoint, map_location="cpu", weights_only=True)
         return self._parent_state
-
-    @property
-    def experiment_dir(self) -> str:
-        return str(self._dir)
-
-    @property
-    def checkpoints_dir(self) -> str:
-        return str(self._dir / self._checkpoints)
-
-    @property
-    def log_file(self) -> str:
-        from .experiment import LOG_FILE
-
-        return str(self._dir / LOG_FILE)
-
-    @property
-    def plot_file(self) -> str:
-        from .experiment import PLOT_FILE
-
-        return str(self._dir / PLOT_FILE)
-
-    @property
-    def config_file(self) -> str:
-        return str(self._dir / self._config)
 
     def load_config(self):
         from .experiment import read_experiment_config

@@ -193,7 +193,42 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-class ExperimentManager:
+class ExperimentPaths:
+    """The files of the experiment in ``self._dir`` (shared by ``ExperimentManager`` and
+    the read-only view other torchrun ranks get, ``distributed.FollowerExperiment``)."""
+
+    _dir: Path
+
+    @property
+    def experiment_dir(self) -> str:
+        return str(self._dir)
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self._dir / CHECKPOINTS_DIR
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return str(self.checkpoints_path)
+
+    @property
+    def log_file(self) -> str:
+        return str(self._dir / LOG_FILE)
+
+    @property
+    def plot_file(self) -> str:
+        return str(self._dir / PLOT_FILE)
+
+    @property
+    def config_file(self) -> str:
+        return str(self._dir / CONFIG_FILE)
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return str(self._dir / TENSORBOARD_DIR)
+
+
+class ExperimentManager(ExperimentPaths):
     """Creates, reopens (``resume_exp``) or branches (``fork_exp``) an experiment.
 
     Args:
@@ -451,35 +486,6 @@ class ExperimentManager:
         handle = _HELD_LOCKS.pop(os.path.realpath(self._dir), None)
         if handle is not None:
             handle.close()
-
-    # -- paths -----------------------------------------------------------------------
-    @property
-    def experiment_dir(self) -> str:
-        return str(self._dir)
-
-    @property
-    def checkpoints_path(self) -> Path:
-        return self._dir / CHECKPOINTS_DIR
-
-    @property
-    def checkpoints_dir(self) -> str:
-        return str(self.checkpoints_path)
-
-    @property
-    def log_file(self) -> str:
-        return str(self._dir / LOG_FILE)
-
-    @property
-    def plot_file(self) -> str:
-        return str(self._dir / PLOT_FILE)
-
-    @property
-    def config_file(self) -> str:
-        return str(self._dir / CONFIG_FILE)
-
-    @property
-    def tensorboard_dir(self) -> str:
-        return str(self._dir / TENSORBOARD_DIR)
 
     # -- records ---------------------------------------------------------------------
     def _write(self, path: Path, text: str, what: str) -> None:

@@ -32,7 +32,7 @@ import torch.nn as nn
 from ..errors import ExptrainError, NonFiniteLossError, WriteError, write_error
 from ..utils.seed import capture_rng_state, restore_rng_state
 from . import state_keys as keys
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, CheckpointSaveError
 from .distributed import Distributed, PeerFailedError
 from .early_stopping import EarlyStopping
 from .background import BackgroundWrites
@@ -457,8 +457,9 @@ class Trainer(SaveSteps, DistributedSteps):
             if pending is not None or isinstance(failed, WriteError):  # an epoch's save failed
                 self._writes_failed()
             if isinstance(failed, (WriteError, NonFiniteLossError)):  # the state in memory was not saved
-                self._unsaved_state = ("a checkpoint could not be written" if isinstance(failed, WriteError)
-                                       else "training diverged")
+                self._unsaved_state = ("training diverged" if isinstance(failed, NonFiniteLossError)
+                                       else "a checkpoint could not be written" if isinstance(failed, CheckpointSaveError)
+                                       else "a file of the run could not be written")
             if pending is not None:
                 raise pending from exc
             raise

@@ -194,20 +194,19 @@ from tests.training.test_background_hostile import _main_waits_for_writer, _poll
 
 real_save = CheckpointManager.save_epoch_end
 def slow(self, model, optimizer, epoch, *args, **kwargs):
-    if epoch == 1:
-        time.sleep(1.5)  # a large model's write
+    if epoch == 1:  # the write is still going when Ctrl-C meets the main thread's wait for it
+        if not _poll(lambda: _main_waits_for_writer("_wait_for_writes"), timeout=120):
+            sys.exit("the main thread never waited for the epoch-1 write")
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(0.5)  # a broken wait returns now, and the process exits before this write
     return real_save(self, model, optimizer, epoch, *args, **kwargs)
 CheckpointManager.save_epoch_end = slow
 trainer = make_trainer(Path(sys.argv[1]))
 trainer.stop_request.enabled = False
-def interrupter():
-    if _poll(lambda: _main_waits_for_writer("_wait_for_writes")):
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-threading.Thread(target=interrupter, daemon=True).start()
 trainer.train(epochs=3)
 """)
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "runs")], cwd=REPO_ROOT, env=cli_env(),
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=300)
     assert "KeyboardInterrupt" in result.stderr, result.stdout + result.stderr
     checkpoints = tmp_path / "runs" / "exp1" / "checkpoints"
     _, payload, problems = CheckpointManager(str(checkpoints), read_only=True).find_latest_valid()
