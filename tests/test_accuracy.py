@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_cli
+from tests.conftest import HANG_TIMEOUT, run_cli
 
 
 def test_mynet_reaches_97_5_percent_on_mnist_sample(tmp_path):
-    run_cli("--dataset", "mnist-sample", "--epochs", "10", "--quiet", cwd=tmp_path, timeout=600)
+    run_cli("--dataset", "mnist-sample", "--epochs", "10", "--quiet", cwd=tmp_path, timeout=HANG_TIMEOUT)
     status = json.loads((tmp_path / "runs" / "exp1" / "status.json").read_text())
     assert status["state"] == "completed"
     assert status["best_accuracy"] >= 97.5, status

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT, cli_env
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
 
 
 def run_benchmark(name: str, *args: str) -> str:
     result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *args], cwd=REPO_ROOT,
-                            env=cli_env(), capture_output=True, text=True, timeout=300)
+                            env=cli_env(), capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

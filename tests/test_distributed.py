@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tests.conftest import REPO_ROOT, assert_same_weights, cli_env, load_checkpoint, run_cli
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint, run_cli
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
@@ -29,7 +29,7 @@ FAST = ("--dataset", "mnist-sample", "--model", "mlp", "--model-option", "hidden
         "--device", "cpu")
 
 
-def torchrun(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, cwd: Path, timeout: float = HANG_TIMEOUT, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([*TORCHRUN, *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -39,7 +39,7 @@ def start_torchrun(*args: str, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
 
 
-def read_until(process: subprocess.Popen, text: str, seen: list, timeout: float = 180) -> None:
+def read_until(process: subprocess.Popen, text: str, seen: list, timeout: float = HANG_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -51,7 +51,7 @@ def read_until(process: subprocess.Popen, text: str, seen: list, timeout: float 
     raise AssertionError(f"no {text!r} within {timeout} s:\n{''.join(seen)}")
 
 
-def workers_of(launcher_pid: int, count: int = 2, timeout: float = 60) -> list:
+def workers_of(launcher_pid: int, count: int = 2, timeout: float = HANG_TIMEOUT) -> list:
     """The worker processes torchrun started (children of the launcher), by rank order of start."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,7 +161,7 @@ def test_torchrun_cli_sigterm_to_one_rank_stops_both_and_resume_is_bit_identical
         read_until(process, "Epoch 1/3", seen)
         rank0, rank1 = workers_of(process.pid)
         os.kill(rank1, signal.SIGTERM)  # one rank only
-        output = process.communicate(timeout=180)[0]
+        output = process.communicate(timeout=HANG_TIMEOUT)[0]
     finally:
         if process.poll() is None:
             process.kill()
@@ -222,7 +222,7 @@ def test_a_killed_rank_makes_the_other_stop_with_a_clear_error(tmp_path):
         read_until(process, "Epoch 1/50", seen)
         rank0, rank1 = workers_of(process.pid)
         os.kill(rank1, signal.SIGKILL)
-        output = process.communicate(timeout=120)[0]  # bounded: the survivor notices the lost peer
+        output = process.communicate(timeout=HANG_TIMEOUT)[0]  # bounded: the survivor notices the lost peer
     finally:
         if process.poll() is None:
             process.kill()

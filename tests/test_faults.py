@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from src.training.checkpoint import CheckpointManager, manifest_path
-from tests.conftest import assert_same_weights, load_checkpoint, run_cli, start_cli
+from tests.conftest import HANG_TIMEOUT, assert_same_weights, load_checkpoint, run_cli, start_cli
 
 # Augmentation, per-epoch redraws, a scheduler and early stopping all active.
 FULL = ("--dataset", "mnist-sample", "--reapply-transforms", "--scheduler", "cosine", "--patience", "10",
@@ -32,7 +32,7 @@ SLOW = (*FULL, "--model", "lenet5", "--batch-size", "8")  # ~1 s epochs: room to
 EXTENDABLE = tuple("plateau" if a == "cosine" else a for a in FAST)
 
 
-def wait_for_line(process: subprocess.Popen, needle: str, timeout: float = 120) -> str:
+def wait_for_line(process: subprocess.Popen, needle: str, timeout: float = HANG_TIMEOUT) -> str:
     deadline, seen = time.time() + timeout, []
     while time.time() < deadline:
         line = process.stdout.readline()
@@ -82,7 +82,7 @@ def test_signal_mid_epoch_saves_exits_and_resumes_bit_exact(tmp_path, baselines,
     process.send_signal(signum)
     time.sleep(0.005)
     process.send_signal(signum)  # a second signal while the first is being handled
-    output = process.communicate(timeout=120)[0]
+    output = process.communicate(timeout=HANG_TIMEOUT)[0]
     assert process.returncode == 128 + signum, output
     assert "state saved, resume to continue" in output
     experiment = tmp_path / "runs" / "exp1"
@@ -98,7 +98,7 @@ def test_signal_mid_epoch_saves_exits_and_resumes_bit_exact(tmp_path, baselines,
     assert log_epochs(experiment) == [1, 2, 3]
 
 
-def wait_for_epoch(process: subprocess.Popen, timeout: float = 300) -> float:
+def wait_for_epoch(process: subprocess.Popen, timeout: float = HANG_TIMEOUT) -> float:
     """Wait for the next "Epoch N/M ... 1.2s (...)" line; return the epoch time it reports."""
     line = wait_for_line(process, "Epoch ", timeout)
     return float(re.search(r"  ([0-9.]+)s \(", line).group(1))
@@ -132,7 +132,7 @@ def test_repeated_sigkill_always_resumes_and_matches_uninterrupted_run(tmp_path,
             progress.append((payload["epoch"], payload["global_step"]))
         process = start_cli("--resume", "exp1", cwd=tmp_path)
         wait_for_line(process, "Resuming exp1")
-    output = process.communicate(timeout=300)[0]
+    output = process.communicate(timeout=HANG_TIMEOUT)[0]
     assert process.returncode == 0, output
     assert kills == 10, "the run finished before ten kills; make it longer"
     assert progress == sorted(progress), f"epoch/step went backwards: {progress}"

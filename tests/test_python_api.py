@@ -25,7 +25,7 @@ from src.datasets import DatasetRegistry
 from src.datasets.loader import TensorLoader
 from src.models import ModelRegistry
 from src.training import CheckpointManager, ExperimentError, ExperimentManager, Trainer
-from tests.conftest import REPO_ROOT, cli_env, run_cli
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env, run_cli
 from tests.test_cli import tree_hashes
 from tests.training.test_trainer import make_trainer
 
@@ -161,7 +161,7 @@ def test_python_resume_never_overwrites_the_better_best_model(tmp_path):
     best_bytes = best_file.read_bytes()
     best_manifest = (experiment / "checkpoints" / "best_model.pt.manifest.json").read_bytes()
     result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT], cwd=tmp_path, env=cli_env(),
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stdout + result.stderr
     out = json.loads(result.stdout.split("RESULT ", 1)[1])
     assert out["known_best"] == first["best_accuracy"], "CheckpointManager must read the best so far from its files"

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import REPO_ROOT, cli_env
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
 
 
 def quickstart_code() -> str:
@@ -27,7 +27,7 @@ def test_quickstart_runs_and_returns_every_key(tmp_path, shared_data):
     assert "epochs=2)" in code
     code += "\nimport json\nprint('RESULTS', json.dumps({k: v for k, v in results.items() if k != 'history'}))\n"
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_TIMEOUT,
         env=cli_env(EXPTRAIN_DATA_DIR=str(shared_data)),
     )
     assert result.returncode == 0, result.stderr

@@ -29,7 +29,7 @@ import torch
 from src.training.checkpoint import CheckpointManager
 from src.training.experiment import ExperimentError, ExperimentManager
 from src.training.manifest import MANIFEST_SUFFIX, read_manifest
-from tests.conftest import REPO_ROOT, assert_same_weights, cli_env, load_checkpoint, run_cli, start_cli
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint, run_cli, start_cli
 from tests.test_faults import assert_same_final_state, log_epochs, wait_for_line
 
 TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
@@ -56,7 +56,7 @@ def status_of(experiment: Path) -> dict:
     return json.loads((experiment / "status.json").read_text())
 
 
-def wait_until(predicate, process: subprocess.Popen, what: str, timeout: float = 120, pause: float = 0.001):
+def wait_until(predicate, process: subprocess.Popen, what: str, timeout: float = HANG_TIMEOUT, pause: float = 0.001):
     """Poll ``predicate`` until it returns something truthy (returned); fail if the process
     ends first or ``timeout`` (a failure bound only) passes."""
     deadline = time.monotonic() + timeout
@@ -303,12 +303,12 @@ def test_second_processes_never_damage_a_running_run(tmp_path):
     finally:
         watcher.done.set()
         if watcher.ident is not None:  # started
-            watcher.join(timeout=60)
+            watcher.join(timeout=HANG_TIMEOUT)
         watcher.forget_snapshots()
         if parent.poll() is None:
             parent.send_signal(signal.SIGTERM)
-        code = parent.wait(timeout=180)
-    output.reader.join(timeout=60)  # it ends at the end of the closed pipe
+        code = parent.wait(timeout=HANG_TIMEOUT)
+    output.reader.join(timeout=HANG_TIMEOUT)  # it ends at the end of the closed pipe
     text = "".join(output)
     assert code == 128 + signal.SIGTERM, text
     assert "Error" not in text and "state saved, resume to continue" in text
@@ -331,7 +331,7 @@ def send_until_exit(process: subprocess.Popen, signum: int, repeat: bool):
     Returns ``(stdout, stderr)`` still to be read."""
     if not repeat:
         process.send_signal(signum)
-        return process.communicate(timeout=180)
+        return process.communicate(timeout=HANG_TIMEOUT)
     output = {}
     readers = [threading.Thread(target=lambda name=name: output.update({name: getattr(process, name).read()}))
                for name in ("stdout", "stderr")]
@@ -410,7 +410,7 @@ def test_sighup_mid_epoch_is_handled_like_sigterm(tmp_path, long_baseline):
     observed = wait_until(lambda: latest_mid_epoch(experiment / "checkpoints", 0, LONG_STEPS // 2), process,
                           "a mid-epoch save in the first half of epoch 1", pause=0.01)
     process.send_signal(signal.SIGHUP)
-    output = process.communicate(timeout=180)[0]
+    output = process.communicate(timeout=HANG_TIMEOUT)[0]
     assert process.returncode == 128 + signal.SIGHUP, output
     assert "Interrupted by SIGHUP; state saved, resume to continue." in output and "Traceback" not in output
     status = status_of(experiment)
@@ -455,7 +455,7 @@ def interrupt_start_up(cwd: Path, moment: str, signum: int):
     if moment == "Data:":
         wait_for_line(process, "Data:")
     else:
-        wait_until(startup_moments(process)[moment], process, f"start-up moment {moment!r}", timeout=60)
+        wait_until(startup_moments(process)[moment], process, f"start-up moment {moment!r}", timeout=HANG_TIMEOUT)
     # SIGINT as from a user pressing Ctrl-C again and again: repeats change nothing.
     out, err = send_until_exit(process, signum, repeat=signum == signal.SIGINT)
     return process.returncode, out, err
@@ -502,7 +502,7 @@ def test_signal_between_experiment_creation_and_first_step_records_interrupted(t
         process = start(*TINY, "--epochs", "2", cwd=root)
         wait_until(lambda: (root / "runs" / "exp1").is_dir(), process, "runs/exp1 to appear", pause=0.0005)
         process.send_signal(signum)
-        out, err = process.communicate(timeout=180)
+        out, err = process.communicate(timeout=HANG_TIMEOUT)
         return root, signum, process.returncode, out + err
 
     outcomes = [one(signal.SIGINT)]
@@ -529,7 +529,7 @@ def test_fork_stopped_before_its_first_step_resumes_although_its_parent_moved_on
                      "--patience", "1", "--quiet", cwd=tmp_path)
         wait_until(lambda: (runs / "exp2").is_dir(), fork, "the fork's directory", pause=0.0005)
         fork.send_signal(signal.SIGTERM)
-        out, err = fork.communicate(timeout=180)
+        out, err = fork.communicate(timeout=HANG_TIMEOUT)
         assert fork.returncode == 128 + signal.SIGTERM, out + err
         assert "Traceback" not in err and "resume to continue" in err, err
         status = status_of(runs / "exp2")
@@ -541,7 +541,7 @@ def test_fork_stopped_before_its_first_step_resumes_although_its_parent_moved_on
         resumed = run_cli("--resume", "exp2", cwd=tmp_path)
     finally:
         parent.send_signal(signal.SIGTERM)
-        parent.wait(timeout=180)
+        parent.wait(timeout=HANG_TIMEOUT)
     assert "(stopped early)" in resumed.stdout, resumed.stdout  # lr 1e-30, patience 1: two epochs
     assert status_of(runs / "exp2")["state"] == "stopped_early"
     assert log_epochs(runs / "exp2") == list(range(1, lineage["epoch"] + 3))

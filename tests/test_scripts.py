@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT
 
 SCRIPTS = ("run", "test", "scripts/ensure-venv", ".ci/run")
 # What the set-up runs besides Python; the scratch PATH holds only these (and the shims),
@@ -102,7 +102,7 @@ def repo(tmp_path):
 
         def __call__(self, *cmd: str, **env: str) -> subprocess.CompletedProcess:
             return subprocess.run([str(root / cmd[0]), *cmd[1:]], cwd=root, env={**self.env, **env},
-                                  capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                                  capture_output=True, text=True, timeout=HANG_TIMEOUT, stdin=subprocess.DEVNULL)
 
         def pip_calls(self) -> list[str]:
             return [line for line in log.read_text().splitlines() if line.startswith("-m pip")]
@@ -234,7 +234,7 @@ def test_second_setup_of_this_checkout_skips_the_install():
     stamp = REPO_ROOT / ".venv" / ".exptrain-installed"
     before = stamp.stat().st_mtime_ns
     start = time.monotonic()
-    again = subprocess.run([str(setup)], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    again = subprocess.run([str(setup)], capture_output=True, text=True, timeout=HANG_TIMEOUT, stdin=subprocess.DEVNULL)
     assert again.returncode == 0 and "dependencies up to date" in again.stderr, again.stderr
     assert time.monotonic() - start < 10
     assert stamp.stat().st_mtime_ns == before

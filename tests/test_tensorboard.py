@@ -26,7 +26,7 @@ from src.config import ConfigError, RunConfig
 from src.errors import WriteError
 from src.training import Trainer
 from src.training.tb_logger import EPOCH_TAGS, STEP_LOSS_TAG, TensorBoardLogger
-from tests.conftest import REPO_ROOT, assert_same_weights, cli_env, load_checkpoint
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint
 # The test extra installs tensorboard (pyproject.toml): CI tests it, never skips it.
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
@@ -299,7 +299,7 @@ def test_tensorboard_is_imported_only_when_logging_is_on():
             "assert not any(m == 'tensorboard' or m.startswith(('tensorboard.', 'torch.utils.tensorboard')) "
             "for m in sys.modules), sorted(m for m in sys.modules if 'tensorboard' in m)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=cli_env(), capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stderr
 
 

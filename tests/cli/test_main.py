@@ -8,14 +8,14 @@ import sys
 import pytest
 
 from src.cli.main import build_parser, main
-from tests.conftest import REPO_ROOT, cli_env
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
 
 COMMANDS = ("train", "list", "compare", "evaluate", "predict", "export")
 
 
 def run_module(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "src", *args], cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=HANG_TIMEOUT)
 
 
 def test_python_m_src_lists_every_command():
@@ -47,7 +47,7 @@ def test_list_and_help_do_not_import_torch(real_runs):
     code = ("import sys; from src.cli.main import main; assert main(['list', '--runs-dir', sys.argv[1]]) == 0; "
             "assert 'torch' not in sys.modules, 'exptrain list imported torch'")
     result = subprocess.run([sys.executable, "-c", code, str(real_runs)], cwd=REPO_ROOT, env=cli_env(),
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert "exp1" in result.stdout
 

@@ -25,7 +25,7 @@ import src.utils.io as io_module
 from src.training import CheckpointManager, ExperimentManager, Trainer
 from src.training import state_keys as keys
 from src.training.checkpoint import CheckpointSaveError
-from tests.conftest import REPO_ROOT, cli_env
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
 from tests.training.test_background_writes import make_trainer
 
 
@@ -206,7 +206,7 @@ trainer.stop_request.enabled = False
 trainer.train(epochs=3)
 """)
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "runs")], cwd=REPO_ROOT, env=cli_env(),
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert "KeyboardInterrupt" in result.stderr, result.stdout + result.stderr
     checkpoints = tmp_path / "runs" / "exp1" / "checkpoints"
     _, payload, problems = CheckpointManager(str(checkpoints), read_only=True).find_latest_valid()

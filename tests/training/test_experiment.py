@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from src.training import ExperimentError, ExperimentManager
-from tests.conftest import REPO_ROOT, cli_env
+from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
 
 
 def test_new_experiments_are_numbered_and_laid_out(tmp_path):
@@ -111,7 +111,7 @@ def test_eight_concurrent_creations_get_distinct_directories(tmp_path):
         ]
         assert all(p.stdout.readline().strip() == "ready" for p in processes)
         go.touch()
-        outputs = [p.communicate(timeout=60)[0].strip() for p in processes]
+        outputs = [p.communicate(timeout=HANG_TIMEOUT)[0].strip() for p in processes]
         assert all(p.returncode == 0 for p in processes)
         assert len(set(outputs)) == 8, outputs
         assert sorted(p.name for p in runs.iterdir()) == sorted(f"exp{i}" for i in range(1, 9))
