@@ -11,7 +11,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import BadInputError
+from .datasets import DatasetRegistry
+from .datasets.transforms import POLICIES
+from .errors import BadInputError, ConfigError  # noqa: F401 (ConfigError: re-exported, its old home)
+from .models import ModelRegistry
+from .plugins import check_records
+from .run_names import name_problem, notes_problem
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 AMP_MODES = ("bf16", "fp16")
@@ -45,10 +50,6 @@ RECORDED_KEYS = frozenset({"data_fingerprint"})
 LEGACY_DEFAULTS = {"amp": None}
 MAX_SEED = 2**63 - 1
 DEFAULT_CHECKPOINT_INTERVAL = 300.0
-
-
-class ConfigError(BadInputError, ValueError):
-    """An invalid run configuration; the message names the bad value and what to do (exit code 2)."""
 
 
 @dataclass
@@ -105,10 +106,6 @@ class RunConfig:
         Raises:
             ConfigError: naming the first bad value and the accepted range or choices.
         """
-        from .datasets import DatasetRegistry
-        from .models import ModelRegistry
-        from .plugins import check_records
-
         check_records(self.imports)  # before the names: a plug-in may define them
         for name in ("dataset", "model", "optimizer", "scheduler", "device"):
             if not isinstance(getattr(self, name), str):
@@ -152,8 +149,6 @@ class RunConfig:
             raise ConfigError(f"threads must be a whole number of CPU threads from 1 to 1024 (omit it for torch's "
                               f"default, one per core), got {self.threads!r}.")
         if self.augmentation is not None:
-            from .datasets.transforms import POLICIES
-
             if not isinstance(self.augmentation, str) or self.augmentation not in POLICIES:
                 raise ConfigError(f"Unknown augmentation policy {self.augmentation!r}; "
                                   f"choose one of: {', '.join(POLICIES)}.")
@@ -182,8 +177,6 @@ class RunConfig:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}.")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"Unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}.")
-        from .run_names import name_problem, notes_problem
-
         problem = (self.name is not None and name_problem(self.name)) or (self.notes is not None and notes_problem(self.notes))
         if problem:
             raise ConfigError(problem[0].upper() + problem[1:])
@@ -216,8 +209,6 @@ def dataset_from_path(dataset: Any, dataset_options: Dict[str, Any]) -> Optional
         ConfigError: the path does not exist or is not a directory.
     """
     import os
-
-    from .datasets import DatasetRegistry
 
     if not isinstance(dataset, str) or dataset in DatasetRegistry:
         return None

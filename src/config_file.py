@@ -24,7 +24,7 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .config import RECORDED_KEYS, ConfigError, RunConfig
+from .config import RECORDED_KEYS, ConfigError, RunConfig, dataset_from_path
 
 # The keys a file may hold: every option a user chooses (not what the run records itself).
 CONFIG_FILE_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in RECORDED_KEYS)
@@ -171,8 +171,6 @@ def check_config_values(path: Any, values: Dict[str, Any]) -> None:
     Raises:
         ConfigError: ``"--config FILE: key: <what is wrong>"``.
     """
-    from .config import dataset_from_path
-
     for key, value in values.items():
         if key == "imports":
             continue

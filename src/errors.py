@@ -8,6 +8,7 @@ do) and exits with that code. The concrete classes also keep the built-in base t
 | code | class | meaning |
 | --- | --- | --- |
 | 1 | ``WriteError`` | a file could not be written (disk full, permissions); older files intact |
+| 1 | any other exception | a bug (here or in a plug-in): "unexpected error (a bug)", traceback with ``EXPTRAIN_DEBUG=1`` |
 | 2 | ``BadInputError`` | bad input: options, names, data, experiments; nothing was written |
 | 3 | ``NonFiniteLossError`` | training diverged (NaN/inf loss); the last good checkpoints are kept |
 | 128+N | ``TrainingInterrupted`` | stopped by signal N (see ``training/interrupts.py``) |
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -49,6 +51,46 @@ class NonFiniteLossError(ExptrainError):
     exit_code = EXIT_DIVERGED
 
 
+# -- the concrete errors, one per owner (defined here so that no module imports upward
+# for an error class: data sets and models raise ConfigError without importing config).
+class ConfigError(BadInputError, ValueError):
+    """An invalid run configuration; the message names the bad value and what to do (exit code 2)."""
+
+
+class DataError(BadInputError, RuntimeError):
+    """A data set cannot be found, downloaded or read; the message says what to do (exit code 2)."""
+
+
+class ExperimentError(BadInputError, ValueError):
+    """A bad experiment name, a missing or busy experiment, a damaged record; the message
+    says what to do (exit code 2)."""
+
+
+class CheckpointError(BadInputError, RuntimeError):
+    """A checkpoint cannot be verified or loaded; the message says why (exit code 2)."""
+
+
+class CheckpointSaveError(CheckpointError, WriteError):
+    """A save failed (disk full, unwritable directory); older checkpoints are intact (exit code 1)."""
+
+    exit_code = WriteError.exit_code
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A checkpoint file is damaged, does not match its manifest, or is not loadable."""
+
+
+class PeerFailedError(ExptrainError):
+    """Another process of the job stopped or cannot be reached; this one stops too (exit code 1)."""
+
+    exit_code = EXIT_FAILED
+
+
+class ToolError(BadInputError):
+    """A tool cannot do what was asked (unknown experiment, damaged record, running
+    experiment, bad checkpoint name); the message says what to do (exit code 2)."""
+
+
 def write_error(path, exc: OSError, what: str = "write") -> WriteError:
     """A ``WriteError`` for an ``OSError`` raised while writing ``path``."""
     reason = exc.strerror or str(exc)
@@ -64,24 +106,27 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def report_error(exc: Exception, os_note: str = ".") -> int:
-    """Print ``exc`` on stderr as one line and return the exit code it maps to: an
-    ``ExptrainError`` its own, a library's bad-value error (ValueError, KeyError,
-    TypeError) ``EXIT_BAD_INPUT``, an ``OSError`` (followed by ``os_note``) and anything
-    unexpected ``EXIT_FAILED``. With ``$EXPTRAIN_DEBUG`` set, an unexpected error is
-    re-raised for its traceback."""
+def report_error(exc: BaseException, os_note: str = ".") -> int:
+    """Print ``exc`` on stderr and return the exit code it maps to.
+
+    Only the project's own errors (``ExptrainError``) are bad input, a write failure or a
+    divergence with their own codes; an ``OSError`` that no owner wrapped is the machine's
+    (a file that vanished, a permission), exit code 1 with its message followed by
+    ``os_note``. Anything else is a bug, here or in a plug-in: exit code 1 and one line that
+    says so, with the traceback when ``$EXPTRAIN_DEBUG`` is set.
+    """
     if isinstance(exc, ExptrainError):
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code
-    if isinstance(exc, (ValueError, KeyError, TypeError)):
-        print(f"Error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"Error: {exc.strerror or exc}{where}{os_note}", file=sys.stderr)
         return EXIT_FAILED
     if os.environ.get(DEBUG_ENV):
-        raise exc
-    print(f"Error: unexpected {type(exc).__name__}: {one_line(exc)} (set {DEBUG_ENV}=1 for the traceback).",
-          file=sys.stderr)
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        print(f"Error: unexpected error (a bug): {type(exc).__name__}: {one_line(exc)} (the traceback is above; "
+              "please report it with the command you ran).", file=sys.stderr)
+    else:
+        print(f"Error: unexpected error (a bug): {type(exc).__name__}: {one_line(exc)} "
+              f"(set {DEBUG_ENV}=1 for the traceback).", file=sys.stderr)
     return EXIT_FAILED

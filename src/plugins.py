@@ -26,9 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
-
-from .config import ConfigError
-from .errors import DEBUG_ENV
+from .errors import ConfigError, DEBUG_ENV
 from .datasets import DatasetRegistry
 from .models import ModelRegistry
 

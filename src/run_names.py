@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-CONFIG_FILE = "config.json"
+from .layout import CONFIG_FILE, NAME_PATTERN
+
 MAX_NAME_LENGTH = 100
 MAX_NOTES_LENGTH = 10_000
 _EXP_NUMBER = re.compile(r"^exp\d+$", re.IGNORECASE)
-_DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def name_problem(name: Any) -> Optional[str]:
@@ -55,7 +55,7 @@ def notes_problem(notes: Any) -> Optional[str]:
 
 def _experiment_dirs(runs_dir: Path) -> List[str]:
     try:
-        return sorted(p.name for p in Path(runs_dir).iterdir() if _DIR_NAME.match(p.name) and p.is_dir())
+        return sorted(p.name for p in Path(runs_dir).iterdir() if NAME_PATTERN.match(p.name) and p.is_dir())
     except OSError:
         return []
 
@@ -97,7 +97,7 @@ def resolve_experiment(runs_dir: Path, reference: Any, error=ValueError) -> Any:
     """
     if not isinstance(reference, str) or not reference:
         return reference
-    if _DIR_NAME.match(reference) and os.path.isdir(os.path.join(runs_dir, reference)):
+    if NAME_PATTERN.match(reference) and os.path.isdir(os.path.join(runs_dir, reference)):
         return reference
     matches = experiments_named(Path(runs_dir), reference)
     if len(matches) > 1:

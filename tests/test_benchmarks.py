@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 
 from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
 

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from src.datasets import DatasetRegistry
 from src.datasets.loader import TensorLoader
 from src.models import ModelRegistry
 from src.training import CheckpointManager, ExperimentError, ExperimentManager, Trainer
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env, run_cli
+from tests.conftest import HANG_TIMEOUT, cli_env, run_cli
 from tests.test_cli import tree_hashes
 from tests.training.test_trainer import make_trainer
 

@@ -247,10 +247,10 @@ def _mount(args, target: Path) -> bool:
 
 
 def _unmount(target: Path) -> None:
-    from src.training.experiment import _HELD_LOCKS
+    from src.layout import HELD_LOCKS
 
-    for key in [k for k in _HELD_LOCKS if k.startswith(os.path.realpath(target))]:
-        _HELD_LOCKS.pop(key).close()
+    for key in [k for k in HELD_LOCKS if k.startswith(os.path.realpath(target))]:
+        HELD_LOCKS.pop(key).close()
     if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
 

@@ -20,21 +20,12 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import BadInputError
-
-CONFIG_FILE = "config.json"
-STATUS_FILE = "status.json"
-LINEAGE_FILE = "lineage.json"
-LOG_FILE = "training_log.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-LOCK_FILE = ".lock"
-EVALUATION_DIR = "evaluation"
-EXPORT_DIR = "export"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_EXP_NUMBER = re.compile(r"^exp(\d+)$")
-PROC_LOCKS = Path("/proc/locks")
+from ..errors import ToolError  # noqa: F401 (re-exported: the tools raise it as common.ToolError)
+from ..layout import (  # noqa: F401 (re-exported: the tools' names for the layout)
+    CHECKPOINTS_DIR, CONFIG_FILE, EVALUATION_DIR, EXPORT_DIR, LINEAGE_FILE, LOCK_FILE, LOG_FILE, NAME_PATTERN, PROC_LOCKS,
+    STATUS_FILE, LockTable, experiment_sort_key, lock_file_pid, pid_alive, read_json_object)
 
 # The names a data set without a ``class_names`` attribute is known to use.
 KNOWN_CLASS_NAMES = {
@@ -45,23 +36,12 @@ KNOWN_CLASS_NAMES = {
 }
 
 
-class ToolError(BadInputError):
-    """A tool cannot do what was asked (unknown experiment, damaged record, running
-    experiment, bad checkpoint name); the message says what to do (exit code 2)."""
-
-
 def print_warning(message: str) -> None:
     """One ``Warning: ...`` line on stderr (something was passed over, the command goes on)."""
     print(f"Warning: {message}", file=sys.stderr)
 
 
 # -- experiments -----------------------------------------------------------------------
-def experiment_sort_key(name: str) -> Tuple[int, int, str]:
-    """exp1, exp2, ..., exp10 in numeric order, then other names alphabetically."""
-    match = _EXP_NUMBER.match(name)
-    return (0, int(match.group(1)), "") if match else (1, 0, name)
-
-
 def experiment_names(runs_dir: Path) -> List[str]:
     """The experiment directories in ``runs_dir`` (hidden staging directories excluded).
 
@@ -121,20 +101,9 @@ def read_json(path: Path, what: str) -> Optional[Dict[str, Any]]:
         ToolError: unreadable, not JSON, or not a JSON object (the message names the file).
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return read_json_object(path, what, ToolError)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise ToolError(f"{path} is a directory, not the {what} file.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ToolError(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc}).") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ToolError(f"{path} is not valid JSON ({exc}).") from None
-    if not isinstance(data, dict):
-        raise ToolError(f"{path} holds a JSON {type(data).__name__}, not the {what} object.")
-    return data
 
 
 def read_config(experiment_dir: Path) -> Dict[str, Any]:
@@ -183,74 +152,6 @@ def number(value: Any) -> Optional[float]:
 
 
 # -- locks -----------------------------------------------------------------------------
-class LockTable:
-    """The ``flock`` locks held on this machine, read once from ``/proc/locks``.
-
-    ``held(lock_file)`` is True when some process holds ``lock_file``; None when this
-    system offers no such table or there is no lock file (a run made with
-    ``ExperimentManager(lock=False)``): ``lock_holder`` then checks the recorded pid.
-    """
-
-    def __init__(self) -> None:
-        self.available = False
-        self._exact: Set[Tuple[int, int, int]] = set()
-        self._by_inode: Dict[int, Set[int]] = {}
-        try:
-            text = PROC_LOCKS.read_text()
-        except OSError:
-            return
-        self.available = True
-        for line in text.splitlines():
-            fields = line.split()
-            if "->" in fields:  # a waiter, not a holder
-                continue
-            try:
-                kind_at = fields.index("FLOCK")
-                pid = int(fields[kind_at + 3])
-                major, minor, inode = fields[kind_at + 4].split(":")
-                self._exact.add((int(major, 16), int(minor, 16), int(inode)))
-                self._by_inode.setdefault(int(inode), set()).add(pid)
-            except (ValueError, IndexError):
-                continue
-
-    def held(self, lock_file: Path) -> Optional[bool]:
-        if not self.available:
-            return None
-        try:
-            st = os.stat(lock_file)
-        except OSError:
-            return None  # no lock file: a run that does not lock; its recorded pid tells
-        if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in self._exact:
-            return True
-        # Overlay file systems may report another device number than the kernel's
-        # lock table: accept the inode when its holder is the pid the lock file names.
-        holders = self._by_inode.get(st.st_ino)
-        if holders:
-            return _lock_file_pid(lock_file) in holders
-        return False
-
-
-def _lock_file_pid(lock_file: Path) -> Optional[int]:
-    try:
-        text = Path(lock_file).read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def pid_alive(pid: Any) -> bool:
-    """True when a process with this pid exists (a fallback where locks cannot be seen)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def lock_holder(experiment_dir: Path, table: Optional[LockTable] = None,
                 status: Optional[Dict[str, Any]] = None) -> Optional[str]:
     """Who trains in ``experiment_dir`` now: the holder's pid as text ("unknown" when the
@@ -262,7 +163,7 @@ def lock_holder(experiment_dir: Path, table: Optional[LockTable] = None,
         return str(pid) if (status or {}).get("state") == "running" and pid_alive(pid) else None
     if not held:
         return None
-    pid = _lock_file_pid(lock_file)
+    pid = lock_file_pid(lock_file)
     return str(pid) if pid is not None else "unknown"
 
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..utils.io import TEMP_MARKER, fsync_directory, temp_path_for
+from ..utils.io import fsync_directory, remove_stale_temporaries, temp_path_for
 from .idx import DATA_DIR_ENV, DataError, check_writable, download_file, md5_of
 
 MAX_EXTRACTED_BYTES = 1 << 30  # an official archive unpacks to ~180 MB; more is a bomb
@@ -281,37 +281,6 @@ def _replace_across(source: Path, destination: Path) -> None:
 
 
 # -- the whole fetch ---------------------------------------------------------------
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temporaries(parent: Path, names: Sequence[str]) -> None:
-    """Delete ``.<name>.tmp-<pid>-...`` files and staging folders in ``parent`` that a
-    process killed mid-download or mid-extraction left (its pid is no longer running)."""
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return
-    for entry in entries:
-        for name in names:
-            prefix = f".{name}{TEMP_MARKER}"
-            pid = entry.name[len(prefix):].split("-")[0] if entry.name.startswith(prefix) else ""
-            if pid.isdigit() and not _alive(int(pid)):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    try:
-                        os.unlink(entry.path)
-                    except OSError:
-                        pass
-
 
 def _is_verified(archive: Path, md5: Optional[str]) -> bool:
     """``archive`` is a readable file with the expected MD5 (an unreadable one is fetched again)."""

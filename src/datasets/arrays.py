@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from .base import BaseDataset, Normalisation
-from .options import check_bool
+from ..checks import check_bool
 
 
 class ArrayDataset(BaseDataset):

@@ -31,7 +31,7 @@ import torch
 from ..utils.seed import derive_seed
 from .idx import DataError
 from .loader import TensorLoader
-from .options import check_bool, check_int, is_integer, memory_budget_bytes
+from ..checks import check_bool, check_int, is_integer, memory_budget_bytes
 from .transforms import AugmentationDraw, build_policy, check_policy
 
 Normalisation = Union[float, Sequence[float]]

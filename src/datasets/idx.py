@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, ConfigError, DataError  # noqa: F401 (DataError: re-exported, its old home)
 from ..utils.io import temp_path_for, fsync_directory
 
 IDX_FILES = (
@@ -34,10 +34,6 @@ DOWNLOAD_TIMEOUT_S = 30
 _IDX_DTYPE = {0x08: np.uint8}
 
 
-class DataError(BadInputError, RuntimeError):
-    """A data set cannot be found, downloaded or read; the message says what to do (exit code 2)."""
-
-
 def resolve_data_root(data_dir: Optional[str] = None) -> Path:
     """The data root: the argument, else ``$EXPTRAIN_DATA_DIR``, else ``./data``.
 
@@ -49,7 +45,6 @@ def resolve_data_root(data_dir: Optional[str] = None) -> Path:
             cannot read; the message says which setting named it.
     """
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-        from ..config import ConfigError
 
         raise ConfigError(f"--data-dir must be a folder path, got {data_dir!r}.")
     if data_dir:

@@ -51,9 +51,10 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 
 from ..errors import WriteError
+from ..layout import pid_alive
 from ..utils.io import atomic_write_text, fsync_directory
 from .idx import DataError
-from .options import format_bytes
+from ..checks import format_bytes
 
 FORMAT_VERSION = 1
 RESIZE_POLICY = "shorter side to N (Pillow BILINEAR), centre crop N x N"
@@ -642,18 +643,8 @@ def _remove_abandoned(cache_root: Path) -> None:
         if not entry.name.startswith((".staging-", ".trash-")):
             continue
         owner, pid, _ = (entry.name.rsplit("-", 2) + ["", ""])[:3]  # ".staging-<key>-<host>", pid, random
-        if owner.endswith("-" + host) and pid.isdigit() and not _alive(int(pid)):
+        if owner.endswith("-" + host) and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _remove_superseded(cache_root: Path, key: str, lineage: str) -> None:

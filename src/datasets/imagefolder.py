@@ -24,14 +24,13 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
-
-from ..config import ConfigError
-from . import options
+from ..errors import ConfigError
+from .. import checks
 from .base import BaseDataset
 from .idx import DataError
 from .image_cache import (SPLITS, SourceImage, image_extensions, load_split, open_cache, resolve_cache_dir,
                           skipped_warning)
-from .options import BUDGET_TEXT, check_bool, check_int, check_number, format_bytes
+from ..checks import BUDGET_TEXT, check_bool, check_int, check_number, format_bytes
 from .registry import DatasetRegistry
 
 FLAG = "--dataset-option"
@@ -219,7 +218,7 @@ class ImageFolderDataset(BaseDataset):
             image_size = check_int(image_size, self.name, "image_size", 1, flag=FLAG)
         if cache_dir is not None:
             cache_dir = _check_path(cache_dir, "cache_dir")
-        budget = options.memory_budget_bytes()
+        budget = checks.memory_budget_bytes()
         if memory_budget_mb is not None:
             budget = int(check_number(memory_budget_mb, self.name, "memory_budget_mb", 0, flag=FLAG) * (1 << 20))
         skip_bad_images = check_bool(skip_bad_images, self.name, "skip_bad_images", flag=FLAG)
@@ -270,7 +269,7 @@ def _check_path(value: Any, name: str) -> Path:
 def _check_decoding_memory(image_size: int, workers: int) -> None:
     """Refuse an image size whose decoding alone would exhaust memory: each process holds
     about four copies of one image (decoded, converted, resized, cropped)."""
-    budget = options.memory_budget_bytes()
+    budget = checks.memory_budget_bytes()
     needed = 4 * 3 * image_size * image_size * workers
     if needed > budget:
         largest = int((budget / (12 * workers)) ** 0.5)

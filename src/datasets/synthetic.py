@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import BaseDataset
-from . import options
-from .options import BUDGET_TEXT, check_int, check_int_list, check_number, format_bytes, product
+from .. import checks
+from ..checks import BUDGET_TEXT, check_int, check_int_list, check_number, format_bytes, product
 from .registry import DatasetRegistry
 
 FLAG = "--dataset-option"
@@ -89,7 +88,7 @@ def _peak_bytes(num_train: int, num_test: int, num_classes: int, shape: Sequence
 
 
 def _check_memory(num_train: int, num_test: int, num_classes: int, shape: Sequence[int]) -> None:
-    budget = options.memory_budget_bytes()
+    budget = checks.memory_budget_bytes()
     needed = _peak_bytes(num_train, num_test, num_classes, shape)
     if needed <= budget:
         return

@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,6 @@ def check_policy(name: Any, owner: str = "augmentation") -> str:
     Raises:
         ConfigError: naming the value and the policies.
     """
-    from ..config import ConfigError
 
     if not isinstance(name, str) or name not in POLICIES:
         raise ConfigError(f"Unknown augmentation policy {name!r} for {owner}; choose one of: {', '.join(POLICIES)}.")

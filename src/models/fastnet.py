@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..datasets.options import check_int_list, check_parameter_budget
+from ..checks import check_int_list, check_parameter_budget
 from .registry import MODEL_FLAG, ConfigurableModel, ModelRegistry, check_data_arguments
 
 STEM_KERNEL = 2

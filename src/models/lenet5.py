@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..datasets.options import check_parameter_budget
+from ..checks import check_parameter_budget
 from .registry import ConfigurableModel, ModelRegistry, check_data_arguments
 
 MIN_INPUT_SIZE = 16  # conv 5 -> pool 2 -> conv 5 -> pool 2 leaves 1x1 of a 16x16 input

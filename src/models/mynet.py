@@ -30,7 +30,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..datasets.options import check_int, check_number, check_parameter_budget
+from ..errors import ConfigError
+from ..checks import check_int, check_number, check_parameter_budget
 from .registry import MODEL_FLAG, ConfigurableModel, ModelRegistry, check_data_arguments
 
 VERSIONS = (1, 2, 3)
@@ -86,12 +87,10 @@ class MyNet(ConfigurableModel):
         super().__init__()
         version = check_int(version, "mynet", "version", 1, flag=MODEL_FLAG)
         if version not in VERSIONS:
-            from ..config import ConfigError
 
             raise ConfigError(f"mynet has versions {', '.join(map(str, VERSIONS))}; got --model-option "
                               f"version={version}. Leave it out for version {DEFAULT_VERSION}, the default.")
         if hidden is not None and version != 3:
-            from ..config import ConfigError
 
             raise ConfigError(f"--model-option hidden is a mynet version 3 option; got hidden={hidden!r} with "
                               f"version {version}. Add --model-option version=3, or leave out hidden.")

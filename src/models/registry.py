@@ -8,9 +8,8 @@ import inspect
 from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
-
-from ..config import ConfigError
-from ..datasets.options import check_int, is_integer
+from ..errors import ConfigError
+from ..checks import check_int, is_integer
 from ..registry import Registry
 
 ModelRegistry = Registry("model")

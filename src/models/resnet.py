@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..datasets.options import check_int, check_parameter_budget
+from ..checks import check_int, check_parameter_budget
 from .registry import MODEL_FLAG, ConfigurableModel, ModelRegistry, check_data_arguments
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
@@ -38,7 +37,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import BadInputError, NonFiniteLossError
+from ..errors import ConfigError, BadInputError, NonFiniteLossError
+from ..layout import BEST_MODEL, EPOCH_CHECKPOINT, EPOCH_FILE, LATEST_CHECKPOINT  # noqa: F401 (re-exported)
 from ..utils.io import atomic_write_bytes, is_temp_file
 from . import state_keys as keys
 from .early_stopping import is_improvement
@@ -49,10 +49,6 @@ from .checkpoint_files import (  # noqa: F401  (re-exported: part of this module
 from .manifest import manifest_path, newest_claim, read_manifest, write_manifest
 
 FORMAT_VERSION = 1
-BEST_MODEL = "best_model.pt"
-LATEST_CHECKPOINT = "latest_checkpoint.pt"
-EPOCH_CHECKPOINT = "epoch_{}.pt"
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -79,7 +75,7 @@ class CheckpointManager:
     def __init__(self, checkpoints_dir: str, save_frequency: int = 10, keep_last: int = 0, *, read_only: bool = False):
         for name, value in (("save_frequency", save_frequency), ("keep_last", keep_last)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.")
         self.checkpoints_dir = Path(checkpoints_dir)
         self.read_only = read_only
         if self.checkpoints_dir.exists() and not self.checkpoints_dir.is_dir():
@@ -264,7 +260,7 @@ class CheckpointManager:
         if not self.keep_last or self.read_only:
             return []
         epoch_files = sorted(
-            (int(m.group(1)), p) for p in self.checkpoints_dir.iterdir() if (m := _EPOCH_FILE.match(p.name))
+            (int(m.group(1)), p) for p in self.checkpoints_dir.iterdir() if (m := EPOCH_FILE.match(p.name))
         )
         doomed = [p for _, p in epoch_files[: max(0, len(epoch_files) - self.keep_last)]]
         for path in doomed:

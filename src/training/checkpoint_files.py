@@ -23,23 +23,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import BadInputError, WriteError
+from ..errors import CheckpointCorruptError, CheckpointError, CheckpointSaveError  # noqa: F401 (re-exported)
 from . import state_keys as keys
+from .. import __version__
+from ..layout import LOCK_FILE, holds_lock, lock_is_free
 from .manifest import read_manifest
-
-
-class CheckpointError(BadInputError, RuntimeError):
-    """A checkpoint cannot be verified or loaded; the message says why (exit code 2)."""
-
-
-class CheckpointSaveError(CheckpointError, WriteError):
-    """A save failed (disk full, unwritable directory); older checkpoints are intact (exit code 1)."""
-
-    exit_code = WriteError.exit_code
-
-
-class CheckpointCorruptError(CheckpointError):
-    """A checkpoint file is damaged, does not match its manifest, or is not loadable."""
 
 
 def non_finite_tensors(state: Dict[str, Any]) -> List[str]:
@@ -53,9 +41,7 @@ def non_finite_tensors(state: Dict[str, Any]) -> List[str]:
 
 def library_versions() -> Dict[str, Optional[str]]:
     """Versions of this project, torch and numpy, and the git commit of the code (or None)."""
-    import numpy
-
-    from .. import __version__
+    import numpy  # noqa: PLC0415 (only when a checkpoint is written; numpy comes with torch anyway)
 
     return {"exptrain": __version__, "torch": str(torch.__version__), "numpy": str(numpy.__version__),
             "git_commit": _git_commit()}
@@ -123,8 +109,6 @@ def _finite(value: Any) -> bool:
 def _may_clean(directory: Path) -> bool:
     """Temporary files in ``directory`` may be deleted by this process: it holds the
     experiment's lock, or no live process holds a lock on the directory above."""
-    from .experiment import LOCK_FILE, holds_lock, lock_is_free
-
     parent = directory.parent
     return holds_lock(parent) or lock_is_free(parent / LOCK_FILE)
 

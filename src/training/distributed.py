@@ -25,22 +25,18 @@ from __future__ import annotations
 
 import datetime
 import os
+from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import torch
 
-from ..errors import ExptrainError
-from .experiment import ExperimentPaths
+from ..errors import ConfigError, PeerFailedError  # noqa: F401 (PeerFailedError: re-exported)
+from ..layout import ExperimentPaths, read_experiment_config
+from .interrupts import native_wait
 
 TIMEOUT_ENV = "EXPTRAIN_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
 AGREE_EVERY = 8  # optimizer steps between two agreements on stop / save / divergence
-
-
-class PeerFailedError(ExptrainError):
-    """Another process of the job stopped or cannot be reached; this one stops too (exit code 1)."""
-
-    exit_code = 1
 
 
 class Distributed:
@@ -84,8 +80,6 @@ class Distributed:
         """
         import torch.distributed as dist
 
-        from ..config import ConfigError
-
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0),
                        cpu_group=_cpu_group(), owns_group=False)
@@ -100,7 +94,6 @@ class Distributed:
         use_cuda = torch.cuda.is_available() and (device in (None, "auto") or str(device).startswith("cuda"))
         if use_cuda:
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        from .interrupts import native_wait
 
         with native_wait():  # waits for every rank to join
             dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
@@ -206,7 +199,6 @@ class Distributed:
 
 def timeout_seconds() -> float:
     """The process-group timeout: ``$EXPTRAIN_DIST_TIMEOUT`` seconds (default 300)."""
-    from ..config import ConfigError
 
     raw = os.environ.get(TIMEOUT_ENV)
     if raw is None:
@@ -221,7 +213,6 @@ def timeout_seconds() -> float:
 
 
 def _env_int(name: str, default: int) -> int:
-    from ..config import ConfigError
 
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -336,8 +327,6 @@ class FollowerExperiment(ExperimentPaths):
     Every write (status, config, lineage) is rank 0's and is a no-op here."""
 
     def __init__(self, base_dir, name: str, resume_exp=None, fork_exp=None, parent_checkpoint=None):
-        from pathlib import Path
-
         self.base_dir = Path(base_dir)
         self.name = name
         self.resume_exp, self.fork_exp = resume_exp, fork_exp
@@ -354,7 +343,6 @@ class FollowerExperiment(ExperimentPaths):
         return self._parent_state
 
     def load_config(self):
-        from .experiment import read_experiment_config
 
         return read_experiment_config(self._dir)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional
 
+from ..errors import ConfigError
+
 
 def is_improvement(value: float, best: Optional[float], mode: str = "max", min_delta: float = 0.0) -> bool:
     """True when ``value`` beats ``best`` by more than ``min_delta`` (``best`` None: always)."""
@@ -18,7 +20,7 @@ def is_improvement(value: float, best: Optional[float], mode: str = "max", min_d
         return value > best + min_delta
     if mode == "min":
         return value < best - min_delta
-    raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+    raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}.")
 
 
 class EarlyStopping:
@@ -33,9 +35,9 @@ class EarlyStopping:
 
     def __init__(self, patience: int = 0, mode: str = "max", min_delta: float = 0.0):
         if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
-            raise ValueError(f"patience must be a non-negative integer, got {patience!r}.")
+            raise ConfigError(f"patience must be a non-negative integer, got {patience!r}.")
         if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+            raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}.")
         self.patience = patience
         self.mode = mode
         self.min_delta = min_delta

@@ -28,6 +28,8 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
+
 RAMP = 10  # d = min(decay, (1 + n) / (RAMP + n))
 
 
@@ -39,7 +41,7 @@ def check_decay(decay: Any) -> float:
     """
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) \
             or not 0 < decay < 1:
-        raise ValueError(f"The EMA decay must be a number between 0 and 1 (exclusive), e.g. 0.999; got {decay!r}.")
+        raise ConfigError(f"The EMA decay must be a number between 0 and 1 (exclusive), e.g. 0.999; got {decay!r}.")
     return float(decay)
 
 
@@ -106,7 +108,7 @@ class ModelEMA:
             self.reset(model)
             return
         if not isinstance(state, dict) or "training_model" not in state or "updates" not in state:
-            raise ValueError("The checkpoint's EMA entry is incomplete (no training_model or updates); "
+            raise ConfigError("The checkpoint's EMA entry is incomplete (no training_model or updates); "
                              "it cannot be resumed with --ema.")
         self.module.load_state_dict(model.state_dict())
         model.load_state_dict(state["training_model"])

@@ -15,8 +15,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-
-from ..config import ConfigError
+from ..errors import ConfigError
 
 FLIP_POLICIES = ("crop-flip",)  # augmentation policies under which a mirrored image is the same class
 

@@ -1,17 +1,6 @@
 """ExperimentManager: the ``runs/expN`` directories, resume and fork, locks, status.
 
-Layout of one experiment::
-
-    runs/exp3/
-        config.json            the resolved run configuration (what --resume reads)
-        status.json            running / completed / stopped_early / interrupted / failed
-        lineage.json           for a fork: parent name, epoch, checkpoint and its SHA-256
-        training_log.jsonl     one JSON line per epoch (the machine-readable history)
-        metrics.csv            the same records as a CSV table (src/training/history.py)
-        training_curves.png    loss and accuracy curves
-        checkpoints/           best_model.pt, latest_checkpoint.pt, epoch_N.pt (+ manifests)
-        tensorboard/           TensorBoard event files, with --tensorboard (tb_logger.py)
-        .lock                  held (OS lock) by the process training in this directory
+The layout of one experiment (its file names) is in ``src/layout.py``.
 
 Names are validated before anything touches the disk. A new experiment is built complete
 in a hidden staging directory (checkpoints/, config.json, lineage.json for a fork, the
@@ -27,58 +16,25 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..errors import BadInputError, WriteError, write_error
-from ..utils.io import TEMP_MARKER, atomic_write_text, is_temp_file
+from ..errors import ExperimentError, PeerFailedError, WriteError, write_error  # noqa: F401 (re-exported)
+from ..layout import (  # noqa: F401 (TENSORBOARD_DIR: re-exported)
+    BEST_MODEL, CHECKPOINTS_DIR, CONFIG_FILE, EXP_NUMBER, HELD_LOCKS, LATEST_CHECKPOINT, LINEAGE_FILE, LOCK_FILE,
+                      LOG_FILE, MANIFEST_SUFFIX, NAME_PATTERN, PLOT_FILE, STATUS_FILE, TENSORBOARD_DIR, ExperimentPaths,
+                      experiment_sort_key, holds_lock, lock_is_free, pid_alive, read_experiment_config, read_json_object)
+from .checkpoint import CheckpointManager
+from .distributed import FollowerExperiment, current_job
+from ..utils.io import TEMP_MARKER, atomic_write_text, fsync_directory, is_temp_file, remove_stale_temporaries
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; concurrent resumes are not detected.
     fcntl = None
-
-CONFIG_FILE = "config.json"
-STATUS_FILE = "status.json"
-LINEAGE_FILE = "lineage.json"
-LOG_FILE = "training_log.jsonl"
-PLOT_FILE = "training_curves.png"
-CHECKPOINTS_DIR = "checkpoints"
-TENSORBOARD_DIR = "tensorboard"
-LOCK_FILE = ".lock"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_EXP_NUMBER = re.compile(r"^exp(\d+)$")
-_HELD_LOCKS: Dict[str, Any] = {}  # realpath -> open lock file, so one process may reopen its own run
-
-
-class ExperimentError(BadInputError, ValueError):
-    """A bad experiment name, a missing or busy experiment, a damaged record; the message
-    says what to do (exit code 2)."""
-
-
-def holds_lock(experiment_dir: Path) -> bool:
-    """True when this process holds the lock of ``experiment_dir``."""
-    return os.path.realpath(experiment_dir) in _HELD_LOCKS
-
-
-def lock_is_free(lock_file: Path) -> bool:
-    """True when no process holds ``lock_file`` (or it does not exist); never creates it."""
-    if fcntl is None or not lock_file.is_file():
-        return True
-    try:
-        with open(lock_file, "rb") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return False
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            return True
-    except OSError:
-        return False
 
 
 def refuse_if_busy(experiment_dir: Path) -> None:
@@ -96,44 +52,13 @@ def refuse_if_busy(experiment_dir: Path) -> None:
     )
 
 
-def read_json_object(path: Path, what: str) -> Dict[str, Any]:
-    """A JSON object from ``path``; any other content is one ``ExperimentError`` naming the file.
-
-    Raises:
-        FileNotFoundError: the file does not exist (callers decide what that means).
-        ExperimentError: unreadable, a directory, not JSON, or JSON that is not an object.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise ExperimentError(f"{path} is a directory, not the {what} file; move it away.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExperimentError(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc}).") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ExperimentError(f"{path} is not valid JSON ({exc}).") from None
-    if not isinstance(data, dict):
-        raise ExperimentError(f"{path} holds {type(data).__name__} {_short(data)}, not the {what} object; "
-                              "restore it or fork from the experiment's checkpoints.")
-    return data
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def validate_experiment_name(name: Any) -> str:
     """Return ``name`` if it is a plain directory name.
 
     Raises:
         ExperimentError: for paths (``../x``, ``/abs``, ``a/b``), empty or odd names.
     """
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
         raise ExperimentError(
             f"Invalid experiment name {name!r}: use a plain name such as exp3 "
             "(letters, digits, '.', '_', '-'; no path separators)."
@@ -145,10 +70,10 @@ def list_experiments(base_dir: Path) -> List[str]:
     """Experiment names in ``base_dir``, exp1, exp2, ... in numeric order first."""
     base_dir = Path(base_dir)
     try:
-        names = [p.name for p in base_dir.iterdir() if _NAME.match(p.name) and p.is_dir()]
+        names = [p.name for p in base_dir.iterdir() if NAME_PATTERN.match(p.name) and p.is_dir()]
     except OSError:
         return []
-    return sorted(names, key=lambda n: (0, int(m.group(1)), "") if (m := _EXP_NUMBER.match(n)) else (1, 0, n))
+    return sorted(names, key=experiment_sort_key)
 
 
 def existing_experiment_dir(base_dir: Path, name: str) -> Path:
@@ -170,62 +95,6 @@ def existing_experiment_dir(base_dir: Path, name: str) -> Path:
     if os.path.dirname(os.path.realpath(path)) != os.path.realpath(base_dir):
         raise ExperimentError(f"Experiment {name!r} points outside {base_dir} (a symlink); refusing to use it.")
     return path
-
-
-def read_experiment_config(experiment_dir: Path) -> Dict[str, Any]:
-    """The ``config.json`` of an experiment directory."""
-    path = Path(experiment_dir) / CONFIG_FILE
-    try:
-        return read_json_object(path, "configuration")
-    except FileNotFoundError:
-        raise ExperimentError(f"{path} is missing; this experiment has no recorded configuration.") from None
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process (or a pid no system has)
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class ExperimentPaths:
-    """The files of the experiment in ``self._dir`` (shared by ``ExperimentManager`` and
-    the read-only view other torchrun ranks get, ``distributed.FollowerExperiment``)."""
-
-    _dir: Path
-
-    @property
-    def experiment_dir(self) -> str:
-        return str(self._dir)
-
-    @property
-    def checkpoints_path(self) -> Path:
-        return self._dir / CHECKPOINTS_DIR
-
-    @property
-    def checkpoints_dir(self) -> str:
-        return str(self.checkpoints_path)
-
-    @property
-    def log_file(self) -> str:
-        return str(self._dir / LOG_FILE)
-
-    @property
-    def plot_file(self) -> str:
-        return str(self._dir / PLOT_FILE)
-
-    @property
-    def config_file(self) -> str:
-        return str(self._dir / CONFIG_FILE)
-
-    @property
-    def tensorboard_dir(self) -> str:
-        return str(self._dir / TENSORBOARD_DIR)
 
 
 class ExperimentManager(ExperimentPaths):
@@ -257,7 +126,6 @@ class ExperimentManager(ExperimentPaths):
                 lock: bool = True, *, config: Optional[Dict[str, Any]] = None, parent: Any = None):
         # Under torchrun only rank 0 creates or reopens the experiment; every other rank
         # gets a read-only view of the directory rank 0 names (distributed.py).
-        from .distributed import FollowerExperiment, PeerFailedError, current_job
 
         job = current_job()
         if job is None or job.is_main:
@@ -274,7 +142,6 @@ class ExperimentManager(ExperimentPaths):
     def __init__(self, base_dir: str = "runs", resume_exp: Optional[str] = None,
                  fork_exp: Optional[str] = None, lock: bool = True, *,
                  config: Optional[Dict[str, Any]] = None, parent: Any = None):
-        from .distributed import current_job
 
         job = current_job()
         if job is None:
@@ -333,8 +200,6 @@ class ExperimentManager(ExperimentPaths):
     def _refuse_directories_as_files(self) -> None:
         """A directory where a file of the run belongs (status, log, curves, lock, a
         checkpoint or manifest) is bad input, refused before anything is written or trained."""
-        from .checkpoint import BEST_MODEL, LATEST_CHECKPOINT
-        from .manifest import MANIFEST_SUFFIX
 
         names = [STATUS_FILE, LOG_FILE, PLOT_FILE, LOCK_FILE]
         names += [f"{CHECKPOINTS_DIR}/{n}{s}" for n in (BEST_MODEL, LATEST_CHECKPOINT) for s in ("", MANIFEST_SUFFIX)]
@@ -349,7 +214,6 @@ class ExperimentManager(ExperimentPaths):
     def _choose_parent(self, fork_exp: str, parent: Any, config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """Pick (or take) the parent's checkpoint; return the lineage record."""
         if parent is None:
-            from .checkpoint import CheckpointManager
 
             parent = CheckpointManager(self.parent_dir / CHECKPOINTS_DIR, read_only=True).latest_valid()
             if parent.path is None:
@@ -389,7 +253,7 @@ class ExperimentManager(ExperimentPaths):
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise write_error(self.base_dir, exc, "create a new experiment in") from None
-        numbers = [int(m.group(1)) for n in os.listdir(self.base_dir) if (m := _EXP_NUMBER.match(n))]
+        numbers = [int(m.group(1)) for n in os.listdir(self.base_dir) if (m := EXP_NUMBER.match(n))]
         number = max(numbers, default=0) + 1
         while True:
             path = self.base_dir / f"exp{number}"
@@ -408,20 +272,12 @@ class ExperimentManager(ExperimentPaths):
                 raise write_error(self.base_dir, exc, "create a new experiment in") from None
         fsync_directory_quietly(self.base_dir)
         if handle is not None:
-            _HELD_LOCKS[os.path.realpath(path)] = handle
+            HELD_LOCKS[os.path.realpath(path)] = handle
         return path
 
     def _remove_stale_staging(self) -> None:
         """Delete staging directories left by processes that died while creating one."""
-        try:
-            entries = list(os.scandir(self.base_dir))
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name.startswith(".new-exp" + TEMP_MARKER):
-                pid = entry.name[len(".new-exp" + TEMP_MARKER):].split("-")[0]
-                if pid.isdigit() and not _alive(int(pid)):
-                    shutil.rmtree(entry.path, ignore_errors=True)
+        remove_stale_temporaries(self.base_dir, ("new-exp",))
 
     # -- locking ---------------------------------------------------------------------
     def _lock_handle(self, directory: Path):
@@ -447,7 +303,7 @@ class ExperimentManager(ExperimentPaths):
 
     def _acquire_lock(self, directory: Path) -> None:
         key = os.path.realpath(directory)
-        if key in _HELD_LOCKS:
+        if key in HELD_LOCKS:
             return
         try:
             handle = self._lock_handle(directory)
@@ -456,7 +312,7 @@ class ExperimentManager(ExperimentPaths):
         except OSError as exc:
             raise write_error(directory / LOCK_FILE, exc, "lock") from None
         if handle is not None:
-            _HELD_LOCKS[key] = handle
+            HELD_LOCKS[key] = handle
 
     def _remove_temporary_files(self) -> None:
         """Only the lock holder cleans: another process's save could be in flight."""
@@ -483,7 +339,7 @@ class ExperimentManager(ExperimentPaths):
 
     def release(self) -> None:
         """Release the experiment lock (also released when the process exits)."""
-        handle = _HELD_LOCKS.pop(os.path.realpath(self._dir), None)
+        handle = HELD_LOCKS.pop(os.path.realpath(self._dir), None)
         if handle is not None:
             handle.close()
 
@@ -523,8 +379,8 @@ class ExperimentManager(ExperimentPaths):
         if not isinstance(status.get("state"), str):
             return {"state": "damaged", "error": f"{self._dir / STATUS_FILE} records no state."}
         other_process = status.get("pid") != os.getpid()
-        holding_lock = os.path.realpath(self._dir) in _HELD_LOCKS  # then no one else can be running here
-        if status.get("state") == "running" and other_process and (holding_lock or not _alive(status.get("pid"))):
+        holding_lock = os.path.realpath(self._dir) in HELD_LOCKS  # then no one else can be running here
+        if status.get("state") == "running" and other_process and (holding_lock or not pid_alive(status.get("pid"))):
             status["state"] = "killed"
         return status
 
@@ -542,6 +398,5 @@ def _dumps(record: Dict[str, Any]) -> str:
 
 
 def fsync_directory_quietly(directory: Path) -> None:
-    from ..utils.io import fsync_directory
 
     fsync_directory(directory)

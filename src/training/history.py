@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..errors import ExperimentError
 from ..utils.io import atomic_write_text
 
 METRICS_FILE = "metrics.csv"  # beside the log: the same records as a spreadsheet table
@@ -104,7 +105,7 @@ def read_log(path: Path) -> Dict[str, List[Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} cannot be read as a training log ({getattr(exc, 'strerror', None) or exc}).") from None
+        raise ExperimentError(f"{path} cannot be read as a training log ({getattr(exc, 'strerror', None) or exc}).") from None
     lines = text.split("\n")[:-1]
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -121,5 +122,5 @@ def read_log(path: Path) -> Dict[str, List[Any]]:
                 raise ValueError(f"epoch is {record['epoch']!r}, not an epoch number")
             append_epoch(history, record)
         except ValueError as exc:
-            raise ValueError(f"Line {number} of {path} is not a valid history record ({exc}).") from None
+            raise ExperimentError(f"Line {number} of {path} is not a valid history record ({exc}).") from None
     return history

@@ -14,9 +14,9 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..layout import MANIFEST_SUFFIX
 from ..utils.io import atomic_write_text
 
-MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 1
 _HEX = set("0123456789abcdef")
 

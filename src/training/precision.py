@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..errors import ConfigError
 from ..config import AMP_MODES
 
 
@@ -19,7 +20,7 @@ class Precision:
 
     def __init__(self, amp: Optional[str], device: torch.device):
         if amp not in (None, *AMP_MODES):
-            raise ValueError(f"Unknown AMP mode {amp!r}; choose one of: {', '.join(AMP_MODES)} (or leave it off).")
+            raise ConfigError(f"Unknown AMP mode {amp!r}; choose one of: {', '.join(AMP_MODES)} (or leave it off).")
         self.amp = amp
         self.device_type = torch.device(device).type
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)

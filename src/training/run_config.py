@@ -15,6 +15,9 @@ from typing import Any, Dict
 
 import torch
 
+from ..config import RunConfig
+from ..models import ModelRegistry
+
 # Model constructor arguments that come from the data set, not from --model-option.
 DERIVED_MODEL_ARGS = ("name", "num_classes", "in_channels", "input_size")
 # Data set constructor arguments with their own RunConfig fields (or none at all).
@@ -35,9 +38,6 @@ def _custom(obj: Any) -> str:
 
 def describe_run(trainer, epochs: int) -> Dict[str, Any]:
     """The ``RunConfig`` dict of a Trainer built in Python (see the module docstring)."""
-    from ..config import RunConfig
-    from ..models import ModelRegistry
-
     config = RunConfig().to_dict()
     config["epochs"] = int(epochs)
     model_config = getattr(trainer.model, "model_config", None)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
 import torch
+from ..errors import ConfigError
 
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
 
@@ -47,7 +48,7 @@ class LinearWarmup:
 
     def __init__(self, warmup_steps: int):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
+            raise ConfigError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
         self.warmup_steps = warmup_steps
         self.steps = 0  # optimizer steps taken so far in the run
 
@@ -104,7 +105,6 @@ def check_schedule_plan(scheduler: Any, steps_needed: int, epochs: int, experime
     Raises:
         ConfigError: naming the plan, the steps needed and the command to use instead.
     """
-    from ..config import ConfigError
 
     left = schedule_steps_left(scheduler)
     total = getattr(scheduler, "total_steps", None)

@@ -26,8 +26,9 @@ import weakref
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from ..config import ConfigError, RunConfig
-from ..errors import write_error
+from ..config import RunConfig
+from ..errors import ConfigError, write_error
+from ..layout import TENSORBOARD_DIR
 
 DEFAULT_EVERY = RunConfig.tensorboard_every
 INSTALL_COMMAND = "pip install tensorboard==2.21.0"
@@ -81,7 +82,6 @@ def check_tensorboard(config: RunConfig, overrides: Dict[str, Any], experiment_d
     if experiment_dir is None:
         require_tensorboard()
     else:
-        from .experiment import TENSORBOARD_DIR
 
         path = Path(experiment_dir) / TENSORBOARD_DIR
         if path.exists() and not path.is_dir():
@@ -148,7 +148,7 @@ class TensorBoardLogger:
     def __init__(self, log_dir: Union[str, Path], every: int = DEFAULT_EVERY):
         self.log_dir = Path(log_dir)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive whole number of steps, e.g. {DEFAULT_EVERY}, got {every!r}.")
+            raise ConfigError(f"every must be a positive whole number of steps, e.g. {DEFAULT_EVERY}, got {every!r}.")
         self.every = every
         self._writer = None
 

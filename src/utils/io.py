@@ -7,9 +7,12 @@ the old file or the new one in place, never a torn one.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
+
+from ..layout import pid_alive
 
 PathLike = Union[str, os.PathLike]
 
@@ -80,3 +83,25 @@ def atomic_write_bytes(path: PathLike, data: bytes, before_replace: Optional[Cal
 
 def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(parent: Path, names: Sequence[str]) -> None:
+    """Delete ``.<name>.tmp-<pid>-...`` files and staging folders in ``parent`` that a
+    process killed mid-write left (its pid is no longer running): a download, an
+    extraction, a new experiment's staging directory."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        for name in names:
+            prefix = f".{name}{TEMP_MARKER}"
+            pid = entry.name[len(prefix):].split("-")[0] if entry.name.startswith(prefix) else ""
+            if pid.isdigit() and not pid_alive(int(pid)):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    try:
+                        os.unlink(entry.path)
+                    except OSError:
+                        pass

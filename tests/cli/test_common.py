@@ -1,4 +1,5 @@
-"""The torch-free helpers agree with the owner of the layout (src/training/experiment.py)."""
+"""The torch-free helpers the tools use (src/cli/common.py, src/layout.py) agree with the
+experiment manager (src/training/experiment.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import fcntl
 
 import pytest
 
+from src import layout
 from src.cli import common
 from src.cli.common import LockTable, ToolError, checkpoint_file_name, class_names_for, find_experiment
 from src.training import checkpoint, experiment
@@ -14,7 +16,7 @@ from src.training import checkpoint, experiment
 def test_file_names_and_name_rule_match_the_experiment_manager():
     for name in ("CONFIG_FILE", "STATUS_FILE", "LINEAGE_FILE", "LOG_FILE", "CHECKPOINTS_DIR", "LOCK_FILE"):
         assert getattr(common, name) == getattr(experiment, name)
-    assert common.NAME_PATTERN.pattern == experiment._NAME.pattern
+    assert common.NAME_PATTERN.pattern == experiment.NAME_PATTERN.pattern
     assert checkpoint_file_name("best") == checkpoint.BEST_MODEL
     assert checkpoint_file_name("epoch_12") == checkpoint.EPOCH_CHECKPOINT.format(12)
 
@@ -48,7 +50,7 @@ def test_without_a_lock_table_or_lock_file_the_recorded_pid_decides(lock_table, 
     import os
 
     if not lock_table:
-        monkeypatch.setattr(common, "PROC_LOCKS", tmp_path / "no-such-file")
+        monkeypatch.setattr(layout, "PROC_LOCKS", tmp_path / "no-such-file")
         (tmp_path / ".lock").write_text(str(os.getpid()))
     assert common.lock_holder(tmp_path, status={"state": "running", "pid": os.getpid()}) == str(os.getpid())
     assert common.lock_holder(tmp_path, status={"state": "running", "pid": 2**22 + 12345}) is None

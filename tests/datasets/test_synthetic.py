@@ -7,7 +7,7 @@ import torch
 
 from src.config import ConfigError
 from src.datasets import DatasetRegistry
-from src.datasets import options
+from src import checks as options
 
 BAD_OPTIONS = [
     # (options, the option the message names, text the message must contain)

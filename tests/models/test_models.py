@@ -192,7 +192,7 @@ def test_edge_arguments_build_a_working_model(name, arguments):
 def test_parameter_budget_counts_exactly(monkeypatch, name, arguments):
     """The size check counts parameters before allocating them; the count must be exact."""
     from src.config import ConfigError
-    from src.datasets import options
+    from src import checks as options
 
     count = sum(p.numel() for p in ModelRegistry.create(name, **arguments).parameters())
     monkeypatch.setattr(options, "memory_budget_bytes", lambda: 4 * count)

@@ -6,7 +6,6 @@ Correctness only (runs, learns, resumes exactly); their speed is for benchmarks/
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import pytest
 import torch
