@@ -19,7 +19,7 @@ checkpoint always rebuilds the network it was trained as):
   default 128, then ReLU and dropout; ``hidden=0``: one linear layer). The same
   multiply-adds in the convolutions; on a CPU with native bf16 a training step at
   width 16 costs about 25% less than version 2's, and it reaches a higher accuracy in a
-  2-epoch Fashion-MNIST run (README "Performance", recipe ``fashion91``). Dropout
+  2-epoch Fashion-MNIST run (docs/performance.md, recipe ``fashion91``). Dropout
   defaults to 0 (measured: short runs need none).
 """
 
