@@ -20,6 +20,11 @@ AUGMENTATION_POLICIES = ("affine", "crop-flip", "none")  # src/datasets/transfor
 MAX_SEED = 2**63 - 1
 DEFAULT_CHECKPOINT_INTERVAL = 300.0
 
+# Per-field rules for ``option(check=...)``: (accepts the value, what the message says it must be).
+POSITIVE_INT = (lambda v: _is_int(v) and v > 0, "a positive integer")
+NON_NEGATIVE_INT = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+BOOL = (lambda v: isinstance(v, bool), "true or false")
+
 # Argument groups of train.py --help (src/cli/train.py builds the parser from the fields).
 DATA, TRAINING, HARDWARE, SAVING, RECORDS = (
     "data and model", "training", "hardware and speed", "checkpoints and logging", "run records")
@@ -53,6 +58,8 @@ def option(default: Any = dataclasses.MISSING, *, help: Optional[str] = None, gr
     - ``special``: its flag is parsed apart (KEY=VALUE items, plug-in specs);
     - ``trainer``: the ``Trainer`` argument it is passed as, unchanged (``trainer_options``);
       ``describe_run`` reads it back from the Trainer attribute of that name;
+    - ``check``: ``(accepts, "what it must be")``, a rule on the value alone that
+      ``validate`` applies (``POSITIVE_INT``...; rules across fields are written in ``validate``);
     - ``legacy_default``: the value a recorded configuration without the key was made with.
     """
     info = dict(help=help, group=group, flag=flag, default_text=default_text, extra_flags=extra_flags,
@@ -75,44 +82,44 @@ class RunConfig:
              "or a folder PATH with train/<class>/ and val/<class>/ images")
     model: str = option("mynet", group=DATA, help="model: mynet, lenet5, mlp, resnet18, resnet20, resnet56, fastnet, "
                                                   "or one a --import registers")
-    epochs: int = option(20, resume_mutable=True,
+    epochs: int = option(20, check=POSITIVE_INT, resume_mutable=True,
                          help="total epochs to train to; raise it to extend a finished run")
-    batch_size: int = option(64, data_key=True, help="training batch size")
+    batch_size: int = option(64, check=POSITIVE_INT, data_key=True, help="training batch size")
     lr: float = option(1e-3, help="learning rate")
     weight_decay: float = option(0.01, help="weight decay")
     optimizer: str = option("adamw", choices_from="optimizer", help="{choices}")
     scheduler: str = option("none", choices_from="scheduler",
                             help="learning-rate schedule: {choices}; onecycle steps after every optimizer step, "
                                  "the others once per epoch")
-    patience: int = option(0, resume_mutable=True, trainer="patience",
+    patience: int = option(0, check=NON_NEGATIVE_INT, resume_mutable=True, trainer="patience",
                            help="stop after N epochs without validation-accuracy improvement; 0 disables")
-    save_frequency: int = option(10, group=SAVING, resume_mutable=True,
+    save_frequency: int = option(10, check=NON_NEGATIVE_INT, group=SAVING, resume_mutable=True,
                                  help="also keep checkpoints/epoch_N.pt every N epochs; 0 disables")
-    keep_last: int = option(0, group=SAVING, resume_mutable=True, help="keep only the newest N epoch_N.pt files; 0 keeps all")
-    seed: int = option(42, data_key=True, help="random seed for initialisation, shuffling and augmentation")
+    keep_last: int = option(0, check=NON_NEGATIVE_INT, group=SAVING, resume_mutable=True, help="keep only the newest N epoch_N.pt files; 0 keeps all")
+    seed: int = option(42, check=NON_NEGATIVE_INT, data_key=True, help="random seed for initialisation, shuffling and augmentation")
     device: str = option("auto", group=HARDWARE, resume_mutable=True,
                          help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     data_dir: Optional[str] = option(
         None, group=DATA, resume_mutable=True,
         help="data root holding MNIST/raw and FashionMNIST/raw (default $EXPTRAIN_DATA_DIR or ./data)")
-    augment: bool = option(True, group=DATA, data_key=True, flag=None, extra_flags=(
+    augment: bool = option(True, check=BOOL, group=DATA, data_key=True, flag=None, extra_flags=(
         dict(flag="--no-augment", action="store_false", help="train on the original images, without augmentation"),))
     # A policy name; None: the data set's default.
     augmentation: Optional[str] = option(
         None, group=DATA, data_key=True, flag="--augment", metavar="POLICY", choices=AUGMENTATION_POLICIES,
         help="augmentation policy: affine (small warp, digits), crop-flip (pad, random crop, mirror: natural "
              "images) or none (default: the data set's own, affine for grey, crop-flip for colour images)")
-    reapply_transforms: bool = option(False, group=DATA, data_key=True,
+    reapply_transforms: bool = option(False, check=BOOL, group=DATA, data_key=True,
                                       help="draw fresh random augmentations of the training set after every epoch")
     amp: Optional[str] = option(  # None: float32
         AMP_AUTO, group=HARDWARE, legacy_default=None, choices=(AMP_AUTO, *AMP_MODES, "off"),
         help="mixed precision: bf16 (CPU and recent GPUs), fp16 (GPUs; uses a gradient scaler), off (float32), or "
              "auto: bf16 autocast with channels-last on a CPU with native bf16 for models measured with it "
              "(mynet), else float32; the start-up line says which")
-    compile: bool = option(False, group=HARDWARE, resume_mutable=True, trainer="compile_model",
+    compile: bool = option(False, check=BOOL, group=HARDWARE, resume_mutable=True, trainer="compile_model",
                            help="compile the model with torch.compile (slow start, faster steps)")
-    channels_last: bool = option(False, group=HARDWARE, help="channels-last memory format (CNNs)")
-    grad_accum: int = option(1, trainer="grad_accum_steps", help="batches per optimizer step")
+    channels_last: bool = option(False, check=BOOL, group=HARDWARE, help="channels-last memory format (CNNs)")
+    grad_accum: int = option(1, check=POSITIVE_INT, trainer="grad_accum_steps", help="batches per optimizer step")
     grad_clip: float = option(0.0, trainer="grad_clip", help="clip the gradient norm to this value; 0 disables")
     checkpoint_interval: float = option(
         DEFAULT_CHECKPOINT_INTERVAL, group=SAVING, resume_mutable=True, trainer="checkpoint_interval",
@@ -126,10 +133,10 @@ class RunConfig:
         0.0, flag="--ema", metavar="DECAY", default_text="off", trainer="ema_decay",
         help="keep an exponential moving average of the weights (0 < DECAY < 1, e.g. 0.999), updated every "
              "optimizer step; it is what is evaluated, saved as best and held as the model in checkpoints")
-    warmup_epochs: int = option(0, metavar="N", trainer="warmup_epochs",
+    warmup_epochs: int = option(0, check=NON_NEGATIVE_INT, metavar="N", trainer="warmup_epochs",
                                 help="raise the learning rate linearly over the steps of the first N epochs, on top "
                                      "of --scheduler")
-    tta_flip: bool = option(False, trainer="tta_flip",
+    tta_flip: bool = option(False, check=BOOL, trainer="tta_flip",
                             help="evaluate on each image and its mirror image (test-time augmentation); only for "
                                  "data sets whose images may be flipped (crop-flip augmentation policy)")
     # CPU threads per process (torch.set_num_threads); None: torch's own choice (one per
@@ -165,7 +172,7 @@ class RunConfig:
                                   help="free-text notes kept in config.json (may be changed on --resume)")
     # Logging (src/training/tb_logger.py): TensorBoard event files, the training loss every N steps.
     tensorboard: bool = option(
-        False, group=SAVING, resume_mutable=True, extra_flags=(
+        False, check=BOOL, group=SAVING, resume_mutable=True, extra_flags=(
             dict(flag="--no-tensorboard", action="store_false",
                  help="no TensorBoard event files (the default; turns them off on --resume)"),),
         help="also write TensorBoard event files into the experiment's tensorboard/ folder: the training loss "
@@ -193,14 +200,9 @@ class RunConfig:
             raise ConfigError(DatasetRegistry.unknown_message(self.dataset), key="dataset")
         if self.model not in ModelRegistry:
             raise ConfigError(ModelRegistry.unknown_message(self.model), key="model")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.", key=name)
-        for name in ("patience", "save_frequency", "keep_last", "seed"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.", key=name)
+        for name, info in FIELDS.items():  # the rules on one value, from the fields' metadata
+            if info.get("check") is not None and not info["check"][0](getattr(self, name)):
+                raise ConfigError(f"{name} must be {info['check'][1]}, got {getattr(self, name)!r}.", key=name)
         if self.seed > MAX_SEED:
             raise ConfigError(f"seed must be between 0 and 2**63-1, got {self.seed!r}.", key="seed")
         if not _is_number(self.lr) or not self.lr > 0:
@@ -210,9 +212,6 @@ class RunConfig:
         if not _is_number(self.checkpoint_interval) or self.checkpoint_interval < 0:
             raise ConfigError(f"checkpoint_interval must be a non-negative number of seconds (0 disables), "
                               f"got {self.checkpoint_interval!r}.", key="checkpoint_interval")
-        for name in ("augment", "reapply_transforms", "compile", "channels_last", "tta_flip", "tensorboard"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.", key=name)
         for name in ("dataset_options", "model_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping of option names to values, got {getattr(self, name)!r}.", key=name)
@@ -236,8 +235,6 @@ class RunConfig:
         if self.amp not in (None, AMP_AUTO, *AMP_MODES):
             raise ConfigError(f"Unknown AMP mode {self.amp!r}; choose one of: {AMP_AUTO}, {', '.join(AMP_MODES)} "
                               "(or off).", key="amp")
-        if not _is_int(self.grad_accum) or self.grad_accum < 1:
-            raise ConfigError(f"grad_accum must be a positive integer, got {self.grad_accum!r}.", key="grad_accum")
         if not _is_number(self.grad_clip) or self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be a non-negative finite number (0 disables), got {self.grad_clip!r}.", key="grad_clip")
         if not _is_number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
@@ -249,8 +246,6 @@ class RunConfig:
         if not _is_int(self.tensorboard_every) or self.tensorboard_every < 1:
             raise ConfigError(f"tensorboard_every (--tensorboard-every) must be a positive whole number of steps, "
                               f"e.g. 50, got {self.tensorboard_every!r}.", key="tensorboard_every")
-        if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}.", key="warmup_epochs")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) is longer than the run ({self.epochs} epochs); "
                               "give at most --epochs.", key="warmup_epochs")
