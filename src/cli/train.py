@@ -17,12 +17,14 @@ checkpoints are kept); 128+N stopped by signal N after saving (130 SIGINT / Ctrl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
 import sys
+import typing
 
-from src.config import FIELDS
+from src.config import FIELDS, RunConfig
 
 EXIT_OK = 0
 
@@ -58,27 +60,23 @@ _GROUP_FLAGS = {
 }
 
 
-def _help(name: str, info, default, flag_help=None) -> str:
+def _help(info, default) -> str:
     """A field's help text: its registry's names for ``{choices}``, and its default
     (``default_text`` or the field's default, if any) unless the text says it already."""
     from src.optim import OptimizerRegistry, SchedulerRegistry
 
-    text = flag_help if flag_help is not None else info["help"]
+    text = info["help"]
     if info["choices_from"]:
         registry = {"optimizer": OptimizerRegistry, "scheduler": SchedulerRegistry}[info["choices_from"]]
         text = text.format(choices=", ".join(registry.names()))
-    if flag_help is None and "default" not in text and (default is not None or info["default_text"]):
+    if "default" not in text and (default is not None or info["default_text"]):
         shown = info["default_text"] or (f"{default:g}" if isinstance(default, float) else default)
         text += f" (default {shown})"
     return text
 
 
 def _add_field_flags(groups, parser) -> None:
-    import dataclasses
-    import typing
-
-    from src.config import RunConfig
-
+    """Each RunConfig field's flags, in the argument group its metadata names."""
     types = typing.get_type_hints(RunConfig)
     argparse_keys = ("metavar", "choices", "type", "action")
     for f in dataclasses.fields(RunConfig):
@@ -101,7 +99,7 @@ def _add_field_flags(groups, parser) -> None:
             elif kind in (int, float) and "type" not in kwargs:
                 kwargs["type"] = kind
             flag = info["flag"] or "--" + f.name.replace("_", "-")
-            help_text = _help(f.name, info, default) if kwargs.get("action") != "store_true" else info["help"]
+            help_text = info["help"] if kwargs.get("action") == "store_true" else _help(info, default)
             group.add_argument(flag, dest=f.name, help=help_text, **kwargs)
         for extra in info["extra_flags"]:
             extra = dict(extra)
@@ -135,11 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def finite_float_flags():
     """``{field: flag}`` of the float options, whose values must be finite numbers."""
-    import dataclasses
-    import typing
-
-    from src.config import FIELDS, RunConfig
-
     types = typing.get_type_hints(RunConfig)
     return {f.name: FIELDS[f.name]["flag"] or "--" + f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)
             if types[f.name] is float and FIELDS[f.name]["flag"] is not None}
