@@ -1,12 +1,12 @@
 """``--config FILE``: training options from a YAML or JSON file, under the command line.
 
 The keys are ``RunConfig``'s field names (``batch_size``, ``lr``, ...), the same options
-the flags set (``train.py``'s ``OPTIONS`` maps each flag to its field; a test keeps the
-two sets equal), plus ``dataset_options`` and ``model_options`` as mappings and
+the flags set (both generated from the fields' metadata; a test keeps the two sets equal), plus ``dataset_options`` and ``model_options`` as mappings and
 ``imports`` as a list of plug-in specs (what ``--import`` takes). Flags given on the
 command line win; for the two option mappings they win key by key. An unknown key, a
 value of the wrong type or out of range is one ``ConfigError`` naming the file and the
-key; nothing is written before it. Paths in the file (``data_dir``, a ``dataset`` folder,
+key; nothing is written before it. The file's values are checked together with the
+command line's, once (``RunConfig.validate`` on the merged configuration). Paths in the file (``data_dir``, a ``dataset`` folder,
 ``imports``) are read from the current directory, like the flags. The resolved
 configuration is what the experiment records in ``config.json``.
 
@@ -164,22 +164,25 @@ def _check_imports(path: Path, value: Any) -> List[str]:
 
 
 def check_config_values(path: Any, values: Dict[str, Any]) -> None:
-    """Check each value of a config file on its own (``RunConfig.validate`` with the
-    other options at their defaults), after its plug-ins are imported, so an error names
-    the file and the key.
+    """Check a config file's values together, as one configuration (the options it does
+    not set at their defaults), after its plug-ins are imported, so an error names the file
+    and the key. ``train.py`` does not call this: it checks the file merged with the
+    command line once, in ``RunConfig.validate`` (a file's ``warmup_epochs: 25`` is judged
+    against the run's ``epochs``, not the default), and names the file the same way.
 
     Raises:
         ConfigError: ``"--config FILE: key: <what is wrong>"``.
     """
-    for key, value in values.items():
-        if key == "imports":
-            continue
-        try:
-            if key == "dataset" and dataset_from_path(value, {}) is not None:
-                continue  # a folder of images: it exists (dataset_from_path checked)
-            RunConfig(**{key: value}).validate()
-        except ConfigError as exc:
-            raise ConfigError(f"--config {path}: {key}: {exc}") from None
+    values = {k: v for k, v in values.items() if k != "imports"}
+    try:
+        if "dataset" in values:
+            folder = dataset_from_path(values["dataset"], values.get("dataset_options", {}))
+            if folder is not None:  # a folder of images: it exists (dataset_from_path checked)
+                values["dataset"], values["dataset_options"] = folder
+        RunConfig(**values).validate()
+    except ConfigError as exc:
+        key = exc.key if exc.key is not None else "configuration"
+        raise ConfigError(f"--config {path}: {key}: {exc}", key=exc.key) from None
 
 
 def merge_config_values(values: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:

@@ -54,7 +54,12 @@ class NonFiniteLossError(ExptrainError):
 # -- the concrete errors, one per owner (defined here so that no module imports upward
 # for an error class: data sets and models raise ConfigError without importing config).
 class ConfigError(BadInputError, ValueError):
-    """An invalid run configuration; the message names the bad value and what to do (exit code 2)."""
+    """An invalid run configuration; the message names the bad value and what to do (exit code 2).
+    ``key``: the ``RunConfig`` field at fault, when one is (a ``--config`` file's error names it)."""
+
+    def __init__(self, message: str = "", key=None):
+        super().__init__(message)
+        self.key = key
 
 
 class DataError(BadInputError, RuntimeError):

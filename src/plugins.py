@@ -29,10 +29,11 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from .errors import ConfigError, DEBUG_ENV
 from .datasets import DatasetRegistry
 from .models import ModelRegistry
+from .optim import OptimizerRegistry, SchedulerRegistry
 
 MODULE_PREFIX = "exptrain_plugin_"  # a .py file is imported as exptrain_plugin_<stem>
 RECORD_KEYS = ("module", "path", "sha256")
-_REGISTRIES = (ModelRegistry, DatasetRegistry)
+_REGISTRIES = (ModelRegistry, DatasetRegistry, OptimizerRegistry, SchedulerRegistry)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ALREADY_REGISTERED = re.compile(r"The (\w+) name (.+) is already registered\.")  # Registry.register's message
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 class Registry:
@@ -18,12 +18,16 @@ class Registry:
         model = MODELS.create("mlp", num_classes=10)
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, sort_names: bool = True):
         self.kind = kind
+        self.sort_names = sort_names  # False: names() in registration order (built-ins first)
         self._entries: Dict[str, Callable[..., Any]] = {}
+        self._metadata: Dict[str, Dict[str, Any]] = {}
 
-    def register(self, name: str, factory: Optional[Callable[..., Any]] = None):
-        """Register ``factory`` under ``name``; usable as a decorator.
+    def register(self, name: str, factory: Optional[Callable[..., Any]] = None, **metadata: Any):
+        """Register ``factory`` under ``name``; usable as a decorator. ``metadata``: what
+        the callers need to know about the entry besides how to build it (read with
+        ``info``; e.g. a scheduler's ``per_step``).
 
         Raises:
             ValueError: if ``name`` is already registered (a silent overwrite would
@@ -36,6 +40,7 @@ class Registry:
             if name in self._entries:
                 raise ValueError(f"The {self.kind} name {name!r} is already registered.")
             self._entries[name] = obj
+            self._metadata[name] = dict(metadata)
             return obj
 
         return decorator(factory) if factory is not None else decorator
@@ -50,6 +55,19 @@ class Registry:
             return self._entries[name]
         except KeyError:
             raise KeyError(self.unknown_message(name)) from None
+
+    def info(self, name: str) -> Dict[str, Any]:
+        """The metadata ``name`` was registered with.
+
+        Raises:
+            KeyError: naming the unknown value and listing the known names.
+        """
+        self.get(name)
+        return self._metadata.get(name, {})
+
+    def items(self) -> List[Tuple[str, Dict[str, Any]]]:
+        """``(name, metadata)`` of every entry, in ``names()`` order."""
+        return [(name, self._metadata.get(name, {})) for name in self.names()]
 
     def unknown_message(self, name: Any) -> str:
         return f"Unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}."
@@ -67,7 +85,7 @@ class Registry:
         return created
 
     def names(self) -> List[str]:
-        return sorted(self._entries)
+        return sorted(self._entries) if self.sort_names else list(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -17,128 +17,125 @@ checkpoints are kept); 128+N stopped by signal N after saving (130 SIGINT / Ctrl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
 import sys
+import typing
+
+from src.config import FIELDS, RunConfig
 
 EXIT_OK = 0
 
-# CLI option -> RunConfig field; argparse defaults are suppressed so that only the flags
-# given on the command line become overrides (what --fork inherits and --resume checks).
-OPTIONS = {
-    "dataset": "dataset", "model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-    "weight_decay": "weight_decay", "optimizer": "optimizer", "scheduler": "scheduler", "patience": "patience",
-    "save_frequency": "save_frequency", "keep_last": "keep_last", "seed": "seed", "device": "device",
-    "data_dir": "data_dir", "reapply_transforms": "reapply_transforms", "augment": "augment",
-    "augmentation": "augmentation",
-    "amp": "amp", "compile": "compile", "channels_last": "channels_last", "grad_accum": "grad_accum",
-    "grad_clip": "grad_clip", "checkpoint_interval": "checkpoint_interval", "name": "name", "notes": "notes",
-    "label_smoothing": "label_smoothing", "ema_decay": "ema_decay", "warmup_epochs": "warmup_epochs",
-    "tta_flip": "tta_flip", "threads": "threads", "tensorboard": "tensorboard",
-    "tensorboard_every": "tensorboard_every",
-}
+# The parser is built from RunConfig's field metadata (src/config.py ``option``): each field
+# with a flag is one (or, like --no-augment, more) arguments whose dest is the field's name,
+# so the flags given become the run's overrides as they are. argparse defaults are suppressed
+# so that only the flags given on the command line become overrides (what --fork inherits and
+# --resume checks); the help shows each field's default.
+#
+# Why not jsonargparse or tyro: both would generate flags from RunConfig too, but not these
+# flags: --no-augment and --augment set two fields, --ema names ema_decay, defaults must stay
+# unset (overrides, not values), and every refusal must be one "Error:" line with exit 2; both
+# libraries also bring their own config-file format and type coercion beside --config. A
+# generator of about 60 lines keeps every flag, help text and exit code as it was, and adds
+# no dependency.
+
+
+# CLI option (argparse dest) -> RunConfig field: every field with a flag of its own.
+OPTIONS = {name: name for name, info in FIELDS.items()
+           if (info["flag"] is not None or info["extra_flags"]) and not info["special"]}
 # RunConfig fields set by flags handled apart (repeatable KEY=VALUE items, plug-in specs);
 # with OPTIONS, exactly the keys a --config file may hold (src/config_file.py; tested).
-SPECIAL_OPTIONS = ("dataset_options", "model_options", "imports")
+SPECIAL_OPTIONS = tuple(name for name, info in FIELDS.items() if info["special"])
+
+
+# Flags that are not RunConfig fields, by argument group: (flags, argparse keywords).
+_GROUP_FLAGS = {
+    "data and model": [
+        (("--image-size",), dict(dest="image_size", type=int, metavar="N",
+                                 help="image folders: resize the shorter side to N and centre-crop N x N (needed "
+                                      "when sizes differ)")),
+    ],
+}
+
+
+def _help(info, default) -> str:
+    """A field's help text: its registry's names for ``{choices}``, and its default
+    (``default_text`` or the field's default, if any) unless the text says it already."""
+    from src.optim import OptimizerRegistry, SchedulerRegistry
+
+    text = info["help"]
+    if info["choices_from"]:
+        registry = {"optimizer": OptimizerRegistry, "scheduler": SchedulerRegistry}[info["choices_from"]]
+        text = text.format(choices=", ".join(registry.names()))
+    if "default" not in text and (default is not None or info["default_text"]):
+        shown = info["default_text"] or (f"{default:g}" if isinstance(default, float) else default)
+        text += f" (default {shown})"
+    return text
+
+
+def _add_field_flags(groups, parser) -> None:
+    """Each RunConfig field's flags, in the argument group its metadata names."""
+    types = typing.get_type_hints(RunConfig)
+    argparse_keys = ("metavar", "choices", "type", "action")
+    for f in dataclasses.fields(RunConfig):
+        info = f.metadata
+        if info["flag"] is None and not info["extra_flags"]:
+            continue  # recorded by the run
+        if info["group"] not in groups:
+            groups[info["group"]] = parser.add_argument_group(info["group"])
+        group = groups[info["group"]]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if info["flag"] is not None and info["help"] is not None:
+            kwargs = {k: info[k] for k in argparse_keys if k in info}
+            kind = types[f.name]
+            if typing.get_origin(kind) is typing.Union:
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            if info.get("positive_steps"):
+                kwargs["type"] = _positive_steps
+            elif kind is bool and "action" not in kwargs:
+                kwargs["action"] = "store_true"
+            elif kind in (int, float) and "type" not in kwargs:
+                kwargs["type"] = kind
+            flag = info["flag"] or "--" + f.name.replace("_", "-")
+            help_text = info["help"] if kwargs.get("action") == "store_true" else _help(info, default)
+            group.add_argument(flag, dest=f.name, help=help_text, **kwargs)
+        for extra in info["extra_flags"]:
+            extra = dict(extra)
+            group.add_argument(extra.pop("flag"), dest=f.name, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from src.config import OPTIMIZERS, SCHEDULERS, RunConfig
-
-    d = RunConfig()
     parser = argparse.ArgumentParser(
         description="Train an image classifier in runs/expN; resume or fork experiments.",
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    add = parser.add_argument
-    add("--dataset", metavar="NAME|PATH",
-        help="data set: mnist, fashion_mnist, mnist-sample (bundled, offline), cifar10, cifar100, synthetic, "
-             f"or a folder PATH with train/<class>/ and val/<class>/ images (default {d.dataset})")
-    add("--model", help="model: mynet, lenet5, mlp, resnet18, resnet20, resnet56, fastnet, or one a --import "
-                        f"registers (default {d.model})")
-    add("--epochs", type=int, help=f"total epochs to train to; raise it to extend a finished run (default {d.epochs})")
-    add("--batch-size", dest="batch_size", type=int, help=f"training batch size (default {d.batch_size})")
-    add("--lr", type=float, help=f"learning rate (default {d.lr})")
-    add("--weight-decay", dest="weight_decay", type=float, help=f"weight decay (default {d.weight_decay})")
-    add("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default {d.optimizer})")
-    add("--scheduler", help=f"learning-rate schedule: {', '.join(SCHEDULERS)}; onecycle steps after every optimizer "
-                            f"step, the others once per epoch (default {d.scheduler})")
-    add("--patience", type=int, help="stop after N epochs without validation-accuracy improvement; 0 disables (default 0)")
-    add("--save-frequency", dest="save_frequency", type=int,
-        help=f"also keep checkpoints/epoch_N.pt every N epochs; 0 disables (default {d.save_frequency})")
-    add("--keep-last", dest="keep_last", type=int, help="keep only the newest N epoch_N.pt files; 0 keeps all (default 0)")
-    add("--seed", type=int, help=f"random seed for initialisation, shuffling and augmentation (default {d.seed})")
-    add("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
-    add("--data-dir", dest="data_dir", help="data root holding MNIST/raw and FashionMNIST/raw (default $EXPTRAIN_DATA_DIR or ./data)")
-    parser.add_argument("--runs-dir", default="runs", help="where experiments live (default runs)")
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="read training options from a YAML or JSON file (keys: the option names with '_', "
-                             "e.g. batch_size, plus dataset_options, model_options, imports); flags given here win")
-    add("--name", metavar="TEXT", help="label the run (unique in --runs-dir; shown by exptrain list; "
-                                       "--resume and --fork accept it in place of expN)")
-    add("--notes", metavar="TEXT", help="free-text notes kept in config.json (may be changed on --resume)")
-    add("--import", dest="imports", action="append", metavar="MODULE",
-        help="import your own code first, repeatable: a module importable from the current directory or a path "
-             "to a .py file; the models and data sets it registers become --model / --dataset names. Recorded "
-             "(with a SHA-256 of the file) so --resume and --fork import it again")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", metavar="EXP", default=None,
-                       help="continue experiment EXP (expN or its --name) in place from its latest valid checkpoint, with its saved configuration")
-    group.add_argument("--fork", metavar="EXP", default=None,
-                       help="start a new experiment from EXP's (expN or its --name) latest checkpoint; flags given here override EXP's configuration")
-    add("--reapply-transforms", dest="reapply_transforms", action="store_true",
-        help="draw fresh random augmentations of the training set after every epoch")
-    add("--no-augment", dest="augment", action="store_false", help="train on the original images, without augmentation")
-    add("--augment", dest="augmentation", metavar="POLICY", choices=("affine", "crop-flip", "none"),
-        help="augmentation policy: affine (small warp, digits), crop-flip (pad, random crop, mirror: natural "
-             "images) or none (default: the data set's own, affine for grey, crop-flip for colour images)")
-    add("--image-size", dest="image_size", type=int, metavar="N",
-        help="image folders: resize the shorter side to N and centre-crop N x N (needed when sizes differ)")
-    add("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
-        help="extra model argument, repeatable, e.g. --model-option width=16 (values parsed as JSON, else text)")
-    add("--dataset-option", dest="dataset_options", action="append", metavar="KEY=VALUE",
-        help="extra data set argument, repeatable, e.g. --dataset synthetic --dataset-option num_samples=512")
-    add("--amp", choices=("auto", "bf16", "fp16", "off"),
-        help="mixed precision: bf16 (CPU and recent GPUs), fp16 (GPUs; uses a gradient scaler), off (float32), or "
-             "auto: bf16 autocast with channels-last on a CPU with native bf16 for models measured with it "
-             "(mynet), else float32; the start-up line says which (default auto)")
-    add("--compile", action="store_true", help="compile the model with torch.compile (slow start, faster steps)")
-    add("--channels-last", dest="channels_last", action="store_true", help="channels-last memory format (CNNs)")
-    add("--grad-accum", dest="grad_accum", type=int, help="batches per optimizer step (default 1)")
-    add("--grad-clip", dest="grad_clip", type=float, help="clip the gradient norm to this value; 0 disables (default 0)")
-    add("--checkpoint-interval", dest="checkpoint_interval", type=float, metavar="SECONDS",
-        help="also refresh latest_checkpoint.pt mid-epoch at most every SECONDS, so a kill loses at most that "
-             f"much work; 0 disables (default {d.checkpoint_interval:g})")
-    add("--label-smoothing", dest="label_smoothing", type=float, metavar="X",
-        help="train on labels smoothed by X (0 <= X < 1, e.g. 0.1); the validation loss stays plain "
-             "cross-entropy (default 0)")
-    add("--ema", dest="ema_decay", type=float, metavar="DECAY",
-        help="keep an exponential moving average of the weights (0 < DECAY < 1, e.g. 0.999), updated every "
-             "optimizer step; it is what is evaluated, saved as best and held as the model in checkpoints "
-             "(default off)")
-    add("--warmup-epochs", dest="warmup_epochs", type=int, metavar="N",
-        help="raise the learning rate linearly over the steps of the first N epochs, on top of --scheduler "
-             "(default 0)")
-    add("--tta-flip", dest="tta_flip", action="store_true",
-        help="evaluate on each image and its mirror image (test-time augmentation); only for data sets "
-             "whose images may be flipped (crop-flip augmentation policy)")
-    add("--threads", type=int, metavar="N",
-        help="CPU threads per process for torch's operations (default: torch's choice, one per core); on a "
-             "machine other jobs share, fewer threads than cores is often much faster. Recorded: a resume "
-             "keeps it unless given again")
-    add("--tensorboard", action="store_true",
-        help="also write TensorBoard event files into the experiment's tensorboard/ folder: the training loss "
-             "every --tensorboard-every steps, and each epoch's losses, accuracies, learning rate and time; "
-             "view with: tensorboard --logdir runs (needs: pip install tensorboard; may be switched on or off "
-             "on --resume)")
-    add("--no-tensorboard", dest="tensorboard", action="store_false",
-        help="no TensorBoard event files (the default; turns them off on --resume)")
-    add("--tensorboard-every", dest="tensorboard_every", type=_positive_steps, metavar="N",
-        help=f"with --tensorboard, log the training loss every N steps (default {d.tensorboard_every})")
-    parser.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    runs = parser.add_argument_group("experiments")
+    runs.add_argument("--runs-dir", default="runs", help="where experiments live (default runs)")
+    runs.add_argument("--config", metavar="FILE", default=None,
+                      help="read training options from a YAML or JSON file (keys: the option names with '_', "
+                           "e.g. batch_size, plus dataset_options, model_options, imports); flags given here win")
+    exclusive = runs.add_mutually_exclusive_group()
+    exclusive.add_argument("--resume", metavar="EXP", default=None,
+                           help="continue experiment EXP (expN or its --name) in place from its latest valid checkpoint, with its saved configuration")
+    exclusive.add_argument("--fork", metavar="EXP", default=None,
+                           help="start a new experiment from EXP's (expN or its --name) latest checkpoint; flags given here override EXP's configuration")
+    runs.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    groups = {}
+    _add_field_flags(groups, parser)
+    for group, flags in _GROUP_FLAGS.items():
+        for names, kwargs in flags:
+            groups[group].add_argument(*names, **kwargs)
     return parser
+
+
+def finite_float_flags():
+    """``{field: flag}`` of the float options, whose values must be finite numbers."""
+    types = typing.get_type_hints(RunConfig)
+    return {f.name: FIELDS[f.name]["flag"] or "--" + f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)
+            if types[f.name] is float and FIELDS[f.name]["flag"] is not None}
 
 
 def _positive_steps(text: str) -> int:
@@ -272,9 +269,8 @@ def _main(args, stop) -> int:
             from src.config_file import read_config_file
 
             file_values = read_config_file(args.config)
-        for name in ("lr", "weight_decay", "grad_clip", "checkpoint_interval", "label_smoothing", "ema_decay"):
+        for name, flag in finite_float_flags().items():
             if name in overrides and not math.isfinite(overrides[name]):
-                flag = "--ema" if name == "ema_decay" else "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be a finite number, got {overrides[name]!r}.")
         for key in ("model_options", "dataset_options"):
             if hasattr(args, key):
@@ -288,28 +284,28 @@ def _main(args, stop) -> int:
             if args.image_size < 1:
                 raise ConfigError(f"--image-size must be a positive number of pixels, got {args.image_size}.")
             overrides["dataset_options"] = {**overrides.get("dataset_options", {}), "image_size": args.image_size}
+        flags = set(overrides)
         if args.config is not None:
-            from src.config_file import check_config_values, merge_config_values
+            from src.config_file import merge_config_values
 
-            check_config_values(args.config, file_values)
             if overrides.get("tensorboard") is False and "tensorboard_every" not in overrides:
                 file_values.pop("tensorboard_every", None)  # --no-tensorboard wins over the file's logging
             overrides = merge_config_values(file_values, overrides)
-        if overrides.get("augment") is False and overrides.get("augmentation") not in (None, "none"):
-            where = f" ({args.config} and the command line)" if args.config is not None else ""
-            raise ConfigError(f"Augmentation off (--no-augment, augment: false) and the augmentation policy "
-                              f"{overrides['augmentation']!r} (--augment, augmentation:) contradict each other{where}; "
-                              "give one of them (--augment none is the same as --no-augment).")
-        if "dataset" in overrides:
-            from src.config import dataset_from_path
+        try:  # the merged options are checked once, by RunConfig.validate in run_training
+            if "dataset" in overrides:
+                from src.config import dataset_from_path
 
-            folder = dataset_from_path(overrides["dataset"], overrides.get("dataset_options", {}))
-            if folder is not None:
-                overrides["dataset"], overrides["dataset_options"] = folder
-        results = run_training(
-            overrides, runs_dir=args.runs_dir, resume=args.resume, fork=args.fork,
-            show_progress=False if args.quiet else None, stop=stop,
-        )
+                folder = dataset_from_path(overrides["dataset"], overrides.get("dataset_options", {}))
+                if folder is not None:
+                    overrides["dataset"], overrides["dataset_options"] = folder
+            results = run_training(
+                overrides, runs_dir=args.runs_dir, resume=args.resume, fork=args.fork,
+                show_progress=False if args.quiet else None, stop=stop,
+            )
+        except ConfigError as exc:
+            if exc.key is not None and exc.key in file_values and exc.key not in flags:
+                raise ConfigError(f"--config {args.config}: {exc.key}: {exc}", key=exc.key) from None
+            raise
     except ExptrainError as exc:
         from src.errors import BadInputError
 

@@ -23,7 +23,7 @@ from .experiment import (
     read_json_object,
 )
 from .history import METRICS_FILE, read_log, read_metrics_epochs, write_history_files
-from .optim import build_scheduler
+from .optim import SchedulerRegistry, build_scheduler
 from .schedules import schedule_steps_left
 from .plots import plot_history, run_title
 from .trainer import Trainer
@@ -183,10 +183,11 @@ def check_schedule_extension(payload: Dict[str, Any], config: RunConfig, name: s
     and then climb back (cosine), or fail (onecycle counts its steps)."""
     planned = (payload.get(keys.CONFIG) or {}).get("epochs")
     schedule = payload.get(keys.SCHEDULER) or {}
-    if config.scheduler == "cosine" and all(isinstance(schedule.get(k), int) for k in ("T_max", "last_epoch")):
-        # The plan's own end (a resume with a smaller --epochs keeps it, so it may be extended back to it).
-        planned = int(payload[keys.EPOCH]) - schedule["last_epoch"] + schedule["T_max"]
-    if config.scheduler in ("cosine", "step", "onecycle") and isinstance(planned, int) and config.epochs > planned:
+    info = SchedulerRegistry.info(config.scheduler)  # planned, plan_end: see src/optim.py
+    plan_end = info.get("plan_end") and info["plan_end"](int(payload[keys.EPOCH]), schedule)
+    if plan_end is not None:
+        planned = plan_end
+    if info.get("planned") and isinstance(planned, int) and config.epochs > planned:
         raise ConfigError(
             f"{name}'s {config.scheduler} learning-rate schedule was planned for {planned} epochs; extending it to "
             f"{config.epochs} would train past its end. Fork to plan a new schedule over the extra epochs: "
@@ -243,7 +244,8 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
     when its steps left no longer match the fork's (another batch size, ``--grad-accum``,
     data or process count); otherwise the parent's schedule continues."""
     state = dict(payload)
-    replan = config.scheduler in ("cosine", "step", "onecycle") and (
+    info = SchedulerRegistry.info(config.scheduler)  # replan_on_fork, plans_steps: see src/optim.py
+    replan = info.get("replan_on_fork", info.get("planned", False)) and (
         parent.scheduler != config.scheduler or parent.epochs != config.epochs)
     if parent.optimizer != config.optimizer:
         state[keys.OPTIMIZER] = None
@@ -264,15 +266,15 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
         if "weight_decay" in overrides:
             group["weight_decay"] = config.weight_decay
     needed = trainer.remaining_optimizer_steps(config.epochs)
-    if config.scheduler == "onecycle" and not replan and needed is not None \
+    if info.get("plans_steps") and not replan and needed is not None \
             and schedule_steps_left(trainer.scheduler) != needed:
         # Another batch size, --grad-accum, data or process count changes the steps left:
         # the parent's cycle would end early or run out, so the fork plans its own.
         replan = True
         for group in trainer.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = config.lr
-    if replan and config.scheduler == "onecycle":  # one cycle over exactly the steps left
-        trainer.scheduler = build_scheduler("onecycle", trainer.optimizer, 1, needed)
+    if replan and info.get("plans_steps"):  # one cycle over exactly the steps left
+        trainer.scheduler = build_scheduler(config.scheduler, trainer.optimizer, 1, needed)
     elif replan:
         trainer.scheduler = build_scheduler(config.scheduler, trainer.optimizer, config.epochs - trainer.epoch)
     elif trainer.scheduler is not None and "lr" in overrides and hasattr(trainer.scheduler, "base_lrs"):

@@ -15,7 +15,7 @@ from typing import Any, Dict, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig, same_data_options
+from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig, same_data_options, trainer_options
 from ..datasets import DatasetRegistry
 from ..errors import WriteError
 from ..models import (
@@ -268,6 +268,7 @@ def run_training(
             NonFiniteLossError: the loss diverged; TrainingInterrupted: a signal;
             PeerFailedError: another process of a torchrun job stopped.
     """
+    RunConfig.check_request(overrides)  # what is asked for; RunConfig.validate judges the merged configuration
     dist = Distributed.from_environment(overrides.get("device"))
     try:
         return _run_training(dist, overrides, runs_dir, resume, fork, show_progress, log, stop)
@@ -459,10 +460,8 @@ def _prepare_trainer(experiment: ExperimentManager, config: RunConfig, parts: Co
         experiment, checkpoint_manager=CheckpointManager(experiment.checkpoints_dir, config.save_frequency, config.keep_last,
                                                          read_only=read_only),
         scheduler=parts.scheduler, dataset=parts.dataset if config.reapply_transforms else None,
-        patience=config.patience, config=config.to_dict(), show_progress=show_progress, amp=parts.fast_path.amp,
-        compile_model=config.compile, channels_last=parts.fast_path.channels_last, grad_accum_steps=config.grad_accum,
-        grad_clip=config.grad_clip, checkpoint_interval=config.checkpoint_interval, distributed=dist,
-        ema_decay=config.ema_decay, warmup_epochs=config.warmup_epochs, tta_flip=config.tta_flip,
+        config=config.to_dict(), show_progress=show_progress, amp=parts.fast_path.amp,
+        channels_last=parts.fast_path.channels_last, distributed=dist, **trainer_options(config),
         tensorboard=TensorBoardLogger(experiment.tensorboard_dir, config.tensorboard_every)
         if config.tensorboard and not read_only else None,
     )

@@ -15,25 +15,33 @@ from typing import Any, Dict
 
 import torch
 
-from ..config import RunConfig
+from ..config import FIELDS, RunConfig
 from ..models import ModelRegistry
+from ..optim import OptimizerRegistry, SchedulerRegistry, entry_of
 
 # Model constructor arguments that come from the data set, not from --model-option.
 DERIVED_MODEL_ARGS = ("name", "num_classes", "in_channels", "input_size")
 # Data set constructor arguments with their own RunConfig fields (or none at all).
 DERIVED_DATASET_ARGS = ("name", "data_dir", "augment", "augmentation", "seed", "progress", "download", "mirrors")
 
-_OPTIMIZERS = {torch.optim.AdamW: "adamw", torch.optim.Adam: "adam", torch.optim.SGD: "sgd"}
-_SCHEDULERS = {
-    torch.optim.lr_scheduler.CosineAnnealingLR: "cosine",
-    torch.optim.lr_scheduler.StepLR: "step",
-    torch.optim.lr_scheduler.ReduceLROnPlateau: "plateau",
-    torch.optim.lr_scheduler.OneCycleLR: "onecycle",
+# Options passed to the Trainer (``trainer=`` in their field metadata) that it does not
+# keep as an attribute of that name: how to read each back. Every other one is read from
+# ``trainer.<its Trainer argument>``.
+_READ_BACK = {
+    "compile": lambda trainer: trainer.forward_model is not trainer.model,
+    "patience": lambda trainer: trainer.early_stopping.patience,
+    "ema_decay": lambda trainer: trainer.ema.decay if trainer.ema is not None else 0.0,
 }
 
 
 def _custom(obj: Any) -> str:
     return f"custom:{type(obj).__name__}"
+
+
+def _name_in(registry, obj: Any) -> str:
+    """The registry name of ``obj``'s class (``src/optim.py`` entries' ``cls``), else custom."""
+    found = entry_of(registry, obj)
+    return found[0] if found is not None else _custom(obj)
 
 
 def describe_run(trainer, epochs: int) -> Dict[str, Any]:
@@ -62,30 +70,25 @@ def describe_run(trainer, epochs: int) -> Dict[str, Any]:
     if isinstance(batch_size, int):
         config["batch_size"] = batch_size
     group = trainer.optimizer.param_groups[0]
-    config["optimizer"] = _OPTIMIZERS.get(type(trainer.optimizer), _custom(trainer.optimizer))
+    config["optimizer"] = _name_in(OptimizerRegistry, trainer.optimizer)
     # OneCycleLR keeps its peak (the configured rate) as max_lr; initial_lr is its start.
     config["lr"] = float(group["max_lr"] if "max_lr" in group else group.get("initial_lr", group["lr"]))
     config["weight_decay"] = float(group.get("weight_decay", 0.0))
     scheduler = trainer.scheduler
-    config["scheduler"] = "none" if scheduler is None else _SCHEDULERS.get(type(scheduler), _custom(scheduler))
-    config["patience"] = trainer.early_stopping.patience
+    config["scheduler"] = "none" if scheduler is None else _name_in(SchedulerRegistry, scheduler)
     manager = trainer.checkpoint_manager
     if manager is not None:
         config["save_frequency"], config["keep_last"] = manager.save_frequency, manager.keep_last
     config["device"] = trainer.device.type if trainer.device.index is None else str(trainer.device)
     config["reapply_transforms"] = trainer.dataset is not None
     config["amp"] = trainer.precision.amp
-    config["compile"] = trainer.forward_model is not trainer.model
     config["channels_last"] = bool(trainer.channels_last)
-    config["grad_accum"] = trainer.grad_accum_steps
-    config["grad_clip"] = trainer.grad_clip
-    config["checkpoint_interval"] = trainer.checkpoint_interval
+    for name, info in FIELDS.items():  # the options the Trainer takes as they are
+        if info["trainer"]:
+            config[name] = _READ_BACK[name](trainer) if name in _READ_BACK else getattr(trainer, info["trainer"])
     criterion = trainer.criterion
     if isinstance(criterion, torch.nn.CrossEntropyLoss):
         config["label_smoothing"] = float(criterion.label_smoothing)
-    config["ema_decay"] = trainer.ema.decay if trainer.ema is not None else 0.0
-    config["warmup_epochs"] = trainer.warmup_epochs
-    config["tta_flip"] = trainer.tta_flip
     logger = getattr(trainer, "tensorboard", None)
     config["tensorboard"] = logger is not None
     if logger is not None:

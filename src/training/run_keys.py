@@ -1,5 +1,6 @@
-"""Configuration keys shared by the run builder and the resume/fork decisions."""
+"""Configuration keys shared by the run builder and the resume/fork decisions (generated
+from ``RunConfig``'s field metadata, ``src/config.py``)."""
 
-# Configuration keys that change what the data pipeline produces; a fork that changes
-# one of them restarts the data order instead of continuing the parent's.
-DATA_KEYS = ("dataset", "batch_size", "seed", "augment", "augmentation", "reapply_transforms", "dataset_options")
+from ..config import DATA_KEYS
+
+__all__ = ["DATA_KEYS"]

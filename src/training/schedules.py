@@ -1,8 +1,8 @@
 """Learning-rate control inside an epoch: per-step schedulers and linear warmup.
 
-The built-in schedulers of ``--scheduler`` step once per epoch, except ``onecycle``
-(``torch.optim.lr_scheduler.OneCycleLR``), which the Trainer steps after every optimizer
-step (``steps_per_batch``).
+The schedulers of ``--scheduler`` (``src/optim.py``) step once per epoch, except those
+registered with ``per_step`` (``onecycle``), which the Trainer steps after every optimizer
+step (``steps_per_batch``); the Trainer knows a scheduler by its class.
 
 ``--warmup-epochs N`` (``LinearWarmup``) scales the learning rate of each optimizer step
 during the first ``N`` epochs by ``(k + 1) / warmup_steps`` for step ``k``, on top of
@@ -19,15 +19,31 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
 import torch
+
 from ..errors import ConfigError
 
-PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+from ..optim import SchedulerRegistry, entry_of, scheduler_info
+
+# Per-step schedulers a run built in Python may use that no --scheduler name stands for.
+UNREGISTERED_PER_STEP = (torch.optim.lr_scheduler.CyclicLR,)
 
 
 def steps_per_batch(scheduler: Any) -> bool:
     """True for a scheduler the Trainer steps after every optimizer step (one-cycle,
     cyclic), False for one it steps once per epoch."""
-    return isinstance(scheduler, PER_STEP_SCHEDULERS)
+    return bool(scheduler_info(scheduler).get("per_step")) or isinstance(scheduler, UNREGISTERED_PER_STEP)
+
+
+def step_epoch_scheduler(scheduler: Any, val_metrics: Dict[str, float]) -> None:
+    """The end-of-epoch step of a per-epoch scheduler (with the validation metric its
+    entry names, plateau); nothing for None or a per-step one."""
+    if scheduler is None or steps_per_batch(scheduler):
+        return
+    metric = scheduler_info(scheduler).get("metric")
+    if metric is not None:
+        scheduler.step(metric(scheduler, val_metrics))
+    else:
+        scheduler.step()
 
 
 def optimizer_steps_per_epoch(batches: Optional[int], grad_accum: int) -> Optional[int]:
@@ -91,8 +107,10 @@ class LinearWarmup:
 def schedule_steps_left(scheduler: Any) -> Optional[int]:
     """The optimizer steps a per-step schedule with a fixed plan (one-cycle) has left, or
     None for any other schedule."""
-    total = getattr(scheduler, "total_steps", None)
-    if not steps_per_batch(scheduler) or not isinstance(total, int):
+    if not scheduler_info(scheduler).get("plans_steps") or not steps_per_batch(scheduler):
+        return None
+    total = scheduler.total_steps
+    if not isinstance(total, int):
         return None
     return total - int(scheduler.last_epoch)
 
@@ -105,12 +123,11 @@ def check_schedule_plan(scheduler: Any, steps_needed: int, epochs: int, experime
     Raises:
         ConfigError: naming the plan, the steps needed and the command to use instead.
     """
-
     left = schedule_steps_left(scheduler)
-    total = getattr(scheduler, "total_steps", None)
     if left is not None and steps_needed > left:
+        total, name = scheduler.total_steps, entry_of(SchedulerRegistry, scheduler)[0]
         raise ConfigError(
-            f"{experiment}'s onecycle learning-rate schedule has {left} of its {total} optimizer steps left, but "
+            f"{experiment}'s {name} learning-rate schedule has {left} of its {total} optimizer steps left, but "
             f"training to epoch {epochs} needs {steps_needed}; a one-cycle schedule cannot be extended. Fork to plan "
             f"a new schedule over the extra epochs: python train.py --fork {experiment} --epochs {epochs}."
         )

@@ -48,7 +48,9 @@ from .plots import plot_history, run_title
 from .interrupts import StopRequest, TrainingInterrupted
 from .precision import Precision
 from .progress import ProgressBar
-from .schedules import LinearWarmup, check_schedule_plan, optimizer_steps_per_epoch, steps_per_batch
+from .schedules import (
+    LinearWarmup, check_schedule_plan, optimizer_steps_per_epoch, step_epoch_scheduler, steps_per_batch,
+)
 from .tb_logger import TensorBoardLogger
 
 
@@ -588,12 +590,7 @@ class Trainer(SaveSteps, DistributedSteps):
             check_schedule_plan(self.scheduler, needed, epochs, getattr(self.experiment_manager, "name", "the experiment"))
 
     def _step_scheduler(self, val_metrics: Dict[str, float]) -> None:
-        if self.scheduler is None or steps_per_batch(self.scheduler):
-            return
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(val_metrics["accuracy"] if self.scheduler.mode == "max" else val_metrics["loss"])
-        else:
-            self.scheduler.step()
+        step_epoch_scheduler(self.scheduler, val_metrics)  # the metric, if any, from its registry entry
 
     # -- state -----------------------------------------------------------------------
     def _training_state(self) -> Dict[str, Any]:
