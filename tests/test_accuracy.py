@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import HANG_TIMEOUT, run_cli
+from tests.helpers import HANG_TIMEOUT, run_cli
 
 
 def test_mynet_reaches_97_5_percent_on_mnist_sample(tmp_path):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, cli_env
 
 
 def run_benchmark(name: str, *args: str) -> str:

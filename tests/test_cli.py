@@ -8,18 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, load_checkpoint, run_cli
+from tests.helpers import REPO_ROOT, load_checkpoint, run_cli, tree_hashes
 
 FAST = ("--dataset", "mnist-sample", "--model", "mlp", "--quiet")
 
 
 def log_records(experiment: Path):
     return [json.loads(line) for line in (experiment / "training_log.jsonl").read_text().splitlines()]
-
-
-def tree_hashes(directory: Path):
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def test_help_documents_every_flag():

@@ -12,7 +12,7 @@ import train
 from src.config import ConfigError, RunConfig
 from src.config_file import CONFIG_FILE_KEYS, check_config_values, merge_config_values, read_config_file
 from src.run_names import name_problem, resolve_experiment
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
         "--model-option", "hidden_sizes=[8]", "--quiet", "--checkpoint-interval", "0")

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint, run_cli
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint, run_cli
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 

@@ -15,13 +15,13 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from src.training.checkpoint import CheckpointManager, manifest_path
-from tests.conftest import HANG_TIMEOUT, assert_same_weights, load_checkpoint, run_cli, start_cli
+from tests.helpers import (HANG_TIMEOUT, assert_same_final_state, load_checkpoint, log_epochs, run_cli,
+                           start_cli, wait_for_line)
 
 # Augmentation, per-epoch redraws, a scheduler and early stopping all active.
 FULL = ("--dataset", "mnist-sample", "--reapply-transforms", "--scheduler", "cosine", "--patience", "10",
@@ -30,38 +30,6 @@ FAST = (*FULL, "--model", "mlp", "--batch-size", "16")
 SLOW = (*FULL, "--model", "lenet5", "--batch-size", "8")  # ~1 s epochs: room to land a signal mid-epoch
 # For runs extended with --epochs: a cosine schedule's length is fixed when the run starts.
 EXTENDABLE = tuple("plateau" if a == "cosine" else a for a in FAST)
-
-
-def wait_for_line(process: subprocess.Popen, needle: str, timeout: float = HANG_TIMEOUT) -> str:
-    deadline, seen = time.time() + timeout, []
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            break
-        seen.append(line)
-        if needle in line:
-            return line
-    raise AssertionError(f"{needle!r} never appeared; output:\n{''.join(seen)}")
-
-
-def log_epochs(experiment: Path):
-    return [json.loads(line)["epoch"] for line in (experiment / "training_log.jsonl").read_text().splitlines()]
-
-
-def assert_same_final_state(experiment: Path, reference: Path):
-    mine = load_checkpoint(experiment / "checkpoints" / "latest_checkpoint.pt")
-    theirs = load_checkpoint(reference / "checkpoints" / "latest_checkpoint.pt")
-    assert mine["epoch"] == theirs["epoch"] and mine["global_step"] == theirs["global_step"]
-    assert_same_weights(mine["model_state_dict"], theirs["model_state_dict"])
-    for group_a, group_b in zip(mine["optimizer_state_dict"]["param_groups"], theirs["optimizer_state_dict"]["param_groups"]):
-        assert group_a == group_b
-    for key, state in theirs["optimizer_state_dict"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(mine["optimizer_state_dict"]["state"][key][name], value), f"optimizer {key}.{name}"
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch"):
-        assert mine["history"][key] == theirs["history"][key], f"logged {key} differs"
-    assert mine["early_stopping"] == theirs["early_stopping"]
-    assert mine["scheduler_state_dict"] == theirs["scheduler_state_dict"]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env, run_cli
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, cli_env, run_cli
 
 TRAIN = str(REPO_ROOT / "train.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

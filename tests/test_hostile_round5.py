@@ -20,7 +20,7 @@ import torch
 import train
 from src.training import Trainer
 from src.training.metrics import MetricsTracker
-from tests.conftest import load_checkpoint
+from tests.helpers import load_checkpoint
 
 DATA = ("--dataset", "synthetic", "--dataset-option", "num_samples=80", "--dataset-option", "num_classes=4",
         "--dataset-option", "input_shape=[1,8,8]", "--batch-size", "8", "--model", "mlp",

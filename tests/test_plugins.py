@@ -20,7 +20,7 @@ from src.config import ConfigError, RunConfig
 from src.datasets import DatasetRegistry
 from src.models import ModelRegistry
 from src.plugins import check_records, check_resume_imports, import_plugins, merge_imports, verify_plugins
-from tests.conftest import REPO_ROOT, run_cli
+from tests.helpers import REPO_ROOT, run_cli
 
 EXAMPLE = REPO_ROOT / "examples" / "plugin_example.py"
 QUIET = ("--quiet",)

@@ -25,9 +25,9 @@ from src.datasets import DatasetRegistry
 from src.datasets.loader import TensorLoader
 from src.models import ModelRegistry
 from src.training import CheckpointManager, ExperimentError, ExperimentManager, Trainer
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env, run_cli
-from tests.test_cli import tree_hashes
-from tests.training.test_trainer import make_trainer
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, cli_env, run_cli
+from tests.helpers import tree_hashes
+from tests.helpers import make_trainer
 
 MLP = {"hidden_sizes": [16]}
 

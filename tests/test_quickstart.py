@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, cli_env
 
 
 def quickstart_code() -> str:

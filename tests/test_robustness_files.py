@@ -28,8 +28,8 @@ import torch
 import src.utils.io as io_module
 import train
 from src.training.checkpoint import CheckpointManager
-from tests.conftest import load_checkpoint, run_cli
-from tests.test_faults import assert_same_final_state
+from tests.helpers import load_checkpoint, run_cli
+from tests.helpers import assert_same_final_state
 
 TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
         "--model-option", "hidden_sizes=[16]", "--quiet")

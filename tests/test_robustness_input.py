@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from src.datasets.mnist import SAMPLE_DIR
-from tests.conftest import load_checkpoint, run_cli
-from tests.test_cli import tree_hashes
+from tests.helpers import load_checkpoint, run_cli
+from tests.helpers import tree_hashes
 
 TINY_MODEL = ("--model", "mlp", "--model-option", "hidden_sizes=[16]", "--quiet")
 SYNTHETIC = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--quiet")

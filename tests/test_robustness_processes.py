@@ -29,8 +29,8 @@ import torch
 from src.training.checkpoint import CheckpointManager
 from src.training.experiment import ExperimentError, ExperimentManager
 from src.training.manifest import MANIFEST_SUFFIX, read_manifest
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint, run_cli, start_cli
-from tests.test_faults import assert_same_final_state, log_epochs, wait_for_line
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint, run_cli, start_cli
+from tests.helpers import assert_same_final_state, log_epochs, wait_for_line
 
 TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
         "--model-option", "hidden_sizes=[16]", "--quiet")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT
 
 SCRIPTS = ("run", "test", "scripts/ensure-venv", ".ci/run")
 # What the set-up runs besides Python; the scratch PATH holds only these (and the shims),

@@ -26,7 +26,7 @@ from src.config import ConfigError, RunConfig
 from src.errors import WriteError
 from src.training import Trainer
 from src.training.tb_logger import EPOCH_TAGS, STEP_LOSS_TAG, TensorBoardLogger
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint
 # The test extra installs tensorboard (pyproject.toml): CI tests it, never skips it.
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter

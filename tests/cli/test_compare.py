@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from src.cli.compare import branch_records, compare_experiments, flatten
-from tests.cli.conftest import log_records, run_tool
+from tests.helpers import log_records, run_tool
 
 
 def test_compare_a_fork_with_its_parent(real_runs, tmp_path, capsys):

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from src.cli.evaluate import class_metrics, evaluate_experiment
-from tests.cli.conftest import log_records, run_tool
-from tests.cli.test_listing import tree_hashes
+from tests.helpers import log_records, run_tool
+from tests.helpers import tree_hashes_with_lock as tree_hashes
 
 
 @pytest.mark.parametrize("checkpoint, epoch", [("epoch_1", 1), ("latest", 2), ("best", 2)])

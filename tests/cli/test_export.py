@@ -12,7 +12,7 @@ from src.cli.checkpoints import load_model
 from src.cli.evaluate import build_dataset
 from src.cli.export import export_experiment, load_exported
 from src.cli.common import ToolError
-from tests.cli.conftest import run_tool
+from tests.helpers import run_tool
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
 
 from src.cli import listing
 from src.cli.listing import list_experiments, sort_rows
-from tests.cli.conftest import fabricate, run_tool
-
-
-def tree_hashes(directory):
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+from tests.helpers import fabricate, run_tool
+from tests.helpers import tree_hashes_with_lock as tree_hashes
 
 
 def row_of(output: str, name: str) -> str:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from src.cli.main import build_parser, main
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, cli_env
 
 COMMANDS = ("train", "list", "compare", "evaluate", "predict", "export")
 

@@ -11,7 +11,7 @@ from PIL import Image
 from src.cli.checkpoints import load_model
 from src.cli.evaluate import build_dataset, predict_split, split_loader
 from src.cli.predict import predict_images
-from tests.cli.conftest import run_tool
+from tests.helpers import run_tool
 
 
 @pytest.fixture(scope="module")

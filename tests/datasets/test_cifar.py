@@ -24,7 +24,7 @@ import pytest
 from src.datasets import DataError, DatasetRegistry
 from src.datasets.archive import extract_folder, load_restricted_pickle
 from src.datasets.cifar import CIFAR10, CIFAR100, read_batch, read_class_names
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_NAMES = [f"class_{i:02d}" for i in range(100)]

@@ -22,7 +22,7 @@ from src.datasets.image_cache import decode_image
 from src.errors import WriteError
 from src.models import ModelRegistry
 from src.training import ExperimentManager, Trainer
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 CLASSES = {"circle": (0, 200, 0), "square": (220, 0, 0), "triangle": (0, 0, 230)}  # sorted names
 # (extension, Pillow mode the file is saved in): every format and mode the data set must read.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import assert_same_weights, load_checkpoint, run_cli
+from tests.helpers import assert_same_weights, load_checkpoint, run_cli
 
 DATA = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--batch-size", "16", "--quiet")
 

@@ -25,8 +25,8 @@ import src.utils.io as io_module
 from src.training import CheckpointManager, ExperimentManager, Trainer
 from src.training import state_keys as keys
 from src.training.checkpoint import CheckpointSaveError
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
-from tests.training.test_background_writes import make_trainer
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, cli_env
+from tests.helpers import make_background_trainer as make_trainer
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -189,8 +189,8 @@ import torch
 torch.set_num_threads(1)
 from pathlib import Path
 from src.training import CheckpointManager
-from tests.training.test_background_writes import make_trainer
-from tests.training.test_background_hostile import _main_waits_for_writer, _poll
+from tests.helpers import make_background_trainer as make_trainer
+from tests.e2e.test_background_write_faults import _main_waits_for_writer, _poll
 
 real_save = CheckpointManager.save_epoch_end
 def slow(self, model, optimizer, epoch, *args, **kwargs):

@@ -15,24 +15,13 @@ import torch
 import torch.nn as nn
 
 import src.utils.io as io_module
-from src.datasets import DatasetRegistry
 from src.errors import NonFiniteLossError
 from src.models import ModelRegistry
-from src.training import CheckpointManager, ExperimentManager, Trainer
+from src.training import CheckpointManager, Trainer
 from src.training.background import BackgroundWrites, FrozenState, freeze
 from src.training.checkpoint import CheckpointSaveError
 from src.training.manifest import read_manifest
-
-
-def make_trainer(runs: Path, background=True, epochs_hook=None, model=None):
-    torch.manual_seed(0)
-    data = DatasetRegistry.create("synthetic", num_samples=256, num_classes=4, input_shape=(1, 8, 8), seed=0)
-    train_loader, val_loader = data.get_dataloaders(batch_size=32)
-    model = model or ModelRegistry.create("mlp", num_classes=4, input_size=8, hidden_sizes=[32])
-    experiment = ExperimentManager(base_dir=str(runs), lock=False)
-    return Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters(), lr=1e-2),
-                   torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir, save_frequency=1),
-                   show_progress=False, background_writes=background)
+from tests.helpers import make_background_trainer as make_trainer
 
 
 def test_frozen_state_serializes_to_the_same_bytes_and_ignores_later_steps():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from src.training import ExperimentError, ExperimentManager
-from tests.conftest import HANG_TIMEOUT, REPO_ROOT, cli_env
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT, cli_env
 
 
 def test_new_experiments_are_numbered_and_laid_out(tmp_path):

@@ -13,7 +13,7 @@ from src.training.history import (
     HISTORY_KEYS, METRICS_FILE, append_epoch, empty_history, read_metrics_epochs, record_start, write_metrics_csv,
 )
 from src.training.plots import best_epoch_of, plot_history, run_title
-from tests.conftest import load_checkpoint
+from tests.helpers import load_checkpoint
 
 TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
         "--model-option", "hidden_sizes=[8]", "--quiet", "--checkpoint-interval", "0")

@@ -30,8 +30,8 @@ from src.training.ema import ModelEMA
 from src.training.evaluation import evaluation_forward
 from src.training.fast_path import resolve_fast_path
 from src.training.schedules import LinearWarmup
-from tests.conftest import REPO_ROOT, assert_same_weights, load_checkpoint
-from tests.test_faults import assert_same_final_state
+from tests.helpers import REPO_ROOT, assert_same_weights, load_checkpoint
+from tests.helpers import assert_same_final_state
 
 DATA = ("--dataset", "synthetic", "--dataset-option", "num_samples=192", "--dataset-option", "num_classes=4",
         "--dataset-option", "input_shape=[3,12,12]", "--batch-size", "16", "--quiet")

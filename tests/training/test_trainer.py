@@ -7,28 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from src.datasets import DatasetRegistry
-from src.models import ModelRegistry
-from src.training import CheckpointManager, ExperimentManager, Trainer
+from tests.helpers import make_trainer
 
 RESULT_KEYS = {"epochs_trained", "best_accuracy", "training_time", "history", "experiment_dir", "stopped_early", "best_epoch"}
-
-
-def make_trainer(tmp_path, patience=0, with_checkpoints=True, loaders=None, dataset=None, scheduler=None):
-    torch.manual_seed(0)
-    data = DatasetRegistry.create("synthetic", num_samples=256, num_classes=4, input_shape=(1, 8, 8), seed=0)
-    train_loader, val_loader = loaders or data.get_dataloaders(batch_size=32)
-    model = ModelRegistry.create("mlp", num_classes=4, input_size=8, hidden_sizes=[32])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    experiment = ExperimentManager(base_dir=str(tmp_path / "runs"), lock=False)
-    checkpoints = CheckpointManager(experiment.checkpoints_dir, save_frequency=1) if with_checkpoints else None
-    if scheduler == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    return Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"),
-                   experiment, checkpoints, scheduler=scheduler, dataset=dataset, patience=patience)
 
 
 def test_train_returns_documented_results_and_writes_files(tmp_path, capsys):
