@@ -158,6 +158,10 @@ def run_tool(capsys, *argv: str):
     return code, captured.out, captured.err
 
 
+def row_of(output: str, name: str) -> str:
+    return next(line for line in output.splitlines() if line.split()[0] == name)
+
+
 def log_records(experiment: Path):
     return [json.loads(line) for line in (experiment / "training_log.jsonl").read_text().splitlines()]
 

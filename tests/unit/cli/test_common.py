@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 
 import pytest
 
 from src.cli import common
-from src.cli.common import LockTable, ToolError, checkpoint_file_name, class_names_for, find_experiment
+from src.cli.common import ToolError, checkpoint_file_name, class_names_for, find_experiment
 from src.training import checkpoint, experiment
 
 
@@ -23,24 +22,6 @@ def test_experiment_order_matches_the_experiment_manager(tmp_path):
     for name in ("exp10", "exp2", "exp1", "zeta", "alpha", ".hidden"):
         (tmp_path / name).mkdir()
     assert common.experiment_names(tmp_path) == experiment.list_experiments(tmp_path)
-
-
-def test_lock_table_sees_a_lock_held_by_another_process_or_this_one(tmp_path, lock_holder):
-    if not LockTable().available:
-        pytest.skip("no /proc/locks on this system (the recorded pid is used instead)")
-    held, free = tmp_path / "held", tmp_path / "free"
-    held.mkdir(), free.mkdir()
-    (free / ".lock").write_text("1")
-    holder = lock_holder(held)
-    assert LockTable().held(held / ".lock") is True and LockTable().held(free / ".lock") is False
-    assert LockTable().held(tmp_path / ".lock") is None, "no lock file: unknown, the recorded pid decides"
-    assert common.lock_holder(held) == str(holder.pid) and common.lock_holder(free) is None
-    assert experiment.lock_is_free(held / ".lock") is False  # the owner's probe agrees
-    holder.release()
-    assert LockTable().held(held / ".lock") is False and experiment.lock_is_free(held / ".lock")
-    with open(free / ".lock", "a+") as handle:  # this very process
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        assert LockTable().held(free / ".lock") is True
 
 
 @pytest.mark.parametrize("lock_table", [False, True])

@@ -44,22 +44,6 @@ def test_flip_tta_is_recorded(copy_runs):
     assert (copy_runs / "exp1" / "evaluation" / "latest-test-tta" / "evaluation.json").is_file()
 
 
-def test_running_experiment_is_refused_unless_out_is_elsewhere(copy_runs, lock_holder, tmp_path, capsys):
-    experiment = copy_runs / "exp1"
-    holder = lock_holder(experiment)
-    before = tree_hashes(experiment)
-    code, out, err = run_tool(capsys, "evaluate", "exp1", "--runs-dir", str(copy_runs))
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert f"process {holder.pid} holds its lock" in err and "--out DIR" in err
-    code, _, err = run_tool(capsys, "evaluate", "exp1", "--runs-dir", str(copy_runs), "--out", str(experiment / "x"))
-    assert code == 2, "an --out inside the running experiment is refused too"
-    code, _, err = run_tool(capsys, "evaluate", "exp1", "--runs-dir", str(copy_runs), "--out", str(tmp_path / "ev"),
-                            "--mistakes", "2")
-    assert code == 0, err
-    assert (tmp_path / "ev" / "evaluation.json").is_file()
-    assert tree_hashes(experiment) == before
-
-
 @pytest.mark.parametrize("argv, message", [
     (["exp1", "--checkpoint", "worst"], "Unknown checkpoint 'worst'"),
     (["exp1", "--checkpoint", "epoch_7"], "has no epoch_7.pt; available checkpoints: best, latest, epoch_1, epoch_2"),

@@ -69,12 +69,6 @@ def test_onnx_without_the_onnx_package_is_one_clear_line(copy_runs, capsys, monk
     assert not (copy_runs / "exp1" / "export").exists()
 
 
-def test_running_experiment_is_refused(copy_runs, lock_holder, capsys):
-    lock_holder(copy_runs / "exp1")
-    code, _, err = run_tool(capsys, "export", "exp1", "--runs-dir", str(copy_runs))
-    assert code == 2 and "is running" in err and not (copy_runs / "exp1" / "export").exists()
-
-
 def test_damaged_export_is_refused_on_load(copy_runs, tmp_path):
     export_experiment(str(copy_runs), "exp1", out=str(tmp_path / "st"))
     weights = tmp_path / "st" / "model.safetensors"
