@@ -81,3 +81,19 @@ def test_numbers_and_tensors_mix_and_keep_full_precision():
     tracker.update(torch.tensor(float("nan")), torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
     tracker.get_metrics()
     assert tracker.non_finite
+
+
+def test_an_empty_batch_adds_nothing_to_the_metrics():
+    """FAILS ON MAIN: an empty batch's mean loss is NaN (cross entropy over no samples);
+    the tracker adds NaN * 0 = NaN to its sum, so the epoch's loss becomes NaN and
+    ``non_finite`` is set (a Trainer would report divergence) though no sample was seen."""
+    outputs, labels = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0])
+    loss = torch.nn.functional.cross_entropy(outputs, labels)
+    empty_outputs, empty_labels = torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)
+    empty_loss = torch.nn.functional.cross_entropy(empty_outputs, empty_labels)  # tensor(nan)
+    tracker = MetricsTracker()
+    tracker.update(loss, outputs, labels)
+    tracker.update(empty_loss, empty_outputs, empty_labels)
+    metrics = tracker.get_metrics()
+    assert not tracker.non_finite
+    assert metrics == {"loss": pytest.approx(loss.item()), "accuracy": 50.0, "total_samples": 2}
