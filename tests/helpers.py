@@ -162,6 +162,10 @@ def row_of(output: str, name: str) -> str:
     return next(line for line in output.splitlines() if line.split()[0] == name)
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def log_records(experiment: Path):
     return [json.loads(line) for line in (experiment / "training_log.jsonl").read_text().splitlines()]
 
@@ -191,3 +195,28 @@ def make_background_trainer(runs: Path, background=True, epochs_hook=None, model
     return Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters(), lr=1e-2),
                    torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir, save_frequency=1),
                    show_progress=False, background_writes=background)
+
+
+QUICKSTART_MLP = {"hidden_sizes": [16]}
+
+
+def quickstart(runs: Path, epochs: int, model: nn.Module = None, save_frequency: int = 1) -> dict:
+    """The specification's Quick Start on the bundled mnist-sample with a tiny MLP; the lock
+    is released at the end, as when the user's script exits."""
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    dataset = DatasetRegistry.create("mnist-sample")
+    train_loader, val_loader = dataset.get_dataloaders(batch_size=64)
+    if model is None:
+        model = ModelRegistry.create("mlp", num_classes=10, **QUICKSTART_MLP).to(device)
+    experiment_manager = ExperimentManager(base_dir=str(runs))
+    checkpoint_manager = CheckpointManager(checkpoints_dir=experiment_manager.checkpoints_dir,
+                                           save_frequency=save_frequency)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    trainer = Trainer(model=model, train_loader=train_loader, val_loader=val_loader,
+                      criterion=nn.CrossEntropyLoss(), optimizer=optimizer, device=device,
+                      experiment_manager=experiment_manager, checkpoint_manager=checkpoint_manager, patience=5)
+    try:
+        return trainer.train(epochs=epochs)
+    finally:
+        experiment_manager.release()
