@@ -7,10 +7,12 @@ suspected cause of each)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from tests.fake_data import write_cifar10
 from tests.helpers import run_cli
 
 MLP = ("--model", "mlp", "--model-option", "hidden_sizes=[16]", "--quiet", "--device", "cpu")
@@ -110,3 +112,25 @@ def test_image_size_on_a_builtin_data_set_names_the_flag_the_user_gave(tmp_path)
 
 # -- 7. Ctrl-C while a process waits for its peers ---------------------------------------
 
+
+def test_train_py_end_to_end(tmp_path):
+    write_cifar10(tmp_path / "data")
+    result = run_cli("--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--model", "mlp",
+                     "--epochs", "1", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert "cifar10: 100 train / 20 validation samples, input (3, 32, 32), 10 classes, augmentation crop-flip" \
+        in result.stdout
+    config = json.loads((tmp_path / "runs" / "exp1" / "config.json").read_text())
+    assert config["dataset"] == "cifar10" and config["data_fingerprint"]["train_samples"] == 100
+    assert len(config["data_fingerprint"]["mean"]) == 3
+
+
+def test_train_py_trains_on_a_folder_path_and_refuses_mixed_sizes(folder, tmp_path):
+    root = folder("mixed")
+    result = run_cli("--dataset", str(root), "--model", "mlp", "--epochs", "1", "--quiet", cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "have different sizes" in result.stderr and "pass --image-size N" in result.stderr
+    result = run_cli("--dataset", str(root), "--image-size", "16", "--model", "mlp", "--epochs", "1", "--quiet",
+                     cwd=tmp_path)
+    assert "imagefolder: 36 train / 12 validation samples, input (3, 16, 16)" in result.stdout + result.stderr
+    status = json.loads((tmp_path / "runs" / "exp1" / "status.json").read_text())
+    assert status["state"] == "completed"

@@ -6,13 +6,11 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
-import json
 import os
 import pickle
 import re
 import shutil
 import socket
-import struct
 import tarfile
 import threading
 from functools import partial
@@ -24,71 +22,11 @@ import pytest
 from src.datasets import DataError, DatasetRegistry
 from src.datasets.archive import extract_folder, load_restricted_pickle
 from src.datasets.cifar import CIFAR10, CIFAR100, read_batch, read_class_names
-from tests.helpers import run_cli
+from tests.fake_data import CIFAR10_FILES, CIFAR10_NAMES, PER_BATCH, py2_pickle, write_cifar10
 
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_NAMES = [f"class_{i:02d}" for i in range(100)]
-CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 CIFAR100_FILES = ["train", "test", "meta"]
-PER_BATCH = 20
-
-
-# -- writing the official format -----------------------------------------------------
-
-class Python2Pickler(pickle._Pickler):
-    """Writes what Python 2's cPickle wrote for the CIFAR files: protocol 2, every string
-    a Python 2 ``str`` (SHORT_BINSTRING / BINSTRING, so keys load as ``b"data"`` under
-    ``encoding="bytes"``), numpy's globals under their numpy 1 names, dtype args as ints."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_py2_str(self, obj):
-        raw = obj.encode("latin1") if isinstance(obj, str) else obj
-        if len(raw) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-    dispatch[str] = save_py2_str
-
-    def save_global(self, obj, name=None):
-        module = obj.__module__.replace("numpy._core", "numpy.core")
-        self.write(pickle.GLOBAL + f"{module}\n{obj.__qualname__}\n".encode())
-        self.memoize(obj)
-
-    def reducer_override(self, obj):
-        if isinstance(obj, np.dtype):
-            function, args, state = obj.__reduce__()
-            return function, (args[0], int(args[1]), int(args[2])), state
-        return NotImplemented
-
-
-def py2_pickle(obj) -> bytes:
-    buffer = io.BytesIO()
-    Python2Pickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue()
-
-
-def write_cifar10(root: Path, seed: int = 0) -> dict:
-    """A tiny ``cifar-10-batches-py``: 5 train batches and a test batch of 20 images."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    written = {}
-    for index, name in enumerate(CIFAR10_FILES[:6]):
-        data = rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, 10, PER_BATCH)]
-        label = f"training batch {index + 1} of 5" if name != "test_batch" else "testing batch 1 of 1"
-        batch = {b"batch_label": label.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"img_{index}_{i}.png".encode() for i in range(PER_BATCH)]}
-        (folder / name).write_bytes(py2_pickle(batch))
-        written[name] = (data, labels)
-    meta = {b"num_cases_per_batch": PER_BATCH, b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072}
-    (folder / "batches.meta").write_bytes(py2_pickle(meta))
-    return written
-
+# -- writing the official format (Python 2 pickles, CIFAR-10: tests/fake_data.py) -----
 
 def write_cifar100(root: Path, seed: int = 1) -> dict:
     """A tiny ``cifar-100-python``: 100 train and 20 test images, fine and coarse labels."""
@@ -483,12 +421,3 @@ def test_dataset_defaults_crop_flip_and_per_channel_normalisation(tmp_path):
     assert plain.augmentation_policy == "none"
 
 
-def test_train_py_end_to_end(tmp_path):
-    write_cifar10(tmp_path / "data")
-    result = run_cli("--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--model", "mlp",
-                     "--epochs", "1", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert "cifar10: 100 train / 20 validation samples, input (3, 32, 32), 10 classes, augmentation crop-flip" \
-        in result.stdout
-    config = json.loads((tmp_path / "runs" / "exp1" / "config.json").read_text())
-    assert config["dataset"] == "cifar10" and config["data_fingerprint"]["train_samples"] == 100
-    assert len(config["data_fingerprint"]["mean"]) == 3

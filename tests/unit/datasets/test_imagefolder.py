@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from src.config import ConfigError
 from src.datasets import DataError, DatasetRegistry
@@ -22,71 +22,7 @@ from src.datasets.image_cache import decode_image
 from src.errors import WriteError
 from src.models import ModelRegistry
 from src.training import ExperimentManager, Trainer
-from tests.helpers import run_cli
-
-CLASSES = {"circle": (0, 200, 0), "square": (220, 0, 0), "triangle": (0, 0, 230)}  # sorted names
-# (extension, Pillow mode the file is saved in): every format and mode the data set must read.
-FORMATS = [(".png", "RGB"), (".jpg", "RGB"), (".bmp", "RGB"), (".webp", "RGB"), (".png", "L"),
-           (".png", "RGBA"), (".gif", "P"), (".png", "P")]
-
-
-def shape_image(kind: str, size, rng: np.random.Generator) -> Image.Image:
-    """A red square, green circle or blue triangle at a random place on a dark background."""
-    width, height = size
-    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 50, 3)))
-    draw = ImageDraw.Draw(image)
-    r = int(rng.integers(min(size) // 5, min(size) // 3))
-    cx, cy = int(rng.integers(r, width - r)), int(rng.integers(r, height - r))
-    if kind == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=CLASSES[kind])
-    elif kind == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=CLASSES[kind])
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=CLASSES[kind])
-    return image
-
-
-def save_as(image: Image.Image, path: Path, mode: str) -> None:
-    if mode == "P":
-        image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
-    elif mode != "RGB":
-        image = image.convert(mode)
-    image.save(path, quality=95) if path.suffix == ".jpg" else image.save(path)
-
-
-def make_folder(root: Path, train: int = 12, val: int = 4, sizes=((24, 24),), formats=((".png", "RGB"),),
-                seed: int = 0, val_name: str = "val") -> Path:
-    """``root/train/<class>/`` and ``root/<val_name>/<class>/`` of generated shapes, cycling
-    through ``sizes`` and ``formats``."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train), (val_name, val)):
-        for kind in CLASSES:
-            folder = root / split / kind
-            folder.mkdir(parents=True)
-            for i in range(count):
-                extension, mode = formats[i % len(formats)]
-                save_as(shape_image(kind, sizes[i % len(sizes)], rng), folder / f"{i:03d}{extension}", mode)
-    return root
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory):
-    base = tmp_path_factory.mktemp("templates")
-    return {
-        "uniform": make_folder(base / "uniform"),
-        "mixed": make_folder(base / "mixed", sizes=((24, 24), (40, 30), (20, 33)), formats=FORMATS),
-        "shapes": make_folder(base / "shapes", train=40, val=15, sizes=((32, 32), (40, 28)), formats=FORMATS[:4],
-                              seed=1),
-    }
-
-
-@pytest.fixture
-def folder(templates, tmp_path):
-    """A fresh copy (same modification times) of a template folder: ``folder("mixed")``."""
-    def copy(name: str) -> Path:
-        return Path(shutil.copytree(templates[name], tmp_path / name))
-    return copy
-
+from tests.fake_data import CLASSES, make_folder
 
 def create(root: Path, **options):
     options.setdefault("workers", 1)
@@ -521,18 +457,6 @@ def test_a_model_learns_the_shapes_and_memory_mapping_changes_nothing(folder, tm
     assert mapped_results["history"]["val_accuracy"] == results["history"]["val_accuracy"]
     for key in weights:
         assert torch.equal(weights[key], mapped_weights[key]), key
-
-
-def test_train_py_trains_on_a_folder_path_and_refuses_mixed_sizes(folder, tmp_path):
-    root = folder("mixed")
-    result = run_cli("--dataset", str(root), "--model", "mlp", "--epochs", "1", "--quiet", cwd=tmp_path, check=False)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "have different sizes" in result.stderr and "pass --image-size N" in result.stderr
-    result = run_cli("--dataset", str(root), "--image-size", "16", "--model", "mlp", "--epochs", "1", "--quiet",
-                     cwd=tmp_path)
-    assert "imagefolder: 36 train / 12 validation samples, input (3, 16, 16)" in result.stdout + result.stderr
-    status = json.loads((tmp_path / "runs" / "exp1" / "status.json").read_text())
-    assert status["state"] == "completed"
 
 
 def test_mid_epoch_resume_on_a_memory_mapped_folder_with_crop_flip_redraws_is_bit_exact(folder, tmp_path):
