@@ -1,26 +1,24 @@
-"""Shared fixtures: the real data in ../shared/data, and running train.py as a user would."""
+"""Shared fixtures: the real data in ../shared/data, real runs made once, lock holders.
+Helpers (running train.py as a user would, comparisons, tiny trainers) are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("EXPTRAIN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+import train
+from tests.fake_data import FORMATS, make_folder
+
+# Re-exported for test files written before tests/helpers.py; import from tests.helpers.
+from tests.helpers import (HANG_TIMEOUT, REPO_ROOT, SHARED_DATA, LockHolder, assert_same_weights,  # noqa: F401
+                           cli_env, load_checkpoint, run_cli, start_cli)
 
 # Two cores: keep each test process to one intra-op thread so parallel work (subprocesses,
 # the HTTP server) does not thrash, and numerics do not depend on the machine's core count.
 torch.set_num_threads(1)
-
-# A guard against a hung process, not a speed check: the suite must pass on a machine whose
-# CPU is oversubscribed several times over, where a 20-epoch reference run takes minutes.
-# Tests that wait for progress wait for it to be observed (a line, a file), bounded by this.
-HANG_TIMEOUT = float(os.environ.get("EXPTRAIN_TEST_HANG_TIMEOUT", 1800))
 
 
 @pytest.fixture
@@ -31,37 +29,55 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def cli_env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO_ROOT))
-    env.update(extra)
-    return env
+@pytest.fixture(scope="session")
+def real_runs(tmp_path_factory) -> Path:
+    """runs/exp1 (mlp, 2 epochs, epoch checkpoints) and runs/exp2 (a fork of exp1 to
+    epoch 3 with another learning rate), made once by train.py's own main. Tests that
+    write copy them first (``copy_runs``)."""
+    runs = tmp_path_factory.mktemp("tool-runs") / "runs"
+    common = ["--dataset", "mnist-sample", "--model", "mlp", "--quiet", "--runs-dir", str(runs)]
+    assert train.main([*common, "--epochs", "2", "--save-frequency", "1"]) == 0
+    assert train.main([*common[4:], "--fork", "exp1", "--epochs", "3", "--lr", "0.0005"]) == 0
+    return runs
 
 
-def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = HANG_TIMEOUT, **env: str) -> subprocess.CompletedProcess:
-    """Run ``python train.py ARGS`` in a subprocess and return the finished process."""
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), *args],
-        cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"train.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
+@pytest.fixture
+def copy_runs(real_runs, tmp_path):
+    """A private copy of the real runs directory (evaluate and export write into it)."""
+    target = tmp_path / "runs"
+    shutil.copytree(real_runs, target)
+    return target
 
 
-def start_cli(*args: str, cwd: Path, **env: str) -> subprocess.Popen:
-    """Start ``python train.py ARGS`` without waiting; stdout is a line-buffered pipe."""
-    return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "train.py"), *args],
-        cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-    )
+@pytest.fixture
+def lock_holder():
+    """``lock_holder(experiment_dir)`` starts a process holding its lock; all are released at the end."""
+    holders = []
+
+    def start(experiment: Path) -> LockHolder:
+        holder = LockHolder(experiment)
+        holders.append(holder)
+        return holder
+
+    yield start
+    for holder in holders:
+        holder.release()
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    base = tmp_path_factory.mktemp("templates")
+    return {
+        "uniform": make_folder(base / "uniform"),
+        "mixed": make_folder(base / "mixed", sizes=((24, 24), (40, 30), (20, 33)), formats=FORMATS),
+        "shapes": make_folder(base / "shapes", train=40, val=15, sizes=((32, 32), (40, 28)), formats=FORMATS[:4],
+                              seed=1),
+    }
 
 
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs"
+@pytest.fixture
+def folder(templates, tmp_path):
+    """A fresh copy (same modification times) of a template folder: ``folder("mixed")``."""
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(templates[name], tmp_path / name))
+    return copy
