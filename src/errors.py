@@ -62,6 +62,18 @@ class ConfigError(BadInputError, ValueError):
         self.key = key
 
 
+class InputTypeError(BadInputError, TypeError):
+    """A value of the wrong type given to the Python API (images that are not uint8); exit code 2."""
+
+
+class UnknownNameError(BadInputError, KeyError):
+    """A name no registry knows; the message lists the known names (exit code 2). A
+    ``KeyError``, as the specification asks of ``Registry.create``, printed without quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class DataError(BadInputError, RuntimeError):
     """A data set cannot be found, downloaded or read; the message says what to do (exit code 2)."""
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, Iterable, Optional, Tuple
 
+from .errors import ConfigError
 from .registry import Registry
 
 OptimizerRegistry = Registry("optimizer", sort_names=False)
@@ -119,7 +120,7 @@ def _onecycle(optimizer, epochs: int, steps_per_epoch: Optional[int] = None):
     import torch
 
     if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-        raise ValueError("The onecycle scheduler plans its steps from the length of the training loader; "
+        raise ConfigError("The onecycle scheduler plans its steps from the length of the training loader; "
                          f"this loader has none ({steps_per_epoch!r} steps per epoch). Use another --scheduler.")
     max_lrs = [group["lr"] for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=epochs * steps_per_epoch)
@@ -133,7 +134,7 @@ def build_optimizer(name: str, parameters: Iterable[Any], lr: float, weight_deca
         ValueError: an unknown name (the known ones listed).
     """
     if name not in OptimizerRegistry:
-        raise ValueError(OptimizerRegistry.unknown_message(name))
+        raise ConfigError(OptimizerRegistry.unknown_message(name))
     return OptimizerRegistry.get(name)(parameters, lr=lr, weight_decay=weight_decay)
 
 
@@ -149,7 +150,7 @@ def build_scheduler(name: str, optimizer: Any, epochs: int, steps_per_epoch: Opt
             (an unsized training loader).
     """
     if name not in SchedulerRegistry:
-        raise ValueError(SchedulerRegistry.unknown_message(name))
+        raise ConfigError(SchedulerRegistry.unknown_message(name))
     return SchedulerRegistry.get(name)(optimizer, epochs, steps_per_epoch)
 
 

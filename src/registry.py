@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .errors import UnknownNameError
+
 
 class Registry:
     """Maps names to factories (classes or functions).
@@ -54,7 +56,7 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(self.unknown_message(name)) from None
+            raise UnknownNameError(self.unknown_message(name)) from None
 
     def info(self, name: str) -> Dict[str, Any]:
         """The metadata ``name`` was registered with.

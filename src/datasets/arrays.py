@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from ..errors import ConfigError
 from .base import BaseDataset, Normalisation
 from ..checks import check_bool
 
@@ -48,22 +49,22 @@ class ArrayDataset(BaseDataset):
                  augment: bool = True, seed: int = 42, augmentation: Optional[str] = None,
                  mean: Optional[Normalisation] = None, std: Optional[Normalisation] = None, name: str = "arrays"):
         if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty text, got {name!r}.")
+            raise ConfigError(f"name must be a non-empty text, got {name!r}.")
         self.name = name
         super().__init__(augment=check_bool(augment, name, "augment"), seed=seed, augmentation=augmentation)
         if class_names is not None:
             if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names):
-                raise ValueError(f"class_names must be a list of texts, got {class_names!r}.")
+                raise ConfigError(f"class_names must be a list of texts, got {class_names!r}.")
             class_names = [str(c) for c in class_names]  # a numpy array of names, a tuple: a plain list
             if any(not c.strip() for c in class_names):
-                raise ValueError(f"class_names holds an empty name ({class_names!r}); give every class a name.")
+                raise ConfigError(f"class_names holds an empty name ({class_names!r}); give every class a name.")
             repeated = sorted({c for c in class_names if list(class_names).count(c) > 1})
             if repeated:
-                raise ValueError(f"class_names names {repeated[0]!r} more than once; give each class its own name.")
+                raise ConfigError(f"class_names names {repeated[0]!r} more than once; give each class its own name.")
             if not class_names:
-                raise ValueError("class_names is empty; give one name per class.")
+                raise ConfigError("class_names is empty; give one name per class.")
             if num_classes is not None and num_classes != len(class_names):
-                raise ValueError(f"num_classes={num_classes!r} but {len(class_names)} class names were given.")
+                raise ConfigError(f"num_classes={num_classes!r} but {len(class_names)} class names were given.")
             num_classes = len(class_names)
         self._set_data(train_images, train_labels, test_images, test_labels, num_classes=num_classes,
                        class_names=class_names, mean=mean, std=std)

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import ConfigError, InputTypeError
 from ..utils.seed import derive_seed
 from .idx import DataError
 from .loader import TensorLoader
@@ -173,7 +174,7 @@ class BaseDataset:
         if self.train_images.shape[0] == 0:
             raise DataError(f"The {self.name} train split holds no images; a data set needs training images.")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
-            raise ValueError(f"{self.name}: train images are {tuple(self.train_images.shape[1:])} but test images "
+            raise ConfigError(f"{self.name}: train images are {tuple(self.train_images.shape[1:])} but test images "
                              f"{tuple(self.test_images.shape[1:])}; both splits need one image shape.")
         if num_classes is None:
             num_classes = self.classes_count
@@ -181,7 +182,7 @@ class BaseDataset:
             labels = torch.cat([self.train_labels.reshape(-1), self.test_labels.reshape(-1)])
             num_classes = max(int(labels.max()) + 1, 1) if labels.numel() else 0
         if not is_integer(num_classes) or num_classes < 0:
-            raise ValueError(f"{self.name}: num_classes must be a non-negative integer, got {num_classes!r}.")
+            raise ConfigError(f"{self.name}: num_classes must be a non-negative integer, got {num_classes!r}.")
         for split, images, labels in (("train", self.train_images, self.train_labels),
                                       ("test", self.test_images, self.test_labels)):
             source = sources.get(split)
@@ -192,7 +193,7 @@ class BaseDataset:
             class_names = [str(i) for i in range(self._num_classes)]
         class_names = [str(name) for name in class_names]
         if len(class_names) != self._num_classes:
-            raise ValueError(f"{self.name}: {len(class_names)} class names for {self._num_classes} classes.")
+            raise ConfigError(f"{self.name}: {len(class_names)} class names for {self._num_classes} classes.")
         self.class_names = class_names
         self._set_normalisation(mean, std)
         self._content_sha256 = content_sha256
@@ -235,12 +236,12 @@ class BaseDataset:
         for label, values in (("mean", mean), ("std", std)):
             listed = list(values) if isinstance(values, (list, tuple)) else None
             if listed is not None and len(listed) not in (1, channels):
-                raise ValueError(f"{self.name}: {label} has {len(listed)} values for {channels} channels.")
+                raise ConfigError(f"{self.name}: {label} has {len(listed)} values for {channels} channels.")
             numbers = listed if listed is not None else [values]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
-                raise ValueError(f"{self.name}: {label} must be finite numbers, got {values!r}.")
+                raise ConfigError(f"{self.name}: {label} must be finite numbers, got {values!r}.")
             if label == "std" and not all(v > 0 for v in numbers):
-                raise ValueError(f"{self.name}: std must be positive, got {values!r}.")
+                raise ConfigError(f"{self.name}: std must be positive, got {values!r}.")
         self.mean = [float(v) for v in mean] if isinstance(mean, (list, tuple)) else float(mean)
         self.std = [float(v) for v in std] if isinstance(std, (list, tuple)) else float(std)
 
@@ -280,22 +281,22 @@ class BaseDataset:
     def _as_nchw(images) -> torch.Tensor:
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8:
-                raise TypeError(f"Images must be uint8, got {images.dtype}.")
+                raise InputTypeError(f"Images must be uint8, got {images.dtype}.")
             with warnings.catch_warnings():  # a read-only memory map: the data is only ever read
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 images = torch.from_numpy(images if images.flags.c_contiguous else np.ascontiguousarray(images))
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8:
-            raise TypeError(f"Images must be uint8, got {images.dtype}.")
+            raise InputTypeError(f"Images must be uint8, got {images.dtype}.")
         if images.dim() == 3:  # (N, H, W) grey images
             images = images.unsqueeze(1)
         if images.dim() != 4:
-            raise ValueError(f"Images must be (N, H, W) or (N, C, H, W), got shape {tuple(images.shape)}.")
+            raise ConfigError(f"Images must be (N, H, W) or (N, C, H, W), got shape {tuple(images.shape)}.")
         if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
-            raise ValueError(f"Images of shape {tuple(images.shape)} look channels-last (N, H, W, C); give them as "
+            raise ConfigError(f"Images of shape {tuple(images.shape)} look channels-last (N, H, W, C); give them as "
                              "(N, C, H, W), e.g. array.transpose(0, 3, 1, 2).")
         if 0 in tuple(images.shape[1:]):
-            raise ValueError(f"Images of shape {tuple(images.shape)} have an empty dimension; each image needs "
+            raise ConfigError(f"Images of shape {tuple(images.shape)} have an empty dimension; each image needs "
                              "at least one channel and one pixel.")
         return images.contiguous()
 
@@ -415,13 +416,13 @@ class BaseDataset:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore the live augmentation draw (recomputed from its seed, not stored)."""
         if bool(state["augment"]) != self.augment or int(state["seed"]) != self.seed:
-            raise ValueError(
+            raise ConfigError(
                 f"Dataset state was saved with augment={state['augment']} seed={state['seed']}, "
                 f"this dataset has augment={self.augment} seed={self.seed}."
             )
         policy = state.get("policy", "affine")  # checkpoints before policies existed: affine
         if self.augment and policy != self.augmentation_policy:
-            raise ValueError(f"Dataset state was saved with augmentation {policy!r}, "
+            raise ConfigError(f"Dataset state was saved with augmentation {policy!r}, "
                              f"this dataset uses {self.augmentation_policy!r}.")
         if state["augmentation_epoch"] is not None:
             self.reapply_transforms(int(state["augmentation_epoch"]))
@@ -444,9 +445,9 @@ class BaseDataset:
             val_batch_size: validation batch size (default: ``max(batch_size, 256)``).
         """
         if not is_integer(batch_size) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if val_batch_size is not None and (not is_integer(val_batch_size) or val_batch_size <= 0):
-            raise ValueError(f"val_batch_size must be a positive integer, got {val_batch_size!r}.")
+            raise ConfigError(f"val_batch_size must be a positive integer, got {val_batch_size!r}.")
         batch_size = int(batch_size)
         val_batch_size = int(val_batch_size) if val_batch_size is not None else None
         images = self.augmented_train_images if self._draw is None and self.augmented_train_images is not None \

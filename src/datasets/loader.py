@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
+from ..errors import ConfigError
 from ..utils.seed import derive_seed
 
 
@@ -64,10 +65,10 @@ class TensorLoader:
         import numbers
 
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
         batch_size = int(batch_size)
         if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
+            raise ConfigError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -92,7 +93,7 @@ class TensorLoader:
     def set_images(self, images: torch.Tensor) -> None:
         """Swap in a new draw of (augmented) images of the same shape."""
         if images.shape != self.images.shape:
-            raise ValueError(f"New images have shape {tuple(images.shape)}, expected {tuple(self.images.shape)}.")
+            raise ConfigError(f"New images have shape {tuple(images.shape)}, expected {tuple(self.images.shape)}.")
         self.images = self._store(images)
 
     def set_transform(self, transform: Optional[Callable[..., torch.Tensor]]) -> None:
@@ -103,7 +104,7 @@ class TensorLoader:
         means = list(mean) if isinstance(mean, (list, tuple)) else [mean]
         stds = list(std) if isinstance(std, (list, tuple)) else [std]
         if len(means) not in (1, channels) or len(stds) not in (1, channels):
-            raise ValueError(f"mean/std need 1 or {channels} values, got {mean!r} and {std!r}.")
+            raise ConfigError(f"mean/std need 1 or {channels} values, got {mean!r} and {std!r}.")
         if len(set(means)) == 1 and len(set(stds)) == 1:
             # One number for all channels: a scalar scale (the fused path below).
             self.scale = 1.0 / (255.0 * stds[0])
@@ -164,7 +165,7 @@ class TensorLoader:
         rank ``b % world_size``; ``batch_index`` names the batch being served.
         """
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}.")
+            raise ConfigError(f"rank {rank} is outside 0..{world_size - 1}.")
         self.rank, self.world_size, self.whole_batches = int(rank), int(world_size), bool(whole_batches)
         return self
 
@@ -257,7 +258,7 @@ class TensorLoader:
         """
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world_size and int(state["position"]) > 0:
-            raise ValueError(f"The data position was saved mid-epoch by {saved_world} process(es); this run has "
+            raise ConfigError(f"The data position was saved mid-epoch by {saved_world} process(es); this run has "
                              f"{self.world_size}. Resume with {saved_world}.")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])

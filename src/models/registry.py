@@ -66,7 +66,7 @@ def build_model(model_config: Dict[str, Any]) -> nn.Module:
     config = dict(model_config)
     name = config.pop("name", None)
     if name is None:
-        raise ValueError(f"model_config {model_config!r} has no 'name'; it cannot be rebuilt.")
+        raise ConfigError(f"model_config {model_config!r} has no 'name'; it cannot be rebuilt.")
     return ModelRegistry.create(name, **recorded_model_options(name, config))
 
 

@@ -6,6 +6,8 @@ from typing import Optional, Union
 
 import torch
 
+from ..errors import ConfigError
+
 
 def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.device:
     """Return the device to train on.
@@ -32,24 +34,24 @@ def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.de
     try:
         device = torch.device(preferred)
     except (RuntimeError, TypeError):
-        raise ValueError(
+        raise ConfigError(
             f"Unknown device {preferred!r}; use auto, cpu, cuda, cuda:N or mps."
         ) from None
     if device.type == "cuda" and device.index is None and _local_rank() is not None and torch.cuda.is_available():
         device = torch.device("cuda", _local_rank() % torch.cuda.device_count())  # torchrun: this rank's GPU
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"Device {preferred!r} was requested but CUDA is not available here; use --device cpu or auto.")
+            raise ConfigError(f"Device {preferred!r} was requested but CUDA is not available here; use --device cpu or auto.")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"Device {preferred!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)."
             )
     elif device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise ValueError(f"Device {preferred!r} was requested but MPS is not available here; use --device cpu or auto.")
+            raise ConfigError(f"Device {preferred!r} was requested but MPS is not available here; use --device cpu or auto.")
     elif device.type != "cpu":
-        raise ValueError(f"Unsupported device {preferred!r}; use auto, cpu, cuda, cuda:N or mps.")
+        raise ConfigError(f"Unsupported device {preferred!r}; use auto, cpu, cuda, cuda:N or mps.")
     return device
 
 
