@@ -15,11 +15,9 @@ detected where the metrics are read back anyway (the tracker's periodic flush, t
 each epoch) and before every checkpoint write, so it costs no per-step host sync; nothing
 non-finite is ever saved as best or latest.
 
-The Trainer holds its helpers as objects: ``saver`` (``trainer_saves.Saver``: checkpoints
-and the background writer), ``torchrun`` (``trainer_distributed.TorchrunSteps``),
-``records`` (``trainer_records.RunRecords``: config, curves, status), ``precision``,
-``ema``, ``warmup``, ``early_stopping`` and ``train_tracker``. Its loaders are
-``ResumableLoader``s (``protocols.py``), a plain DataLoader being adapted once, here.
+Helpers are held objects: ``saver`` (checkpoints, background writer), ``torchrun``,
+``records`` (config, curves, status), ``precision``, ``ema``, ``warmup``, ``early_stopping``;
+the loaders are ``ResumableLoader``s (``protocols.py``), adapted once when it is built.
 """
 
 from __future__ import annotations
@@ -28,34 +26,31 @@ import math
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..errors import ExptrainError, NonFiniteLossError, WriteError
+from ..errors import NonFiniteLossError, WriteError
 from . import state_keys as keys
-from .checkpoint import CheckpointManager, CheckpointSaveError
+from .checkpoint import CheckpointManager
 from .distributed import Distributed, PeerFailedError
 from .early_stopping import EarlyStopping
 from .ema import ModelEMA
 from .evaluation import evaluation_criterion, evaluation_forward
-from .history import append_epoch, empty_history, read_log
+from .history import append_epoch, empty_history
 from .interrupts import StopRequest, TrainingInterrupted
 from .metrics import MetricsTracker
 from .precision import Precision
 from .progress import ProgressBar
-from .protocols import (  # noqa: F401  (loader_length: re-exported, it was defined here)
-    BatchIndexedLoader, ExperimentLike, ResumableLoader, as_resumable, loader_length, model_config, records_position,
-    unwrap,
-)
-from .schedules import LinearWarmup, check_schedule_plan, optimizer_steps_per_epoch, steps_per_batch
+from .protocols import BatchIndexedLoader, ExperimentLike, loader_length, model_config, records_position, unwrap
+from .schedules import check_schedule_plan, optimizer_steps_per_epoch, steps_per_batch
+from .trainer_build import build_models, build_warmup, prepare_loader, step_scheduler
 from .trainer_distributed import TorchrunSteps
 from .trainer_options import TrainerOptions
 from .trainer_records import RunRecords
 from .trainer_saves import Saver
-from .trainer_state import load_training_state, training_state
+from .trainer_state import history_from_log, load_training_state, training_state, unsaved_reason
 
 
 class Trainer:
@@ -83,17 +78,17 @@ class Trainer:
         self.device = torch.device(device)
         self.dist = opts.distributed if opts.distributed is not None else \
             Distributed.from_environment(str(self.device))
-        self._train = self._prepare_loader(train_loader, whole_batches=False)
-        self._val = self._prepare_loader(val_loader, whole_batches=True)
+        self._train = prepare_loader(train_loader, self.device, self.dist, whole_batches=False)
+        self._val = prepare_loader(val_loader, self.device, self.dist, whole_batches=True)
         self.experiment_manager = experiment_manager
         self.dataset = dataset
         self.early_stopping = EarlyStopping(patience)
         self.precision = Precision(opts.amp, self.device)
         self.channels_last = opts.channels_last
-        self._build_models(opts.compile_model)
+        self.parallel_model, self.forward_model = build_models(model, self.device, self.dist, opts)
         self.eval_criterion = evaluation_criterion(criterion) if opts.eval_criterion is None else opts.eval_criterion
         self.ema = ModelEMA(self.model, opts.ema_decay) if opts.ema_decay else None  # after the memory-format change
-        self.warmup = self._build_warmup(opts.warmup_epochs, opts.grad_accum_steps)
+        self.warmup = build_warmup(self._train, opts.warmup_epochs, opts.grad_accum_steps)
         self.warmup_epochs, self.tta_flip = opts.warmup_epochs, bool(opts.tta_flip)
         self.grad_accum_steps, self.grad_clip = opts.grad_accum_steps, float(opts.grad_clip)
         self._target_epochs: Optional[int] = None  # the epochs of the current train() call
@@ -102,7 +97,7 @@ class Trainer:
             and self.dist.is_main
         self._history = empty_history()
         self.starts: list = []  # where this run was resumed or forked (drawn on the curves)
-        self.epoch, self.global_step = 0, 0  # completed epochs, optimizer... batches trained
+        self.epoch, self.global_step = 0, 0  # completed epochs, batches trained
         self.train_tracker = MetricsTracker()
         self._mid_epoch = False  # the train tracker/loader hold a partial epoch
         self._epoch_lr: Optional[float] = None  # the learning rate at the start of the current epoch
@@ -112,35 +107,6 @@ class Trainer:
         self.records = RunRecords(self, opts.plot_interval)
         self._unsaved_state: Optional[str] = None  # why train() cannot continue (a save failed, divergence)
         self.tensorboard = opts.tensorboard if self.dist.is_main else None
-
-    def _prepare_loader(self, loader, whole_batches: bool) -> ResumableLoader:
-        # The built-in loader moves its uint8 data once; other loaders are copied per batch.
-        loader = as_resumable(loader)
-        loader.to_device(self.device)
-        return as_resumable(loader.shard(self.dist.rank, self.dist.world_size, whole_batches=whole_batches)) \
-            if self.dist.enabled else loader
-
-    def _build_models(self, compile_model: bool) -> None:
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        # The compiled wrapper shares the model's parameters; checkpoints use the model
-        # itself, so their keys never carry torch.compile's "_orig_mod." prefix.
-        self.parallel_model = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
-                if self.device.type == "cuda" else None
-            self.parallel_model = DistributedDataParallel(self.model, device_ids=ids)
-        self.forward_model = torch.compile(self.parallel_model) if compile_model else self.parallel_model
-
-    def _build_warmup(self, warmup_epochs: int, grad_accum_steps: int) -> Optional[LinearWarmup]:
-        if not warmup_epochs:
-            return None
-        steps = optimizer_steps_per_epoch(loader_length(self._train), grad_accum_steps)
-        if steps is None:
-            raise ValueError("warmup_epochs needs a training loader with a length (to count the steps of an epoch).")
-        return LinearWarmup(warmup_epochs * steps)
 
     # -- properties ------------------------------------------------------------------
     train_loader = property(lambda self: unwrap(self._train), doc="The training loader given (or its shard).")
@@ -192,7 +158,7 @@ class Trainer:
                     self.tensorboard.log_step(self.global_step, loss)
                 if step_ends:
                     self._optimizer_step()
-                    self._between_steps(epoch, tracker)
+                    self.torchrun.between_steps(epoch, tracker)
                 if tracker.non_finite and not sharded:  # set when the tracker reads losses back (no extra sync)
                     self._diverged("training", epoch, tracker.get_metrics()["loss"])
                 if progress is not None:
@@ -211,16 +177,6 @@ class Trainer:
             self._diverged("training", epoch, metrics["loss"])
         self._mid_epoch = False
         return metrics, steps / max(time.perf_counter() - start, 1e-9)
-
-    def _between_steps(self, epoch: int, tracker: MetricsTracker) -> None:
-        """Stop or save only between optimizer steps: accumulated gradients are not saved."""
-        if self.dist.enabled:
-            self.torchrun.agree_mid_epoch(epoch, tracker)
-            return
-        if self.stop_request.requested:
-            self.saver.interrupt_mid_epoch()
-        if self.saver.mid_epoch_save_due():
-            self.saver.save_mid_epoch(epoch)
 
     @torch.inference_mode()
     def validate(self) -> Tuple[Dict[str, float], float]:
@@ -278,7 +234,7 @@ class Trainer:
         """
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs <= 0:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
-        self._refuse_unsaved_state()
+        self.records.refuse_unsaved_state(self._unsaved_state)
         start_epoch = max(int(start_epoch), self.epoch)
         self.epoch = self.saver.committed_epoch = start_epoch
         em, records = self.experiment_manager, self.records
@@ -289,25 +245,13 @@ class Trainer:
             with self.stop_request:  # signals are noted until the outcome is recorded
                 try:
                     stopped_early = self._run_epochs(start_epoch, epochs)
-                    records.plot_if_stale()
-                    em.write_status("stopped_early" if stopped_early else "completed", epoch=self.epoch,
-                                    global_step=self.global_step, best_accuracy=self.best_accuracy, best_epoch=self.best_epoch)
-                except TrainingInterrupted as exc:
-                    records.plot_if_stale(quiet=True)
-                    records.record_status("interrupted", global_step=self.global_step, signal=signal.Signals(exc.signum).name)
-                    raise
-                except NonFiniteLossError as exc:
-                    records.plot_if_stale(quiet=True)
-                    records.record_status("failed", reason="non-finite loss", error=str(exc))
-                    raise
+                    records.record_end(stopped_early)
                 except BaseException as exc:
-                    if self.saver.writes.wait_quietly() is not None:  # a failed write under a second interrupt
+                    generic = not isinstance(exc, (TrainingInterrupted, NonFiniteLossError))
+                    if generic and self.saver.writes.wait_quietly() is not None:  # a failed write under a second interrupt
                         self.saver.writes_failed()
-                    records.record_status("failed", error=f"{type(exc).__name__}: {exc}")
+                    records.record_failure(exc)
                     raise
-                if self.stop_request.requested:
-                    self._log(f"{signal.Signals(self.stop_request.signum).name} arrived after the last epoch was saved; "
-                              "the run is complete.")
         finally:
             problem = self.tensorboard.close() if self.tensorboard is not None else None
             if problem:
@@ -317,14 +261,6 @@ class Trainer:
         return {"epochs_trained": self.epoch, "best_accuracy": self.best_accuracy,
                 "training_time": time.perf_counter() - started, "history": self.history,
                 "experiment_dir": em.experiment_dir, "stopped_early": stopped_early, "best_epoch": self.best_epoch}
-
-    def _refuse_unsaved_state(self) -> None:
-        if self._unsaved_state is not None:
-            name = self.experiment_manager.name
-            raise ExptrainError(
-                f"This Trainer stopped at epoch {self.epoch} of {name} because {self._unsaved_state}; its model and "
-                f"optimizer have moved past what was saved, so it cannot continue. Resume from the saved checkpoints "
-                f"instead: python train.py --resume {name} (or a new Trainer with ExperimentManager(resume_exp={name!r})).")
 
     def _run_epochs(self, start_epoch: int, epochs: int) -> bool:
         """The epochs of ``train``; returns True when early stopping ended them. Returns
@@ -365,9 +301,7 @@ class Trainer:
             if pending is not None or isinstance(failed, WriteError):  # an epoch's save failed
                 saver.writes_failed()
             if isinstance(failed, (WriteError, NonFiniteLossError)):  # the state in memory was not saved
-                self._unsaved_state = ("training diverged" if isinstance(failed, NonFiniteLossError)
-                                       else "a checkpoint could not be written" if isinstance(failed, CheckpointSaveError)
-                                       else "a file of the run could not be written")
+                self._unsaved_state = unsaved_reason(failed)
             if pending is not None:
                 raise pending from exc
             raise
@@ -385,7 +319,7 @@ class Trainer:
         self.saver.wait_for_writes()  # the previous epoch's save: its error stops the run here
         if not math.isfinite(val_metrics["loss"]):
             self._diverged("validation", epoch, val_metrics["loss"])
-        self._step_scheduler(val_metrics)
+        step_scheduler(self.scheduler, val_metrics)
         improved = self.early_stopping.step(val_metrics["accuracy"], epoch)
         if self.dataset is not None:
             self.dataset.reapply_transforms(epoch)
@@ -409,22 +343,12 @@ class Trainer:
         if self.records.plot_due():
             self.saver.wait_for_writes()  # the curves never show an epoch before its checkpoint is committed
             self.records.plot()
-        self._log(
-            f"Epoch {epoch}/{epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2f}%  "
-            f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2f}%  lr {learning_rate:.2e}  "
-            f"{record['epoch_time']:.1f}s ({train_speed:.0f} it/s)" + ("  *best" if improved else "")
-        )
+        self.records.log_epoch(record, epochs, train_speed, improved)
         return self.early_stopping.should_stop
 
     def _diverged(self, what: str, epoch: int, loss: float) -> None:
         """Stop: the ``what`` loss of ``epoch`` is not finite. Nothing of this epoch is saved."""
-        name = self.experiment_manager.name
-        kept = (f"the last good checkpoint (epoch {self.epoch}) is kept; fork from it with a lower learning rate, "
-                f"e.g. python train.py --fork {name} --lr <smaller>" if self.epoch > 0 else
-                "no epoch finished, so there is nothing to keep; start again with a lower learning rate")
-        raise NonFiniteLossError(
-            f"Training diverged: the {what} loss is {loss} in epoch {epoch} (by step {self.global_step}); {kept}."
-        )
+        raise self.records.divergence(what, epoch, loss)
 
     def remaining_optimizer_steps(self, epochs: int) -> Optional[int]:
         """Optimizer steps from the current position (inside an epoch after a mid-epoch
@@ -439,19 +363,8 @@ class Trainer:
         done = steps if position >= batches else position // self.grad_accum_steps
         return (epochs - self.epoch) * steps - done
 
-    def _step_scheduler(self, val_metrics: Dict[str, float]) -> None:
-        if self.scheduler is None or steps_per_batch(self.scheduler):
-            return
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(val_metrics["accuracy"] if self.scheduler.mode == "max" else val_metrics["loss"])
-        else:
-            self.scheduler.step()
-
     # -- state -----------------------------------------------------------------------
-    def _training_state(self) -> Dict[str, Any]:
-        """Everything but model and optimizer (which CheckpointManager adds); a collective
-        step under torchrun (see ``trainer_state.training_state``)."""
-        return training_state(self)
+    _training_state = training_state  # everything but model and optimizer (trainer_state.py)
 
     def state_dict(self) -> Dict[str, Any]:
         """The complete training state, as stored in a checkpoint."""
@@ -469,35 +382,15 @@ class Trainer:
         """Continue from a checkpoint dict: model, optimizer, scheduler, early stopping,
         history, RNG, data position and augmentation draw. A checkpoint with progress is
         recorded in ``starts`` as a ``start_kind`` point ("resume", "fork"; None: not).
-
-        Raises:
-            CheckpointError: the checkpoint has a newer format than this code reads."""
+        A checkpoint of a newer format than this code reads raises CheckpointError."""
         load_training_state(self, state, restore_optimizer, start_kind)
 
     def load_history_from_log(self) -> int:
         """Rebuild ``history`` from the experiment's log file, and with it the best
         validation accuracy, its epoch and the epochs without improvement (so a resume
         through the Python API keeps its best model and its patience). Returns the last
-        epoch (0 if none), which also becomes ``self.epoch``.
-
-        Raises:
-            ValueError: a damaged line in the middle of the log (named).
-        """
-        self._history = read_log(Path(self.experiment_manager.log_file))
-        stopper = EarlyStopping(self.early_stopping.patience, self.early_stopping.mode, self.early_stopping.min_delta)
-        for epoch, accuracy in zip(self._history["epoch"], self._history["val_accuracy"]):
-            stopper.step(accuracy, epoch)
-        self.early_stopping = stopper
-        last = self._history["epoch"][-1] if self._history["epoch"] else 0
-        self.epoch = max(self.epoch, int(last))
-        return last
-
-    def forget_after(self, epoch: int) -> None:
-        """A write failed: the run's progress is what the checkpoint of ``epoch`` holds."""
-        self.epoch = min(self.epoch, epoch)
-        keep = [i for i, e in enumerate(self._history["epoch"]) if e <= epoch]
-        if len(keep) < len(self._history["epoch"]):
-            self._history = {key: [values[i] for i in keep] for key, values in self._history.items()}
+        epoch (0 if none), which also becomes ``self.epoch``; ValueError names a damaged line."""
+        return history_from_log(self)
 
     def _log(self, message: str) -> None:
         if self.dist.is_main:

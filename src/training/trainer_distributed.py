@@ -47,6 +47,18 @@ class TorchrunSteps:
         return {"loss": loss_sum / total if total else 0.0,
                 "accuracy": 100.0 * correct / total if total else 0.0, "total_samples": total}
 
+    def between_steps(self, epoch: int, tracker: MetricsTracker) -> None:
+        """After an optimizer step (accumulated gradients are never saved): stop or save
+        when asked, all ranks together under torchrun."""
+        if self.dist.enabled:
+            self.agree_mid_epoch(epoch, tracker)
+            return
+        saver = self.trainer.saver
+        if self.trainer.stop_request.requested:
+            saver.interrupt_mid_epoch()
+        if saver.mid_epoch_save_due():
+            saver.save_mid_epoch(epoch)
+
     def agree_on_stop(self) -> Optional[int]:
         """At an epoch boundary: the signal to stop on, or None. Under torchrun a signal any
         rank received stops every rank, and only the agreed value counts: a signal that

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from ..errors import WriteError, write_error
+import signal
+
+from ..errors import ExptrainError, NonFiniteLossError, WriteError, write_error
+from .interrupts import TrainingInterrupted
 from .plots import plot_history, run_title
 from .run_config import describe_run
 
@@ -78,3 +81,52 @@ class RunRecords:
     def log(self, message: str) -> None:
         if self.trainer.dist.is_main:
             print(message, flush=True)
+
+    def log_epoch(self, record: Dict[str, Any], epochs: int, speed: float, improved: bool) -> None:
+        self.log(
+            f"Epoch {record['epoch']}/{epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2f}%  "
+            f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2f}%  lr {record['learning_rate']:.2e}  "
+            f"{record['epoch_time']:.1f}s ({speed:.0f} it/s)" + ("  *best" if improved else "")
+        )
+
+    def record_end(self, stopped_early: bool) -> None:
+        """The run ended normally: the curves and the status say so."""
+        trainer = self.trainer
+        self.plot_if_stale()
+        trainer.experiment_manager.write_status(
+            "stopped_early" if stopped_early else "completed", epoch=trainer.epoch, global_step=trainer.global_step,
+            best_accuracy=trainer.best_accuracy, best_epoch=trainer.best_epoch)
+        stop = trainer.stop_request
+        if stop.requested:
+            self.log(f"{signal.Signals(stop.signum).name} arrived after the last epoch was saved; the run is complete.")
+
+    def record_failure(self, exc: BaseException) -> None:
+        """The status of a run that ``exc`` stopped (never masking ``exc``)."""
+        if isinstance(exc, TrainingInterrupted):
+            self.plot_if_stale(quiet=True)
+            self.record_status("interrupted", global_step=self.trainer.global_step,
+                               signal=signal.Signals(exc.signum).name)
+        elif isinstance(exc, NonFiniteLossError):
+            self.plot_if_stale(quiet=True)
+            self.record_status("failed", reason="non-finite loss", error=str(exc))
+        else:
+            self.record_status("failed", error=f"{type(exc).__name__}: {exc}")
+
+    def divergence(self, what: str, epoch: int, loss: float) -> NonFiniteLossError:
+        """The error for a non-finite ``what`` loss in ``epoch`` (nothing of it is saved)."""
+        trainer, name = self.trainer, self.trainer.experiment_manager.name
+        kept = (f"the last good checkpoint (epoch {trainer.epoch}) is kept; fork from it with a lower learning rate, "
+                f"e.g. python train.py --fork {name} --lr <smaller>" if trainer.epoch > 0 else
+                "no epoch finished, so there is nothing to keep; start again with a lower learning rate")
+        return NonFiniteLossError(
+            f"Training diverged: the {what} loss is {loss} in epoch {epoch} (by step {trainer.global_step}); {kept}.")
+
+    def refuse_unsaved_state(self, reason: Optional[str]) -> None:
+        """Refuse to train on from a state that was not saved (``reason``: why not)."""
+        if reason is None:
+            return
+        epoch, name = self.trainer.epoch, self.trainer.experiment_manager.name
+        raise ExptrainError(
+            f"This Trainer stopped at epoch {epoch} of {name} because {reason}; its model and "
+            f"optimizer have moved past what was saved, so it cannot continue. Resume from the saved checkpoints "
+            f"instead: python train.py --resume {name} (or a new Trainer with ExperimentManager(resume_exp={name!r})).")

@@ -85,7 +85,11 @@ class Saver:
 
     def writes_failed(self) -> None:
         """A write failed: the run's progress is what the last committed epoch holds."""
-        self.trainer.forget_after(self.committed_epoch)
+        trainer, committed = self.trainer, self.committed_epoch
+        trainer.epoch = min(trainer.epoch, committed)
+        keep = [i for i, e in enumerate(trainer.history["epoch"]) if e <= committed]
+        if len(keep) < len(trainer.history["epoch"]):
+            trainer._history = {key: [values[i] for i in keep] for key, values in trainer.history.items()}
 
     def mid_epoch_save_due(self) -> bool:
         return bool(self.interval) and time.monotonic() - self.last_save >= self.interval

@@ -6,12 +6,16 @@ but model and optimizer, which ``CheckpointManager`` adds) and restored by
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from ..utils.seed import capture_rng_state, restore_rng_state
 from . import state_keys as keys
 from .checkpoint import FORMAT_VERSION, CheckpointError
-from .history import record_start
+from .checkpoint import CheckpointSaveError
+from .early_stopping import EarlyStopping
+from .history import read_log, record_start
+from ..errors import NonFiniteLossError
 
 if TYPE_CHECKING:  # only for annotations
     from .trainer import Trainer
@@ -96,3 +100,23 @@ def load_training_state(trainer: "Trainer", state: Dict[str, Any], restore_optim
     trainer.starts = [dict(s) for s in state.get(keys.STARTS) or [] if isinstance(s, dict)]
     if start_kind is not None and (trainer.epoch or trainer.global_step):
         record_start(trainer.starts, start_kind, trainer.epoch, trainer.global_step, trainer._mid_epoch)
+
+
+def history_from_log(trainer: "Trainer") -> int:
+    """``Trainer.load_history_from_log``: the history, best and patience from the log."""
+    trainer._history = read_log(Path(trainer.experiment_manager.log_file))
+    old = trainer.early_stopping
+    stopper = EarlyStopping(old.patience, old.mode, old.min_delta)
+    for epoch, accuracy in zip(trainer.history["epoch"], trainer.history["val_accuracy"]):
+        stopper.step(accuracy, epoch)
+    trainer.early_stopping = stopper
+    last = trainer.history["epoch"][-1] if trainer.history["epoch"] else 0
+    trainer.epoch = max(trainer.epoch, int(last))
+    return last
+
+
+def unsaved_reason(failed: BaseException) -> str:
+    """Why a Trainer whose save failed (or whose loss diverged) cannot continue."""
+    return ("training diverged" if isinstance(failed, NonFiniteLossError)
+            else "a checkpoint could not be written" if isinstance(failed, CheckpointSaveError)
+            else "a file of the run could not be written")
