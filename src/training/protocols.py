@@ -134,6 +134,7 @@ class LoaderAdapter:
         return self.loader.state_dict() if self.stateful else None
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.position = 0  # the wrapped loader may continue mid-epoch; the count starts here
         if self.stateful:
             self.loader.load_state_dict(state)
 
