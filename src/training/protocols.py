@@ -194,3 +194,25 @@ class DescribedModel(Protocol):
 def model_config(model) -> Optional[Dict[str, Any]]:
     """The model's ``model_config``, or None for a model built by other code."""
     return model.model_config if isinstance(model, DescribedModel) else None
+
+
+@runtime_checkable
+class FastCpuModel(Protocol):
+    """A model that declares whether bf16 autocast with channels-last is its fast CPU path."""
+
+    fast_cpu_path: bool
+
+
+def has_fast_cpu_path(model) -> bool:
+    return isinstance(model, FastCpuModel) and bool(model.fast_cpu_path)
+
+
+@runtime_checkable
+class AugmentedDataset(Protocol):
+    """A data set that names the augmentation policy it uses (None: none)."""
+
+    augmentation_policy: Optional[str]
+
+
+def augmentation_policy(dataset) -> Optional[str]:
+    return dataset.augmentation_policy if isinstance(dataset, AugmentedDataset) else None
