@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .protocols import model_config
+
 
 def freeze(value: Any, to_host: Callable[[torch.Tensor], bool] = lambda t: t.device.type != "cpu") -> Any:
     """A deep copy of ``value`` that no later training step can change.
@@ -67,7 +69,7 @@ class FrozenState:
 
     def __init__(self, source: Any):
         self._state = freeze(source.state_dict())
-        self.model_config = freeze(getattr(source, "model_config", None))
+        self.model_config = freeze(model_config(source))
 
     def state_dict(self) -> Any:
         return self._state

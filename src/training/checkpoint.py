@@ -47,6 +47,7 @@ from .checkpoint_files import (  # noqa: F401  (re-exported: part of this module
     _read_bytes, _reason, _unpickle, library_versions, load_model_state, non_finite_tensors, sha256_file,
 )
 from .manifest import manifest_path, newest_claim, read_manifest, write_manifest
+from .protocols import model_config
 
 FORMAT_VERSION = 1
 
@@ -142,7 +143,7 @@ class CheckpointManager:
             keys.OPTIMIZER: optimizer.state_dict() if optimizer is not None else None,
             keys.LOSS: float(loss),
             keys.ACCURACY: float(accuracy),
-            keys.MODEL_CONFIG: getattr(model, "model_config", None),
+            keys.MODEL_CONFIG: model_config(model),
             keys.VERSIONS: library_versions(),
         }
         payload.update(additional_info or {})

@@ -15,7 +15,9 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+
 from ..errors import ConfigError
+from .protocols import augmentation_policy
 
 FLIP_POLICIES = ("crop-flip",)  # augmentation policies under which a mirrored image is the same class
 
@@ -51,7 +53,7 @@ def check_tta_flip(dataset: Any, dataset_name: str) -> None:
         ConfigError: the data set's augmentation policy is not ``crop-flip`` (digits,
             ``affine`` or ``none``), naming the policy and what to do.
     """
-    policy = getattr(dataset, "augmentation_policy", None)
+    policy = augmentation_policy(dataset)
     if policy not in FLIP_POLICIES:
         raise ConfigError(
             f"--tta-flip averages predictions over mirrored images, but {dataset_name!r} uses the "

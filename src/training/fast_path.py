@@ -20,6 +20,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 
+from .protocols import has_fast_cpu_path
+
 AUTO = "auto"
 
 
@@ -52,7 +54,7 @@ def resolve_fast_path(amp: Optional[str], channels_last: bool, model: nn.Module,
     if amp != AUTO:
         words = f"{amp} autocast" if amp else "float32"
         return FastPath(amp, channels_last, words + (", channels-last" if channels_last else ""))
-    if torch.device(device).type == "cpu" and getattr(model, "fast_cpu_path", False) and cpu_has_native_bf16():
+    if torch.device(device).type == "cpu" and has_fast_cpu_path(model) and cpu_has_native_bf16():
         return FastPath("bf16", True, "bf16 autocast, channels-last (--amp auto on a bf16 CPU; --amp off for float32)")
     return FastPath(None, channels_last, "float32" + (", channels-last" if channels_last else "")
                     + " (--amp auto: no bf16 fast path here)")

@@ -16,7 +16,7 @@ class ProgressBar:
         from tqdm.auto import tqdm
 
         try:
-            total = len(loader) - getattr(loader, "position", 0)
+            total = len(loader) - loader.position  # a ResumableLoader (protocols.py)
         except TypeError:  # an unsized loader (a DataLoader over an IterableDataset)
             total = None
         self.bar = tqdm(total=total, desc=description, leave=False, mininterval=0.5, dynamic_ncols=True)

@@ -177,7 +177,7 @@ class TensorBoardLogger:
         Raises:
             WriteError: the event file cannot be written.
         """
-        value = loss.item() if hasattr(loss, "item") else loss
+        value = loss if isinstance(loss, (int, float)) else loss.item()  # a tensor
         self._write({STEP_LOSS_TAG: value}, step)
 
     def log_epoch(self, step: int, record: Dict[str, Any]) -> None:

@@ -150,7 +150,7 @@ def test_ctrl_c_during_the_wait_never_returns_with_a_write_in_flight(tmp_path, m
     returned = threading.Event()
 
     def interrupter():
-        if _poll(lambda: _main_waits_for_writer("_wait_for_writes")):
+        if _poll(lambda: _main_waits_for_writer("wait_for_writes")):
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         # A correct trainer now waits again (for the write to end); a broken one returns.
         _poll(lambda: returned.is_set() or (_main_waits_for_writer("_run_epochs")
@@ -195,7 +195,7 @@ from tests.e2e.test_background_write_faults import _main_waits_for_writer, _poll
 real_save = CheckpointManager.save_epoch_end
 def slow(self, model, optimizer, epoch, *args, **kwargs):
     if epoch == 1:  # the write is still going when Ctrl-C meets the main thread's wait for it
-        if not _poll(lambda: _main_waits_for_writer("_wait_for_writes"), timeout=120):
+        if not _poll(lambda: _main_waits_for_writer("wait_for_writes"), timeout=120):
             sys.exit("the main thread never waited for the epoch-1 write")
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         time.sleep(0.5)  # a broken wait returns now, and the process exits before this write
@@ -257,7 +257,7 @@ def _signal_from_the_writer(monkeypatch, epoch_to_hold: int, signum: int, times:
             for _ in range(times):
                 signal.pthread_kill(threading.main_thread().ident, signum)
                 time.sleep(0.01)
-            held["waited"] = _poll(lambda: _main_waits_for_writer("_wait_for_writes")
+            held["waited"] = _poll(lambda: _main_waits_for_writer("wait_for_writes")
                                    or _main_waits_for_writer("_run_epochs"), timeout=30)
         return real_save(self, model, optimizer, epoch, *args, **kwargs)
 

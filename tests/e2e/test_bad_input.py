@@ -157,7 +157,7 @@ def test_fork_of_a_mid_epoch_parent_onto_other_data_trains_a_whole_epoch_of_it(t
     --data-dir holds 2,000 (32 batches). The fork must train those 32 batches, not resume
     at batch 50 of a 32-batch epoch (training nothing and reporting the parent's numbers)."""
     from src.training.run import run_training
-    from src.training.trainer import Trainer
+    from src.training.trainer_saves import Saver
 
     mnist_copy(tmp_path / "A")
     smaller = mnist_copy(tmp_path / "B") / "MNIST" / "raw"
@@ -167,21 +167,21 @@ def test_fork_of_a_mid_epoch_parent_onto_other_data_trains_a_whole_epoch_of_it(t
             del raw[header + 2000 * size:]
 
         edit_idx(smaller / name, keep_2000)
-    original, saves = Trainer._save_mid_epoch, []
+    original, saves = Saver.save_mid_epoch, []
 
     def save_then_crash(self, epoch):
         original(self, epoch)
-        saves.append(self.global_step)
+        saves.append(self.trainer.global_step)
         if len(saves) == 50:
             raise RuntimeError("crash inside epoch 1")
 
-    monkeypatch.setattr(Trainer, "_save_mid_epoch", save_then_crash)
+    monkeypatch.setattr(Saver, "save_mid_epoch", save_then_crash)
     runs, quiet = str(tmp_path / "runs"), {"show_progress": False, "log": lambda *a: None}
     overrides = {"dataset": "mnist", "data_dir": str(tmp_path / "A"), "model": "mlp", "model_options": {"hidden_sizes": [16]},
                  "epochs": 1, "device": "cpu", "checkpoint_interval": 1e-9}
     with pytest.raises(RuntimeError, match="crash"):
         run_training(overrides, runs_dir=runs, **quiet)
-    monkeypatch.setattr(Trainer, "_save_mid_epoch", original)
+    monkeypatch.setattr(Saver, "save_mid_epoch", original)
     parent = load_checkpoint(tmp_path / "runs" / "exp1" / "checkpoints" / "latest_checkpoint.pt")
     assert parent["mid_epoch"] and parent["train_loader"]["position"] == 50 == parent["global_step"]
 
