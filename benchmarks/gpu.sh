@@ -4,7 +4,7 @@
 #
 #     DATA=/path/to/folder/with/FashionMNIST bash benchmarks/gpu.sh [OUT_DIR]
 #
-# 1. the CUDA tests (tests/test_cuda.py: device placement, AMP bf16/fp16 with the grad
+# 1. the CUDA tests (tests/e2e/test_cuda.py: device placement, AMP bf16/fp16 with the grad
 #    scaler, torch.compile, channels-last, resume on CUDA);
 # 2. one epoch of Fashion-MNIST per option (fp32, bf16, fp16, channels-last, compile);
 # 3. time to 91% on Fashion-MNIST with the CLI recipe, on CUDA, 3 seeds;
@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
 echo "== CUDA tests"
-timeout 120 $PY -m pytest -q tests/test_cuda.py 2>&1 | tee "$OUT/tests.txt"
+timeout 120 $PY -m pytest -q tests/e2e/test_cuda.py 2>&1 | tee "$OUT/tests.txt"
 
 echo "== one epoch per option (Fashion-MNIST, mynet, batch 256)"
 for opt in "" "--amp bf16" "--amp fp16" "--channels-last" "--compile"; do

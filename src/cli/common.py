@@ -3,7 +3,7 @@
 ``exptrain list`` must answer in well under a second, and importing torch alone takes
 longer than that, while ``src.training`` and ``src.utils`` import torch on import. So the
 few read-only pieces the listing needs (file names, the name rule, "is the lock held?")
-live here; ``tests/cli/test_common.py`` checks that they agree with
+live here; ``tests/unit/cli/test_common.py`` checks that they agree with
 ``src/training/experiment.py``, the owner of the layout.
 
 Whether an experiment's lock is held is read from ``/proc/locks`` (Linux), which lists

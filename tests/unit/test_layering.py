@@ -1,35 +1,29 @@
-"""The shape of src/, checked on every run of the suite: the layers of pyproject.toml's
-import-linter contract (nothing imports upward), no import circle anywhere (also inside a
-package), few function-level imports of the project, and ruff's lint."""
+"""The shape of src/, checked in-process on every run of the quick loop: the layers of
+pyproject.toml's import-linter contract (nothing imports upward), no import circle
+anywhere (also inside a package), and few function-level imports of the project.
+ruff's lint runs with the end-to-end tests (tests/e2e/test_lint.py: a subprocess)."""
 
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import grimp
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 # Function-level imports of project modules outside src/cli (the tools import lazily so
 # that `exptrain list` never imports torch); each one left must say why in a comment.
 MAX_DEFERRED_IMPORTS = 3
 
 
-def _tool(name: str) -> str:
-    path = BIN / name
-    if not path.exists():
-        pytest.fail(f"{name} is not installed in {BIN}; run ./test (it installs the test extra)")
-    return str(path)
+def test_layers_contract_is_kept(capsys, monkeypatch):
+    from importlinter.cli import lint_imports
 
-
-def test_layers_contract_is_kept():
-    result = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "1 kept, 0 broken" in result.stdout
+    monkeypatch.chdir(REPO_ROOT)
+    code = lint_imports(no_cache=True, no_logo=True)
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "1 kept, 0 broken" in out
 
 
 def test_no_import_circle_between_any_two_modules():
@@ -62,8 +56,3 @@ def test_function_level_project_imports_are_few_and_explained():
     listing = "\n".join(f"{p.relative_to(REPO_ROOT)}:{n}: {line.strip()}" for p, n, line in found)
     assert len(found) <= MAX_DEFERRED_IMPORTS, listing
     assert all("#" in line for _, _, line in found), f"say why in a comment:\n{listing}"
-
-
-def test_ruff_lint_passes():
-    result = subprocess.run([_tool("ruff"), "check", "--no-cache", "."], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:]
