@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+import torch.nn as nn
 
 from src.config import ConfigError
 from src.run import plan as plan_module
@@ -265,3 +266,49 @@ def test_another_process_count_is_a_note(runs, monkeypatch):
     start, _ = plan(runs, {"epochs": 2}, resume="exp1", dist=TwoProcesses(), lines=lines)
     assert start.notes == tuple(line for line in lines if line.startswith("Note:"))
     assert start.notes[0].startswith("Note: exp1 was trained by 1 process(es) and continues with 2")
+
+
+# -- a fork that saved no checkpoint of its own -------------------------------------------
+
+def unsaved_fork(runs: Path) -> Path:
+    """exp3 (a fork of exp1) as a kill before its first save leaves it: config and lineage only."""
+    fork = runs / "exp3"
+    for path in sorted(fork.rglob("*"), reverse=True):
+        if path.is_dir():
+            path.rmdir()
+        elif path.name not in ("config.json", "lineage.json"):
+            path.unlink()
+    return fork
+
+
+def test_unsaved_fork_plans_to_start_again_from_its_parent(runs):
+    unsaved_fork(runs)
+    before = tree(runs)
+    start, _ = plan(runs, {}, resume="exp3")
+    assert tree(runs) == before
+    assert (start.kind, start.into, start.fork, start.resume, start.config.epochs) == ("fork", "exp3", "exp1", None, 2)
+    assert start.notes == ("exp3 is a fork of exp1 that saved no checkpoint of its own; "
+                           "it starts again from exp1's checkpoint.",)
+
+
+def test_unsaved_fork_whose_parent_moved_on_is_refused(runs):
+    lineage = unsaved_fork(runs) / "lineage.json"
+    lineage.write_text(json.dumps({**json.loads(lineage.read_text()), "sha256": "f" * 64}))
+    message = refused(runs, CheckpointError, "exp3 was forked from a checkpoint of exp1 .* no longer exp1's newest",
+                      resume="exp3")
+    assert "python train.py --fork exp1" in message
+
+
+# -- a model that cannot take the data (the dry forward pass) -------------------------------
+
+@pytest.mark.parametrize("factory, match", [
+    (lambda num_classes, **_: nn.Linear(3, num_classes),
+     r"Model 'plan_test_model' cannot take the inputs of 'synthetic' \(shape \(1, 28, 28\)\)"),
+    (lambda num_classes, **_: nn.Sequential(nn.Flatten(), nn.Linear(784, 7)),
+     r"Model 'plan_test_model' returns outputs of shape \(2, 7\) for 2 images; expected \(2, 10\)"),
+])
+def test_model_that_cannot_take_the_data_is_refused(runs, monkeypatch, factory, match):
+    from src.models import ModelRegistry
+
+    monkeypatch.setitem(ModelRegistry._entries, "plan_test_model", factory)
+    refused(runs, ConfigError, match, {**TINY, "model": "plan_test_model", "model_options": {}})
