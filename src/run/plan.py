@@ -16,7 +16,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-from ..config import RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig, same_data_options
+from ..config import (
+    RECORDED_KEYS,
+    RESUME_MUTABLE_KEYS,
+    ConfigError,
+    RunConfig,
+    same_data_options,
+)
 from ..models import inherit_model_version, new_model_options
 from ..plugins import check_resume_imports, merge_imports, verify_plugins
 from ..run_names import check_name_free, resolve_experiment
@@ -24,11 +30,22 @@ from ..training import state_keys as keys
 from ..training.checkpoint import CheckpointError, LoadedCheckpoint
 from ..training.distributed import Distributed
 from ..training.experiment import (
-    CHECKPOINTS_DIR, CONFIG_FILE, ExperimentError, existing_experiment_dir, read_experiment_config, refuse_if_busy,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    ExperimentError,
+    existing_experiment_dir,
+    read_experiment_config,
+    refuse_if_busy,
 )
 from ..training.resume import (
-    check_compatible, check_same_data, check_schedule_extension, finished_message, fork_epochs,
-    latest_valid_checkpoint, recorded_progress, unsaved_fork,
+    check_compatible,
+    check_same_data,
+    check_schedule_extension,
+    finished_message,
+    fork_epochs,
+    latest_valid_checkpoint,
+    recorded_progress,
+    unsaved_fork,
 )
 from ..training.tb_logger import check_tensorboard, require_tensorboard
 from .build import Components, build_checked

@@ -4,6 +4,7 @@ afterwards (the plan writes nothing), plus what an accepted plan says."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -254,7 +255,7 @@ def test_plans_of_a_new_run_a_resume_and_a_fork_write_nothing(runs):
     assert (resumed.kind, resumed.resume, resumed.config.epochs, resumed.payload["epoch"]) == ("resume", "exp1", 3, 1)
     assert (forked.kind, forked.fork, forked.config.lr, forked.config.epochs) == ("fork", "exp1", 0.01, 2)
     assert forked.finished is None and forked.found.path.name == "latest_checkpoint.pt"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         forked.kind = "new"  # read-only
 
 
@@ -287,8 +288,8 @@ def test_unsaved_fork_plans_to_start_again_from_its_parent(runs):
     start, _ = plan(runs, {}, resume="exp3")
     assert tree(runs) == before
     assert (start.kind, start.into, start.fork, start.resume, start.config.epochs) == ("fork", "exp3", "exp1", None, 2)
-    assert start.notes == ("exp3 is a fork of exp1 that saved no checkpoint of its own; "
-                           "it starts again from exp1's checkpoint.",)
+    assert start.notes == (
+        "exp3 is a fork of exp1 that saved no checkpoint of its own; it starts again from exp1's checkpoint.",)
 
 
 def test_unsaved_fork_whose_parent_moved_on_is_refused(runs):
