@@ -106,6 +106,19 @@ def test_running_experiment_is_refused(runs):
 
 # -- the configuration --------------------------------------------------------------------
 
+@pytest.mark.parametrize("options, match", [
+    ({"dataset": "imagenet"}, "Unknown dataset 'imagenet'; choose one of: "),
+    ({"model": "gpt5"}, "Unknown model 'gpt5'; choose one of: "),
+    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"batch_size": -3}, "batch_size must be a positive integer, got -3"),
+    ({"optimizer": "lion"}, "Unknown optimizer 'lion'"),
+    ({"grad_accum": 0}, "grad_accum must be a positive integer, got 0"),
+    ({"grad_clip": -1.0}, "grad_clip must be a non-negative finite number"),
+], ids=["dataset", "model", "epochs", "batch-size", "optimizer", "grad-accum", "grad-clip"])
+def test_a_bad_option_of_a_new_run_is_refused(tmp_path, options, match):
+    refused(tmp_path / "runs", ConfigError, match, {**TINY, **options}, watch=tmp_path)
+
+
 def test_resume_refuses_a_changed_setting(runs):
     message = refused(runs, ConfigError, r"cannot change lr \(run has 0.001, given 0.5\)", {"lr": 0.5, "epochs": 3},
                       resume="exp1")
@@ -156,7 +169,7 @@ def test_tensorboard_without_its_package_is_refused(runs, monkeypatch):
     ({"dataset_options": {"num_samples": 64, "image_size": 32}}, "--image-size is for image folders"),
     ({"dataset_options": {"num_samples": 64, "seed": 5}}, "--dataset-option seed cannot be given .* from --seed"),
     ({"model_options": {"num_classes": 3}}, "--model-option num_classes cannot be given .* from the data"),
-])
+], ids=["unknown-option", "image-size", "dataset-seed", "model-num-classes"])
 def test_bad_data_or_model_options_are_refused(runs, options, match):
     refused(runs, ConfigError, match, {**TINY, **options})
 
@@ -307,7 +320,7 @@ def test_unsaved_fork_whose_parent_moved_on_is_refused(runs):
      r"Model 'plan_test_model' cannot take the inputs of 'synthetic' \(shape \(1, 28, 28\)\)"),
     (lambda num_classes, **_: nn.Sequential(nn.Flatten(), nn.Linear(784, 7)),
      r"Model 'plan_test_model' returns outputs of shape \(2, 7\) for 2 images; expected \(2, 10\)"),
-])
+], ids=["forward-fails", "wrong-output-shape"])
 def test_model_that_cannot_take_the_data_is_refused(runs, monkeypatch, factory, match):
     from src.models import ModelRegistry
 
