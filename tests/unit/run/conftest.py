@@ -20,11 +20,12 @@ def train(runs: Path, **options) -> None:
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory) -> Path:
     """exp1 (named "base"): 1 epoch, complete; exp2: 1 epoch of a onecycle schedule;
-    exp3: a fork of exp1 to 2 epochs."""
+    exp3: a fork of exp1 to 2 epochs; exp4: stopped early at epoch 3 (patience 2, no progress)."""
     runs = tmp_path_factory.mktemp("plan") / "runs"
     train(runs, epochs=1, name="base")
     train(runs, epochs=1, scheduler="onecycle")
     run_training({"epochs": 2}, runs_dir=str(runs), fork="exp1", show_progress=False, log=lambda *a, **k: None)
+    train(runs, epochs=20, patience=2, lr=1e-12, augment=False)
     return runs
 
 

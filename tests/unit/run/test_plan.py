@@ -255,6 +255,13 @@ def test_resume_of_a_complete_run_plans_nothing_to_do(runs):
     assert start.kind == "resume" and start.finished.startswith("exp1 is complete at epoch 1 (--epochs 1)")
 
 
+def test_resume_of_a_run_that_stopped_early_plans_nothing_to_do(runs):
+    before = tree(runs)
+    start, _ = plan(runs, {}, resume="exp4")
+    assert tree(runs) == before
+    assert start.finished.startswith("exp4 stopped early at epoch 3") and "--patience" in start.finished
+
+
 # -- accepted plans -------------------------------------------------------------------------
 
 def test_plans_of_a_new_run_a_resume_and_a_fork_write_nothing(runs):
