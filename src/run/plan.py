@@ -35,6 +35,7 @@ from ..training.experiment import (
     ExperimentError,
     existing_experiment_dir,
     read_experiment_config,
+    refuse_directories_as_files,
     refuse_if_busy,
 )
 from ..training.resume import (
@@ -230,7 +231,17 @@ def _decide_length(plan: StartPlan, dist: Distributed, notes: List[str]) -> Star
         config = fork_epochs(payload, config, plan.fork, plan.overrides)
     if config.tensorboard and dist.is_main:  # a resume's check waits for the finished-run answer
         require_tensorboard()
+    if plan.resume or plan.into:
+        _check_reopened(existing_experiment_dir(Path(plan.runs_dir), plan.resume or plan.into))
     return replace(plan, config=config, notes=tuple(notes))
+
+
+def _check_reopened(directory: Path) -> None:
+    """The experiment a resume reopens can take its files: refused as opening it would be."""
+    checkpoints = directory / CHECKPOINTS_DIR
+    if checkpoints.exists() and not checkpoints.is_dir():
+        raise ExperimentError(f"{checkpoints} is a file, not a directory; move it away and resume again.")
+    refuse_directories_as_files(directory)
 
 
 # -- the configuration ----------------------------------------------------------------------

@@ -96,6 +96,26 @@ def refuse_if_busy(experiment_dir: Path) -> None:
     )
 
 
+def refuse_directories_as_files(experiment_dir: Path) -> None:
+    """A directory where a file of the run belongs (status, log, curves, lock, a
+    checkpoint or manifest) is bad input, refused before anything is written or trained
+    (read-only: the start plan of a resume calls it, and so does reopening)."""
+    from .checkpoint import BEST_MODEL, LATEST_CHECKPOINT
+    from .manifest import MANIFEST_SUFFIX
+
+    experiment_dir = Path(experiment_dir)
+    checkpoints = experiment_dir / CHECKPOINTS_DIR
+    names = [STATUS_FILE, LOG_FILE, PLOT_FILE, LOCK_FILE]
+    names += [f"{CHECKPOINTS_DIR}/{n}{s}" for n in (BEST_MODEL, LATEST_CHECKPOINT) for s in ("", MANIFEST_SUFFIX)]
+    if checkpoints.is_dir():
+        names += [f"{CHECKPOINTS_DIR}/{p.name}" for p in checkpoints.iterdir()
+                  if p.name.endswith((".pt", MANIFEST_SUFFIX))]
+    for name in names:
+        if (experiment_dir / name).is_dir():
+            raise ExperimentError(f"{experiment_dir / name} is a directory, not the file this run keeps there; "
+                                  "move it away and resume again.")
+
+
 def read_json_object(path: Path, what: str) -> Dict[str, Any]:
     """A JSON object from ``path``; any other content is one ``ExperimentError`` naming the file.
 
@@ -331,20 +351,7 @@ class ExperimentManager(ExperimentPaths):
         return existing_experiment_dir(self.base_dir, name)
 
     def _refuse_directories_as_files(self) -> None:
-        """A directory where a file of the run belongs (status, log, curves, lock, a
-        checkpoint or manifest) is bad input, refused before anything is written or trained."""
-        from .checkpoint import BEST_MODEL, LATEST_CHECKPOINT
-        from .manifest import MANIFEST_SUFFIX
-
-        names = [STATUS_FILE, LOG_FILE, PLOT_FILE, LOCK_FILE]
-        names += [f"{CHECKPOINTS_DIR}/{n}{s}" for n in (BEST_MODEL, LATEST_CHECKPOINT) for s in ("", MANIFEST_SUFFIX)]
-        if self.checkpoints_path.is_dir():
-            names += [f"{CHECKPOINTS_DIR}/{p.name}" for p in self.checkpoints_path.iterdir()
-                      if p.name.endswith((".pt", MANIFEST_SUFFIX))]
-        for name in names:
-            if (self._dir / name).is_dir():
-                raise ExperimentError(f"{self._dir / name} is a directory, not the file this run keeps there; "
-                                      "move it away and resume again.")
+        refuse_directories_as_files(self._dir)
 
     def _choose_parent(self, fork_exp: str, parent: Any, config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """Pick (or take) the parent's checkpoint; return the lineage record."""

@@ -333,3 +333,22 @@ def test_model_that_cannot_take_the_data_is_refused(runs, monkeypatch, factory, 
 
     monkeypatch.setitem(ModelRegistry._entries, "plan_test_model", factory)
     refused(runs, ConfigError, match, {**TINY, "model": "plan_test_model", "model_options": {}})
+
+
+# -- the experiment a resume reopens --------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["training_curves.png", ".lock", "status.json", "checkpoints/best_model.pt",
+                                    "checkpoints/epoch_1.pt.manifest.json"])
+def test_a_directory_where_a_run_file_belongs_is_refused(runs, target):
+    path = runs / "exp1" / target
+    if path.exists():
+        path.unlink()
+    path.mkdir()
+    refused(runs, ExperimentError, f"exp1/{target} is a directory, not the file this run keeps there",
+            {"epochs": 3}, resume="exp1")
+
+
+def test_an_unsaved_fork_whose_checkpoints_are_a_file_is_refused(runs):
+    (unsaved_fork(runs) / "checkpoints").write_text("not a directory")
+    refused(runs, ExperimentError, "exp3/checkpoints is a file, not a directory; move it away and resume again",
+            resume="exp3")
