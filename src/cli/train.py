@@ -258,7 +258,7 @@ def main(argv=None, *, exiting: bool = False) -> int:
 def _main(args, stop) -> int:
     from src.config import ConfigError
     from src.errors import ExptrainError, report_error
-    from src.training.run import run_training
+    from src.run import run_training
 
     overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
     if overrides.get("amp") == "off":

@@ -4,8 +4,8 @@
 checkpoint files; ``ExperimentManager`` (experiment.py) owns the experiment directories;
 ``MetricsTracker`` (metrics.py) the numbers; history.py the log; plots.py the curves;
 early_stopping.py the patience rule; tb_logger.py the optional TensorBoard event files
-(``TensorBoardLogger``); run.py builds a whole run from a configuration,
-with resume.py's decisions on where a resume or fork starts and what is left to do.
+(``TensorBoardLogger``); resume.py decides where a resume or fork starts and what is left
+to do. A whole run from a configuration is built one layer up, in ``src/run/``.
 """
 
 from .checkpoint import CheckpointCorruptError, CheckpointError, CheckpointManager, CheckpointSaveError

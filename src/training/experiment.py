@@ -52,6 +52,23 @@ def refuse_if_busy(experiment_dir: Path) -> None:
     )
 
 
+def refuse_directories_as_files(experiment_dir: Path) -> None:
+    """A directory where a file of the run belongs (status, log, curves, lock, a
+    checkpoint or manifest) is bad input, refused before anything is written or trained
+    (read-only: the start plan of a resume calls it, and so does reopening)."""
+    experiment_dir = Path(experiment_dir)
+    checkpoints = experiment_dir / CHECKPOINTS_DIR
+    names = [STATUS_FILE, LOG_FILE, PLOT_FILE, LOCK_FILE]
+    names += [f"{CHECKPOINTS_DIR}/{n}{s}" for n in (BEST_MODEL, LATEST_CHECKPOINT) for s in ("", MANIFEST_SUFFIX)]
+    if checkpoints.is_dir():
+        names += [f"{CHECKPOINTS_DIR}/{p.name}" for p in checkpoints.iterdir()
+                  if p.name.endswith((".pt", MANIFEST_SUFFIX))]
+    for name in names:
+        if (experiment_dir / name).is_dir():
+            raise ExperimentError(f"{experiment_dir / name} is a directory, not the file this run keeps there; "
+                                  "move it away and resume again.")
+
+
 def validate_experiment_name(name: Any) -> str:
     """Return ``name`` if it is a plain directory name.
 
@@ -198,18 +215,7 @@ class ExperimentManager(ExperimentPaths):
         return existing_experiment_dir(self.base_dir, name)
 
     def _refuse_directories_as_files(self) -> None:
-        """A directory where a file of the run belongs (status, log, curves, lock, a
-        checkpoint or manifest) is bad input, refused before anything is written or trained."""
-
-        names = [STATUS_FILE, LOG_FILE, PLOT_FILE, LOCK_FILE]
-        names += [f"{CHECKPOINTS_DIR}/{n}{s}" for n in (BEST_MODEL, LATEST_CHECKPOINT) for s in ("", MANIFEST_SUFFIX)]
-        if self.checkpoints_path.is_dir():
-            names += [f"{CHECKPOINTS_DIR}/{p.name}" for p in self.checkpoints_path.iterdir()
-                      if p.name.endswith((".pt", MANIFEST_SUFFIX))]
-        for name in names:
-            if (self._dir / name).is_dir():
-                raise ExperimentError(f"{self._dir / name} is a directory, not the file this run keeps there; "
-                                      "move it away and resume again.")
+        refuse_directories_as_files(self._dir)
 
     def _choose_parent(self, fork_exp: str, parent: Any, config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """Pick (or take) the parent's checkpoint; return the lineage record."""

@@ -156,7 +156,7 @@ def test_fork_of_a_mid_epoch_parent_onto_other_data_trains_a_whole_epoch_of_it(t
     """The parent stopped inside epoch 1 at batch 50 of 63 (4,000 images); the fork's
     --data-dir holds 2,000 (32 batches). The fork must train those 32 batches, not resume
     at batch 50 of a 32-batch epoch (training nothing and reporting the parent's numbers)."""
-    from src.training.run import run_training
+    from src.run import run_training
     from src.training.trainer_saves import Saver
 
     mnist_copy(tmp_path / "A")

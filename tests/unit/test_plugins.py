@@ -288,7 +288,7 @@ def test_resume_may_repeat_but_not_add_and_fork_may_add(tmp_path):
 
 
 def test_saved_config_with_damaged_imports_is_refused_before_anything_runs(tmp_path):
-    from src.training.run import resolve_config
+    from src.run.plan import resolve_config
 
     experiment = tmp_path / "runs" / "exp1"
     experiment.mkdir(parents=True)

@@ -175,7 +175,7 @@ def test_restoring_an_older_state_never_lowers_the_best_on_disk(tmp_path):
 def test_resume_after_a_best_epoch_keeps_it_against_a_worse_later_epoch(tmp_path, monkeypatch):
     """The whole-run path (run_training, as train.py): validation accuracies 80, 90, then
     85 after a resume. Epoch 2's best model must survive epoch 3."""
-    from src.training.run import run_training
+    from src.run import run_training
 
     scripted = iter([80.0, 90.0, 85.0])
     original = Trainer.validate
