@@ -18,6 +18,7 @@ from ..training.distributed import Distributed
 from ..training.evaluation import check_tta_flip
 from ..training.experiment import ExperimentManager
 from ..training.fast_path import resolve_fast_path
+from ..training.protocols import augmentation_policy
 from ..training.optim import build_optimizer, build_scheduler
 from ..training.schedules import optimizer_steps_per_epoch
 from ..training.tb_logger import TensorBoardLogger
@@ -63,7 +64,7 @@ def build_components(config: RunConfig, progress: bool = True) -> Components:
     dataset = _create(DatasetRegistry, config.dataset, "--dataset-option", config.dataset_options,
                       optional={"progress": progress}, chosen=chosen,
                       data_dir=config.data_dir, augment=config.augment, seed=config.seed)
-    policy = getattr(dataset, "augmentation_policy", None)
+    policy = augmentation_policy(dataset)
     if config.augmentation is not None and not chosen and policy != config.augmentation:
         raise ConfigError(f"dataset {config.dataset!r} does not take --augment (its policy is {policy!r}); "
                           "leave --augment out for this data set.")

@@ -27,6 +27,7 @@ from ..models import inherit_model_version, new_model_options
 from ..plugins import check_resume_imports, merge_imports, verify_plugins
 from ..run_names import check_name_free, resolve_experiment
 from ..training import state_keys as keys
+from ..training.protocols import DescribedData, augmentation_policy
 from ..training.checkpoint import CheckpointError, LoadedCheckpoint
 from ..training.distributed import Distributed
 from ..training.experiment import (
@@ -149,10 +150,10 @@ def _with_data(request: _Request, parts: Components) -> Tuple[RunConfig, Optiona
     """The configuration with the data set's recorded policy and fingerprint, and that fingerprint."""
     config = request.config
     if config.augmentation is None and request.resume is None and request.fork is None and \
-            isinstance(getattr(parts.dataset, "augmentation_policy", None), str):
+            isinstance(augmentation_policy(parts.dataset), str):
         # A new run records the policy it uses, so a resume may restate it with --augment.
-        config = config.replace(augmentation=parts.dataset.augmentation_policy)
-    fingerprint = parts.dataset.fingerprint() if hasattr(parts.dataset, "fingerprint") else None
+        config = config.replace(augmentation=augmentation_policy(parts.dataset))
+    fingerprint = parts.dataset.fingerprint() if isinstance(parts.dataset, DescribedData) else None
     if request.resume is not None:
         check_same_data(config.data_fingerprint, fingerprint, request.resume, config.data_dir)
     return config.replace(data_fingerprint=fingerprint or config.data_fingerprint), fingerprint

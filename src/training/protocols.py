@@ -218,3 +218,37 @@ class AugmentedDataset(Protocol):
 
 def augmentation_policy(dataset) -> Optional[str]:
     return dataset.augmentation_policy if isinstance(dataset, AugmentedDataset) else None
+
+
+@runtime_checkable
+class DescribedData(Protocol):
+    """A data set made by ``DatasetRegistry.create``: ``origin`` says how (its name and
+    options), ``fingerprint()`` which data it holds."""
+
+    origin: Dict[str, Any]
+
+    def fingerprint(self) -> Dict[str, Any]: ...
+
+
+@runtime_checkable
+class DatasetLoader(Protocol):
+    """A built-in loader (``BaseDataset.get_dataloaders``): it knows its data set and batch size."""
+
+    source_dataset: Any
+    batch_size: int
+
+
+def loader_dataset(loader) -> Optional[DescribedData]:
+    """The registry-made data set a loader serves, or None (a loader built by other code)."""
+    if isinstance(loader, DatasetLoader) and isinstance(loader.source_dataset, DescribedData):
+        return loader.source_dataset
+    return None
+
+
+def loader_batch_size(loader) -> Optional[int]:
+    """The batch size of a built-in loader or a ``DataLoader``, or None."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(loader, (DatasetLoader, DataLoader)) and isinstance(loader.batch_size, int):
+        return loader.batch_size
+    return None

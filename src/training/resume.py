@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+import torch
 import torch.nn as nn
 
 from ..config import ConfigError, RunConfig
@@ -18,6 +19,7 @@ from ..utils.io import atomic_write_bytes
 from . import state_keys as keys
 from .checkpoint import CheckpointError, CheckpointManager, LoadedCheckpoint
 from .early_stopping import EarlyStopping
+from .protocols import model_config as described_model_config
 from .experiment import (
     CHECKPOINTS_DIR, LINEAGE_FILE, LOG_FILE, STATUS_FILE, ExperimentError, ExperimentManager, existing_experiment_dir,
     read_json_object,
@@ -51,7 +53,7 @@ def latest_valid_checkpoint(checkpoints_dir: Path, experiment: str, log) -> Load
 def check_compatible(payload: Dict[str, Any], model: nn.Module, what: str) -> None:
     """Refuse a checkpoint of another architecture, listing the differing config keys."""
     saved = payload.get(keys.MODEL_CONFIG)
-    current = getattr(model, "model_config", None)
+    current = described_model_config(model)
     if saved is not None and current is not None and saved != current:
         differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         details = ", ".join(f"{k}: {saved.get(k)!r} vs {current.get(k)!r}" for k in differing)
@@ -277,5 +279,11 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
         trainer.scheduler = build_scheduler(config.scheduler, trainer.optimizer, 1, needed)
     elif replan:
         trainer.scheduler = build_scheduler(config.scheduler, trainer.optimizer, config.epochs - trainer.epoch)
-    elif trainer.scheduler is not None and "lr" in overrides and hasattr(trainer.scheduler, "base_lrs"):
+    elif _has_base_rates(trainer.scheduler) and "lr" in overrides:
         trainer.scheduler.base_lrs = [config.lr for _ in trainer.scheduler.base_lrs]
+
+
+def _has_base_rates(scheduler: Any) -> bool:
+    """A torch scheduler that keeps the rates it scales (``base_lrs``); plateau keeps none."""
+    lr_scheduler = torch.optim.lr_scheduler
+    return isinstance(scheduler, lr_scheduler.LRScheduler) and not isinstance(scheduler, lr_scheduler.ReduceLROnPlateau)

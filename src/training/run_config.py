@@ -18,6 +18,8 @@ import torch
 from ..config import FIELDS, RunConfig
 from ..models import ModelRegistry
 from ..optim import OptimizerRegistry, SchedulerRegistry, entry_of
+from .protocols import loader_batch_size, loader_dataset, unwrap
+from .protocols import model_config as described_model_config
 
 # Model constructor arguments that come from the data set, not from --model-option.
 DERIVED_MODEL_ARGS = ("name", "num_classes", "in_channels", "input_size")
@@ -48,14 +50,14 @@ def describe_run(trainer, epochs: int) -> Dict[str, Any]:
     """The ``RunConfig`` dict of a Trainer built in Python (see the module docstring)."""
     config = RunConfig().to_dict()
     config["epochs"] = int(epochs)
-    model_config = getattr(trainer.model, "model_config", None)
+    model_config = described_model_config(trainer.model)
     if isinstance(model_config, dict) and model_config.get("name") in ModelRegistry:
         config["model"] = model_config["name"]
         config["model_options"] = {k: v for k, v in model_config.items() if k not in DERIVED_MODEL_ARGS}
     else:
         config["model"] = _custom(trainer.model)
-    dataset = getattr(trainer.train_loader, "source_dataset", None)
-    origin = getattr(dataset, "origin", None)
+    dataset = loader_dataset(unwrap(trainer.train_loader))
+    origin = dataset.origin if dataset is not None else None
     if isinstance(origin, dict) and "name" in origin:
         config["dataset"] = origin["name"]
         config["dataset_options"] = {k: v for k, v in origin.items() if k not in DERIVED_DATASET_ARGS}
@@ -63,10 +65,10 @@ def describe_run(trainer, epochs: int) -> Dict[str, Any]:
         config["augment"] = bool(origin.get("augment", config["augment"]))
         config["augmentation"] = origin.get("augmentation")
         config["seed"] = int(origin.get("seed", config["seed"]))
-        config["data_fingerprint"] = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
+        config["data_fingerprint"] = dataset.fingerprint()
     else:
         config["dataset"] = _custom(trainer.train_loader)
-    batch_size = getattr(trainer.train_loader, "batch_size", None)
+    batch_size = loader_batch_size(unwrap(trainer.train_loader))
     if isinstance(batch_size, int):
         config["batch_size"] = batch_size
     group = trainer.optimizer.param_groups[0]
@@ -89,7 +91,7 @@ def describe_run(trainer, epochs: int) -> Dict[str, Any]:
     criterion = trainer.criterion
     if isinstance(criterion, torch.nn.CrossEntropyLoss):
         config["label_smoothing"] = float(criterion.label_smoothing)
-    logger = getattr(trainer, "tensorboard", None)
+    logger = trainer.tensorboard
     config["tensorboard"] = logger is not None
     if logger is not None:
         config["tensorboard_every"] = logger.every
