@@ -181,6 +181,12 @@ class RunConfig:
         Raises:
             ConfigError: naming the first bad value and the accepted range or choices.
         """
+        self._validate_names_and_rates()
+        self._validate_records()
+        self._validate_training()
+        return self
+
+    def _validate_names_and_rates(self) -> None:
         DatasetRegistry, ModelRegistry, check_records = _registries()
         check_records(self.imports)  # before the names: a plug-in may define them
         for name in ("dataset", "model", "optimizer", "scheduler", "device"):
@@ -202,6 +208,8 @@ class RunConfig:
         if not _is_number(self.checkpoint_interval) or self.checkpoint_interval < 0:
             raise ConfigError(f"checkpoint_interval must be a non-negative number of seconds (0 disables), "
                               f"got {self.checkpoint_interval!r}.", key="checkpoint_interval")
+
+    def _validate_records(self) -> None:
         for name in ("dataset_options", "model_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping of option names to values, got {getattr(self, name)!r}.", key=name)
@@ -223,6 +231,8 @@ class RunConfig:
         if self.amp not in (None, AMP_AUTO, *AMP_MODES):
             raise ConfigError(f"Unknown AMP mode {self.amp!r}; choose one of: {AMP_AUTO}, {', '.join(AMP_MODES)} "
                               "(or off).", key="amp")
+
+    def _validate_training(self) -> None:
         if not _is_number(self.grad_clip) or self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be a non-negative finite number (0 disables), got {self.grad_clip!r}.", key="grad_clip")
         if not _is_number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
@@ -245,7 +255,6 @@ class RunConfig:
         if problem:
             raise ConfigError(problem[0].upper() + problem[1:], key="name" if self.name is not None and
                               name_problem(self.name) else "notes")
-        return self
 
     @staticmethod
     def check_request(values: Dict[str, Any]) -> None:

@@ -212,6 +212,23 @@ def read_experiment_config(experiment_dir: Path) -> Dict[str, Any]:
         raise ExperimentError(f"{path} is missing; this experiment has no recorded configuration.") from None
 
 
+def refuse_directories_as_files(experiment_dir: Path) -> None:
+    """A directory where a file of the run belongs (status, log, curves, lock, a
+    checkpoint or manifest) is bad input, refused before anything is written or trained
+    (read-only: the start plan of a resume calls it, and so does reopening)."""
+    experiment_dir = Path(experiment_dir)
+    checkpoints = experiment_dir / CHECKPOINTS_DIR
+    names = [STATUS_FILE, LOG_FILE, PLOT_FILE, LOCK_FILE]
+    names += [f"{CHECKPOINTS_DIR}/{n}{s}" for n in (BEST_MODEL, LATEST_CHECKPOINT) for s in ("", MANIFEST_SUFFIX)]
+    if checkpoints.is_dir():
+        names += [f"{CHECKPOINTS_DIR}/{p.name}" for p in checkpoints.iterdir()
+                  if p.name.endswith((".pt", MANIFEST_SUFFIX))]
+    for name in names:
+        if (experiment_dir / name).is_dir():
+            raise ExperimentError(f"{experiment_dir / name} is a directory, not the file this run keeps there; "
+                                  "move it away and resume again.")
+
+
 class ExperimentPaths:
     """The files of the experiment in ``self._dir`` (shared by ``ExperimentManager`` and
     the read-only view other torchrun ranks get, ``distributed.FollowerExperiment``)."""

@@ -256,59 +256,12 @@ def main(argv=None, *, exiting: bool = False) -> int:
 
 
 def _main(args, stop) -> int:
-    from src.config import ConfigError
-    from src.errors import ExptrainError, report_error
-    from src.run import run_training
+    from src.errors import BadInputError, ExptrainError, report_error
 
-    overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
-    if overrides.get("amp") == "off":
-        overrides["amp"] = None
     try:
-        file_values = {}
-        if args.config is not None:
-            from src.config_file import read_config_file
-
-            file_values = read_config_file(args.config)
-        for name, flag in finite_float_flags().items():
-            if name in overrides and not math.isfinite(overrides[name]):
-                raise ConfigError(f"{flag} must be a finite number, got {overrides[name]!r}.")
-        for key in ("model_options", "dataset_options"):
-            if hasattr(args, key):
-                overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))
-        specs = file_values.pop("imports", []) + getattr(args, "imports", [])
-        if specs:  # before the configuration names the models and data sets they register
-            from src.plugins import import_plugins
-
-            overrides["imports"] = import_plugins(specs)
-        if hasattr(args, "image_size"):
-            if args.image_size < 1:
-                raise ConfigError(f"--image-size must be a positive number of pixels, got {args.image_size}.")
-            overrides["dataset_options"] = {**overrides.get("dataset_options", {}), "image_size": args.image_size}
-        flags = set(overrides)
-        if args.config is not None:
-            from src.config_file import merge_config_values
-
-            if overrides.get("tensorboard") is False and "tensorboard_every" not in overrides:
-                file_values.pop("tensorboard_every", None)  # --no-tensorboard wins over the file's logging
-            overrides = merge_config_values(file_values, overrides)
-        try:  # the merged options are checked once, by RunConfig.validate in run_training
-            if "dataset" in overrides:
-                from src.config import dataset_from_path
-
-                folder = dataset_from_path(overrides["dataset"], overrides.get("dataset_options", {}))
-                if folder is not None:
-                    overrides["dataset"], overrides["dataset_options"] = folder
-            results = run_training(
-                overrides, runs_dir=args.runs_dir, resume=args.resume, fork=args.fork,
-                show_progress=False if args.quiet else None, stop=stop,
-            )
-        except ConfigError as exc:
-            if exc.key is not None and exc.key in file_values and exc.key not in flags:
-                raise ConfigError(f"--config {args.config}: {exc.key}: {exc}", key=exc.key) from None
-            raise
+        overrides, file_values, flags = _requested_options(args)
+        results = _train(args, overrides, file_values, flags, stop)
     except ExptrainError as exc:
-        from src.errors import BadInputError
-
         if exc.exit_code < 128 and (not isinstance(exc, BadInputError) or _reports()):
             print(f"Error: {exc}", file=sys.stderr)  # bad input is the same on every rank: rank 0 says it
         elif exc.exit_code >= 128 and _reports():  # under torchrun rank 0 reports the stop for all
@@ -327,6 +280,65 @@ def _main(args, stop) -> int:
         + f", {results['training_time']:.1f}s. Experiment: {results['experiment_dir']}"
     )
     return EXIT_OK
+
+
+def _requested_options(args):
+    """``(overrides, file_values, flags)``: the options the flags and ``--config`` ask for,
+    merged (flags win), with plug-ins imported first; ``flags`` names the keys a flag set."""
+    from src.config import ConfigError
+
+    overrides = {field: getattr(args, option) for option, field in OPTIONS.items() if hasattr(args, option)}
+    if overrides.get("amp") == "off":
+        overrides["amp"] = None
+    file_values = {}
+    if args.config is not None:
+        from src.config_file import read_config_file
+
+        file_values = read_config_file(args.config)
+    for name, flag in finite_float_flags().items():
+        if name in overrides and not math.isfinite(overrides[name]):
+            raise ConfigError(f"{flag} must be a finite number, got {overrides[name]!r}.")
+    for key in ("model_options", "dataset_options"):
+        if hasattr(args, key):
+            overrides[key] = parse_key_values(getattr(args, key), "--" + key[:-1].replace("_", "-"))
+    specs = file_values.pop("imports", []) + getattr(args, "imports", [])
+    if specs:  # before the configuration names the models and data sets they register
+        from src.plugins import import_plugins
+
+        overrides["imports"] = import_plugins(specs)
+    if hasattr(args, "image_size"):
+        if args.image_size < 1:
+            raise ConfigError(f"--image-size must be a positive number of pixels, got {args.image_size}.")
+        overrides["dataset_options"] = {**overrides.get("dataset_options", {}), "image_size": args.image_size}
+    flags = set(overrides)
+    if args.config is not None:
+        from src.config_file import merge_config_values
+
+        if overrides.get("tensorboard") is False and "tensorboard_every" not in overrides:
+            file_values.pop("tensorboard_every", None)  # --no-tensorboard wins over the file's logging
+        overrides = merge_config_values(file_values, overrides)
+    return overrides, file_values, flags
+
+
+def _train(args, overrides, file_values, flags, stop):
+    """``run_training`` on the merged options; a bad value that came from the ``--config``
+    file (and no flag) is reported as the file's (``--config FILE: key: ...``)."""
+    from src.config import ConfigError, dataset_from_path
+    from src.run import run_training
+
+    try:  # the merged options are checked once, by RunConfig.validate in run_training
+        if "dataset" in overrides:
+            folder = dataset_from_path(overrides["dataset"], overrides.get("dataset_options", {}))
+            if folder is not None:
+                overrides["dataset"], overrides["dataset_options"] = folder
+        return run_training(
+            overrides, runs_dir=args.runs_dir, resume=args.resume, fork=args.fork,
+            show_progress=False if args.quiet else None, stop=stop,
+        )
+    except ConfigError as exc:
+        if exc.key is not None and exc.key in file_values and exc.key not in flags:
+            raise ConfigError(f"--config {args.config}: {exc.key}: {exc}", key=exc.key) from None
+        raise
 
 
 def _reports() -> bool:

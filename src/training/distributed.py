@@ -355,9 +355,6 @@ class FollowerExperiment(ExperimentPaths):
     def save_config(self, config) -> None:
         pass
 
-    def record_lineage(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
     def reacquire(self) -> None:
         pass
 

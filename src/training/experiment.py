@@ -26,7 +26,8 @@ from ..errors import ExperimentError, PeerFailedError, WriteError, write_error  
 from ..layout import (  # noqa: F401 (TENSORBOARD_DIR: re-exported)
     BEST_MODEL, CHECKPOINTS_DIR, CONFIG_FILE, EXP_NUMBER, HELD_LOCKS, LATEST_CHECKPOINT, LINEAGE_FILE, LOCK_FILE,
                       LOG_FILE, MANIFEST_SUFFIX, NAME_PATTERN, PLOT_FILE, STATUS_FILE, TENSORBOARD_DIR, ExperimentPaths,
-                      experiment_sort_key, holds_lock, lock_is_free, pid_alive, read_experiment_config, read_json_object)
+                      experiment_sort_key, holds_lock, lock_is_free, pid_alive, read_experiment_config, read_json_object,
+                      refuse_directories_as_files)
 from .checkpoint import CheckpointManager
 from .distributed import FollowerExperiment, current_job
 from ..utils.io import TEMP_MARKER, atomic_write_text, fsync_directory, is_temp_file, remove_stale_temporaries
@@ -50,23 +51,6 @@ def refuse_if_busy(experiment_dir: Path) -> None:
     raise ExperimentError(
         f"Experiment {experiment_dir.name!r} is in use by process {holder}; wait for it to finish or stop it first."
     )
-
-
-def refuse_directories_as_files(experiment_dir: Path) -> None:
-    """A directory where a file of the run belongs (status, log, curves, lock, a
-    checkpoint or manifest) is bad input, refused before anything is written or trained
-    (read-only: the start plan of a resume calls it, and so does reopening)."""
-    experiment_dir = Path(experiment_dir)
-    checkpoints = experiment_dir / CHECKPOINTS_DIR
-    names = [STATUS_FILE, LOG_FILE, PLOT_FILE, LOCK_FILE]
-    names += [f"{CHECKPOINTS_DIR}/{n}{s}" for n in (BEST_MODEL, LATEST_CHECKPOINT) for s in ("", MANIFEST_SUFFIX)]
-    if checkpoints.is_dir():
-        names += [f"{CHECKPOINTS_DIR}/{p.name}" for p in checkpoints.iterdir()
-                  if p.name.endswith((".pt", MANIFEST_SUFFIX))]
-    for name in names:
-        if (experiment_dir / name).is_dir():
-            raise ExperimentError(f"{experiment_dir / name} is a directory, not the file this run keeps there; "
-                                  "move it away and resume again.")
 
 
 def validate_experiment_name(name: Any) -> str:
@@ -389,11 +373,6 @@ class ExperimentManager(ExperimentPaths):
         if status.get("state") == "running" and other_process and (holding_lock or not pid_alive(status.get("pid"))):
             status["state"] = "killed"
         return status
-
-    def record_lineage(self, parent: str, epoch: int, checkpoint: str, sha256: str, **details: Any) -> None:
-        """Write ``lineage.json`` (a fork made with ``fork_exp`` has it already)."""
-        record = {"parent": parent, "epoch": epoch, "checkpoint": checkpoint, "sha256": sha256, **details}
-        self._write(self._dir / LINEAGE_FILE, _dumps(record), "lineage")
 
     def __repr__(self) -> str:
         return f"ExperimentManager({str(getattr(self, '_dir', None))!r})"

@@ -85,7 +85,7 @@ def test_a_config_file_warmup_longer_than_the_default_epochs_is_accepted(tmp_pat
         return {"nothing_to_do": True}
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("src.training.run.run_training", fake_run_training)
+    monkeypatch.setattr("src.run.run_training", fake_run_training)
     assert train.main([*TINY, "--config", str(path)]) == 0
     assert asked["epochs"] == 30 and asked["warmup_epochs"] == 25
     # The file's warmup against the command line's epochs: checked on the merged options too.
