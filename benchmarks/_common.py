@@ -78,8 +78,12 @@ class Measure:
 
         self._perf = None
         if self.perf_available():
-            self._perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "instructions", "-p", str(os.getpid())],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            self._perf = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", "instructions", "-p", str(os.getpid())],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(0.05)  # let perf attach
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
@@ -105,8 +109,12 @@ class Measure:
             cls._perf_works = False
             if shutil.which("perf"):
                 try:
-                    probe = subprocess.run(["perf", "stat", "-x,", "-e", "instructions", "true"],
-                                           capture_output=True, text=True, timeout=10)
+                    probe = subprocess.run(
+                        ["perf", "stat", "-x,", "-e", "instructions", "true"],
+                        capture_output=True,
+                        text=True,
+                        timeout=10,
+                    )
                     cls._perf_works = _perf_count(probe.stderr) is not None
                 except (OSError, subprocess.SubprocessError):
                     pass

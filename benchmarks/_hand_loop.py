@@ -20,16 +20,18 @@ from src.utils import seed_everything
 
 
 def block(a: int, b: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
-                         nn.MaxPool2d(2))
+    return nn.Sequential(
+        nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+    )
 
 
 def main(seed: int, epochs: int, max_steps: int = 0) -> None:
     """Train ``epochs`` epochs (``max_steps`` > 0: at most that many steps each, a smoke run)."""
     seed_everything(seed)
     data = DatasetRegistry.create("mnist-sample", seed=seed)
-    model = nn.Sequential(block(1, 32), block(32, 64), block(64, 128), nn.Flatten(), nn.Dropout(0.1),
-                          nn.Linear(128 * 9, 10))
+    model = nn.Sequential(
+        block(1, 32), block(32, 64), block(64, 128), nn.Flatten(), nn.Dropout(0.1), nn.Linear(128 * 9, 10)
+    )
     train_loader, val_loader = data.get_dataloaders(batch_size=64)
     fast = cpu_has_native_bf16()
     if fast:

@@ -75,16 +75,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny run that only checks the script works")
     args = parser.parse_args()
-    dataset = DatasetRegistry.create("fashion_mnist", data_dir=str(data_root(args.data_dir)), augment=True, download=False)
+    dataset = DatasetRegistry.create(
+        "fashion_mnist", data_dir=str(data_root(args.data_dir)), augment=True, download=False
+    )
     if args.smoke:
-        dataset._set_data(dataset.train_images[:2048], dataset.train_labels[:2048], dataset.test_images[:64], dataset.test_labels[:64])
+        dataset._set_data(
+            dataset.train_images[:2048], dataset.train_labels[:2048], dataset.test_images[:64], dataset.test_labels[:64]
+        )
         args.rounds = 1
     loader, _ = dataset.get_dataloaders(batch_size=64)
     per_sample = PerSampleAffine(dataset.train_images, dataset.train_labels, dataset.mean, dataset.std)
     contenders = {
         "ours": lambda e: epoch_ours(dataset, loader, e),
         "per-sample, 0 workers": lambda e: epoch_per_sample(DataLoader(per_sample, batch_size=64, shuffle=True)),
-        "per-sample, 2 workers": lambda e: epoch_per_sample(DataLoader(per_sample, batch_size=64, shuffle=True, num_workers=2)),
+        "per-sample, 2 workers": lambda e: epoch_per_sample(
+            DataLoader(per_sample, batch_size=64, shuffle=True, num_workers=2)
+        ),
     }
     for run in contenders.values():
         run(100)  # warm-up
@@ -94,7 +100,9 @@ def main() -> None:
             rates[name].append(run(round_number + 1))
     best = median(rates["ours"])
     rows = [[name, f"{median(r):,.0f}", f"{best / median(r):.1f}x"] for name, r in rates.items()]
-    print(f"One augmented epoch, {len(dataset)} images, batch 64, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(
+        f"One augmented epoch, {len(dataset)} images, batch 64, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
     print_table(["pipeline", "samples/s (median)", "ours is faster by"], rows)
 
 

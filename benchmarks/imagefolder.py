@@ -35,8 +35,18 @@ from torch.utils.data import DataLoader, Dataset
 from _common import QuietOutput, median, print_table
 from src.datasets import DatasetRegistry
 
-COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+COLOURS = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+]
 
 
 def make_folder(root: Path, train: int, val: int, seed: int = 0) -> None:
@@ -71,7 +81,7 @@ class PillowCropFlip(Dataset):
             pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
         padded = F.pad(pixels, (4, 4, 4, 4))
         top, left = torch.randint(0, 9, (2,)).tolist()
-        crop = padded[:, top:top + 32, left:left + 32]
+        crop = padded[:, top : top + 32, left : left + 32]
         if torch.rand(()) < 0.5:
             crop = crop.flip(-1)
         return (crop.float().div_(255) - self.mean) / self.std, self.labels[index]
@@ -106,8 +116,10 @@ def main() -> None:
     try:
         start = time.perf_counter()
         make_folder(root, args.images, max(10, args.images // 5))
-        print(f"Generated {args.images} + {max(10, args.images // 5)} JPEGs (32x32) in "
-              f"{time.perf_counter() - start:.1f} s under {root}")
+        print(
+            f"Generated {args.images} + {max(10, args.images // 5)} JPEGs (32x32) in "
+            f"{time.perf_counter() - start:.1f} s under {root}"
+        )
         run(root, args.rounds)
     finally:
         if temporary:
@@ -132,22 +144,33 @@ def run(root: Path, rounds: int) -> None:
         reuse.append(time.perf_counter() - start)
         assert dataset.cache_reused and plain.cache_reused
     workers = dataset_workers()
-    print(f"\nCache: build {median(build):,.0f} images/s ({workers} decoding processes), "
-          f"{(dataset.train_images.numel() + dataset.test_images.numel()) / 2**20:.1f} MiB; reuse "
-          f"{median(reuse_plain) * 1000:.0f} ms (scan, check, load; augment=False), "
-          f"{median(reuse) * 1000:.0f} ms with the first crop-flip draw (medians of {len(reuse)})\n")
+    print(
+        f"\nCache: build {median(build):,.0f} images/s ({workers} decoding processes), "
+        f"{(dataset.train_images.numel() + dataset.test_images.numel()) / 2**20:.1f} MiB; reuse "
+        f"{median(reuse_plain) * 1000:.0f} ms (scan, check, load; augment=False), "
+        f"{median(reuse) * 1000:.0f} ms with the first crop-flip draw (medians of {len(reuse)})\n"
+    )
 
     mapped = DatasetRegistry.create("imagefolder", root=str(root), progress=False, memory_budget_mb=0)
     assert mapped.memory_mapped and not dataset.memory_mapped
     files = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
-    labels = [int(Path(f).parent.name[len("class"):]) for f in files]
-    pillow = DataLoader(PillowCropFlip(files, labels, dataset.mean, dataset.std), batch_size=256, shuffle=True,
-                        num_workers=2, persistent_workers=True)
+    labels = [int(Path(f).parent.name[len("class") :]) for f in files]
+    pillow = DataLoader(
+        PillowCropFlip(files, labels, dataset.mean, dataset.std),
+        batch_size=256,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=True,
+    )
     contenders = {
-        "ours, in memory": (lambda loader, epoch: epoch_ours(dataset, loader, epoch),
-                            dataset.get_dataloaders(batch_size=256)[0]),
-        "ours, memory-mapped": (lambda loader, epoch: epoch_ours(mapped, loader, epoch),
-                                mapped.get_dataloaders(batch_size=256)[0]),
+        "ours, in memory": (
+            lambda loader, epoch: epoch_ours(dataset, loader, epoch),
+            dataset.get_dataloaders(batch_size=256)[0],
+        ),
+        "ours, memory-mapped": (
+            lambda loader, epoch: epoch_ours(mapped, loader, epoch),
+            mapped.get_dataloaders(batch_size=256)[0],
+        ),
         "per-sample Pillow, 2 workers": (lambda loader, epoch: epoch_pillow(loader), pillow),
     }
     rates = {name: [] for name in contenders}
@@ -157,12 +180,17 @@ def run(root: Path, rounds: int) -> None:
             if epoch:
                 rates[name].append(rate)
     ours = median(rates["ours, in memory"])
-    rows = [[name, f"{median(values):,.0f}", f"{min(values):,.0f}-{max(values):,.0f}",
-             f"{ours / median(values):.2f}x"] for name, values in rates.items()]
-    print_table(["training batches (crop-flip, batch 256)", "samples/s (median)", "range", "in-memory ours / this"],
-                rows)
-    print(f"\nmemory-mapped / in-memory: {median(rates['ours, memory-mapped']) / ours:.2f}; "
-          f"ours (in memory) / per-sample Pillow: {ours / median(rates['per-sample Pillow, 2 workers']):.1f}x")
+    rows = [
+        [name, f"{median(values):,.0f}", f"{min(values):,.0f}-{max(values):,.0f}", f"{ours / median(values):.2f}x"]
+        for name, values in rates.items()
+    ]
+    print_table(
+        ["training batches (crop-flip, batch 256)", "samples/s (median)", "range", "in-memory ours / this"], rows
+    )
+    print(
+        f"\nmemory-mapped / in-memory: {median(rates['ours, memory-mapped']) / ours:.2f}; "
+        f"ours (in memory) / per-sample Pillow: {ours / median(rates['per-sample Pillow, 2 workers']):.1f}x"
+    )
 
 
 def dataset_workers() -> int:

@@ -96,8 +96,15 @@ def run_trainer(name, data, tensors, batch_size, epochs, background_writes=True)
     with tempfile.TemporaryDirectory() as runs:
         experiment = ExperimentManager(base_dir=runs)
         trainer = Trainer(
-            model, train_loader, val_loader, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters(), lr=1e-3),
-            torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir), show_progress=True,
+            model,
+            train_loader,
+            val_loader,
+            nn.CrossEntropyLoss(),
+            torch.optim.AdamW(model.parameters(), lr=1e-3),
+            torch.device("cpu"),
+            experiment,
+            CheckpointManager(experiment.checkpoints_dir),
+            show_progress=True,
             background_writes=background_writes,
         )
         timed = {name: _timed(trainer, name) for name in ("train_epoch", "validate", "_run_epoch", "_plot_if_stale")}
@@ -108,8 +115,9 @@ def run_trainer(name, data, tensors, batch_size, epochs, background_writes=True)
     # the per-epoch bookkeeping (the rest of _run_epoch: snapshot, hand-off, log, status,
     # throttled plots) and the end of the run (the final plot).
     measured.train_times = timed["train_epoch"]
-    measured.bookkeeping = [run - train - val for run, train, val in
-                            zip(timed["_run_epoch"], timed["train_epoch"], timed["validate"])]
+    measured.bookkeeping = [
+        run - train - val for run, train, val in zip(timed["_run_epoch"], timed["train_epoch"], timed["validate"])
+    ]
     measured.final_plot = sum(timed["_plot_if_stale"])
     return measured
 
@@ -194,18 +202,36 @@ def main() -> None:
             args.no_lightning = True
     contenders = {k: v for k, v in CONTENDERS.items() if not (args.no_lightning and k == "lightning")}
 
-    full = DatasetRegistry.create("fashion_mnist", data_dir=str(data_root(args.data_dir)), augment=False, download=False)
-    configs = [("mlp", 64, 5, None), ("mlp", 256, 5, None), ("mynet", 64, 1, args.mynet_subset), ("mynet", 256, 1, args.mynet_subset)]
+    full = DatasetRegistry.create(
+        "fashion_mnist", data_dir=str(data_root(args.data_dir)), augment=False, download=False
+    )
+    configs = [
+        ("mlp", 64, 5, None),
+        ("mlp", 256, 5, None),
+        ("mynet", 64, 1, args.mynet_subset),
+        ("mynet", 256, 1, args.mynet_subset),
+    ]
     configs = [c for c in configs if c[0] in args.models]
     if args.smoke:
         configs, args.rounds = [("mlp", 256, 1, 2048)], 1
-    perf = "instruction counts by perf" if Measure.perf_available() else "no instruction counts (perf cannot count here)"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; per epoch, median over {args.rounds} "
-          f"alternating rounds; {perf}\n")
+    perf = (
+        "instruction counts by perf" if Measure.perf_available() else "no instruction counts (perf cannot count here)"
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; per epoch, median over {args.rounds} "
+        f"alternating rounds; {perf}\n"
+    )
     rows, costs = [], []
     for model_name, batch_size, epochs, subset in configs:
         count = subset or len(full.train_labels)
-        data = (full.train_images[:count], full.train_labels[:count], full.test_images, full.test_labels, full.mean, full.std)
+        data = (
+            full.train_images[:count],
+            full.train_labels[:count],
+            full.test_images,
+            full.test_labels,
+            full.mean,
+            full.std,
+        )
         normalise = lambda images: (images.float() / 255 - full.mean) / full.std  # noqa: E731
         tensors = (normalise(data[0]), data[1], normalise(data[2]), data[3])
         for name, run in contenders.items():  # warm-up: imports, allocator, first-call costs
@@ -213,7 +239,7 @@ def main() -> None:
         runs = {name: [] for name in contenders}
         names = list(contenders)
         for round_number in range(args.rounds):
-            for name in names[round_number % len(names):] + names[: round_number % len(names)]:
+            for name in names[round_number % len(names) :] + names[: round_number % len(names)]:
                 runs[name].append(contenders[name](model_name, data, tensors, batch_size, epochs))
         wall = {n: median([m.wall / epochs for m in runs[n]]) for n in contenders}
         cpu = {n: median([m.cpu / epochs for m in runs[n]]) for n in contenders}
@@ -228,19 +254,43 @@ def main() -> None:
         for name in [n for n in contenders if n.startswith("trainer")]:
             bookkeeping = [t for m in runs[name] for t in m.bookkeeping]
             per_step = (median([t for m in runs[name] for t in m.train_times]) - hand_train) / steps
-            costs.append([model_name, batch_size, name, f"{median(bookkeeping) * 1e3:.1f} ({spread_ms(bookkeeping)})",
-                          f"{median([m.final_plot for m in runs[name]]) * 1e3:.0f}", f"{per_step * 1e6:.0f}"])
-        print(f"{model_name} b{batch_size}: " + ", ".join(f"{n} {wall[n]:.3f}s wall {cpu[n]:.3f}s CPU" for n in contenders),
-              flush=True)
+            costs.append(
+                [
+                    model_name,
+                    batch_size,
+                    name,
+                    f"{median(bookkeeping) * 1e3:.1f} ({spread_ms(bookkeeping)})",
+                    f"{median([m.final_plot for m in runs[name]]) * 1e3:.0f}",
+                    f"{per_step * 1e6:.0f}",
+                ]
+            )
+        print(
+            f"{model_name} b{batch_size}: "
+            + ", ".join(f"{n} {wall[n]:.3f}s wall {cpu[n]:.3f}s CPU" for n in contenders),
+            flush=True,
+        )
     headers = ["model", "batch", "train images"] + [f"{n} s/epoch wall / CPU" for n in contenders]
     for other in [n for n in contenders if n != "hand"]:
-        headers += [f"{other}/hand wall", f"{other}/hand CPU"] + ([f"{other}/hand instr."] if Measure.perf_available() else [])
+        headers += [f"{other}/hand wall", f"{other}/hand CPU"] + (
+            [f"{other}/hand instr."] if Measure.perf_available() else []
+        )
     print()
     print_table(headers, rows)
-    print("\nThe trainer's extra time on the training thread (medians over rounds and epochs; trainer-sync "
-          "writes its checkpoints on the training thread, as before the background writer):\n")
-    print_table(["model", "batch", "contender", "bookkeeping ms/epoch (spread)", "final plot ms",
-                 "step loop overhead us/step (vs hand)"], costs)
+    print(
+        "\nThe trainer's extra time on the training thread (medians over rounds and epochs; trainer-sync "
+        "writes its checkpoints on the training thread, as before the background writer):\n"
+    )
+    print_table(
+        [
+            "model",
+            "batch",
+            "contender",
+            "bookkeeping ms/epoch (spread)",
+            "final plot ms",
+            "step loop overhead us/step (vs hand)",
+        ],
+        costs,
+    )
 
 
 def spread_ms(values) -> str:
@@ -249,8 +299,11 @@ def spread_ms(values) -> str:
 
 def _ratio(mine, hands, field: str) -> str:
     """Median of the per-round ratios, with their spread."""
-    ratios = [getattr(a, field) / getattr(b, field) for a, b in zip(mine, hands)
-              if getattr(a, field) is not None and getattr(b, field)]
+    ratios = [
+        getattr(a, field) / getattr(b, field)
+        for a, b in zip(mine, hands)
+        if getattr(a, field) is not None and getattr(b, field)
+    ]
     if not ratios:
         return "-"
     return f"{median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"

@@ -46,12 +46,20 @@ def main() -> None:
                 FrozenState(model), FrozenState(optimizer)
                 snapshot.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                manager.save_epoch_end(model, optimizer, round_number + 1, 0.1, 50.0 + round_number,
-                                       {"global_step": round_number})
+                manager.save_epoch_end(
+                    model, optimizer, round_number + 1, 0.1, 50.0 + round_number, {"global_step": round_number}
+                )
                 save.append(time.perf_counter() - started)
         parameters = sum(p.numel() for p in model.parameters())
-        rows.append([name, f"{parameters / 1e6:.2f}M", f"{median(snapshot) * 1e3:.1f}", f"{median(save) * 1e3:.1f}",
-                     f"{median(save) / median(snapshot):.0f}x"])
+        rows.append(
+            [
+                name,
+                f"{parameters / 1e6:.2f}M",
+                f"{median(snapshot) * 1e3:.1f}",
+                f"{median(save) * 1e3:.1f}",
+                f"{median(save) / median(snapshot):.0f}x",
+            ]
+        )
     print_table(["model", "parameters", "snapshot ms (training thread)", "synchronous save ms", "saved"], rows)
 
 

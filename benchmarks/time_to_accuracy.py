@@ -37,19 +37,63 @@ from _common import REPO_ROOT, data_root, print_table
 BENCH = REPO_ROOT / "benchmarks"
 FASHION = ["--dataset", "fashion_mnist", "--save-frequency", "0", "--quiet"]
 RECIPES = {
-    "quickstart": {"args": ["--dataset", "mnist-sample", "--epochs", "10", "--quiet"], "target": 98.0,
-                   "seeds": [42, 1, 2], "hand": 10, "data": False},
+    "quickstart": {
+        "args": ["--dataset", "mnist-sample", "--epochs", "10", "--quiet"],
+        "target": 98.0,
+        "seeds": [42, 1, 2],
+        "hand": 10,
+        "data": False,
+    },
     # mynet v3 (pooling before BN-ReLU, a 128-unit hidden layer) at width 16, bf16 + channels-last
     # by --amp auto, no augmentation (it slows convergence in a short run), 2 epochs of one-cycle.
-    "fashion91": {"args": [*FASHION, "--model-option", "version=3", "--model-option", "width=16", "--no-augment",
-                           "--batch-size", "128", "--lr", "6e-3", "--scheduler", "onecycle", "--epochs", "3"],
-                  "target": 91.0, "seeds": [0, 1, 2], "hand": 0, "data": True},
+    "fashion91": {
+        "args": [
+            *FASHION,
+            "--model-option",
+            "version=3",
+            "--model-option",
+            "width=16",
+            "--no-augment",
+            "--batch-size",
+            "128",
+            "--lr",
+            "6e-3",
+            "--scheduler",
+            "onecycle",
+            "--epochs",
+            "3",
+        ],
+        "target": 91.0,
+        "seeds": [0, 1, 2],
+        "hand": 0,
+        "data": True,
+    },
     # mynet v3 at width 32 (its 128-unit hidden layer with dropout 0.2), no augmentation (in 7
     # epochs it costs more accuracy than it regularises), label smoothing, 7 epochs of one-cycle.
-    "fashion93": {"args": [*FASHION, "--model-option", "version=3", "--model-option", "dropout=0.2", "--no-augment",
-                           "--batch-size", "128", "--lr", "4e-3", "--scheduler", "onecycle", "--epochs", "7",
-                           "--label-smoothing", "0.1"],
-                  "target": 93.0, "seeds": [0, 1, 2], "hand": 0, "data": True},
+    "fashion93": {
+        "args": [
+            *FASHION,
+            "--model-option",
+            "version=3",
+            "--model-option",
+            "dropout=0.2",
+            "--no-augment",
+            "--batch-size",
+            "128",
+            "--lr",
+            "4e-3",
+            "--scheduler",
+            "onecycle",
+            "--epochs",
+            "7",
+            "--label-smoothing",
+            "0.1",
+        ],
+        "target": 93.0,
+        "seeds": [0, 1, 2],
+        "hand": 0,
+        "data": True,
+    },
 }
 EPOCH_LINE = re.compile(r"Epoch (\d+)/\d+ .* acc ([\d.]+)%")
 
@@ -75,9 +119,16 @@ def run_process(command, target: float, threads=None):
     total = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0 or not accuracies:
         sys.exit(f"{' '.join(command)} failed:\n{''.join(lines)}")
-    return {"first_step": first_step, "reached": reached, "total": total, "final": accuracies[-1],
-            "best": max(accuracies), "epochs": len(accuracies), "peak_mb": usage.ru_maxrss / 1024,
-            "cpu": usage.ru_utime + usage.ru_stime}
+    return {
+        "first_step": first_step,
+        "reached": reached,
+        "total": total,
+        "final": accuracies[-1],
+        "best": max(accuracies),
+        "epochs": len(accuracies),
+        "peak_mb": usage.ru_maxrss / 1024,
+        "cpu": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def run_recipe(name: str, recipe, seeds, data_dir: str, extra, threads=None):
@@ -85,41 +136,79 @@ def run_recipe(name: str, recipe, seeds, data_dir: str, extra, threads=None):
     print(f"{name}: python train.py {' '.join(recipe['args'] + extra)}  (target {recipe['target']:g}%)", flush=True)
     for seed in seeds:
         with tempfile.TemporaryDirectory() as runs:
-            command = [sys.executable, str(BENCH / "_first_step.py"), *recipe["args"], *extra, "--seed", str(seed),
-                       "--runs-dir", runs] + (["--data-dir", data_dir] if recipe["data"] else [])
+            command = [
+                sys.executable,
+                str(BENCH / "_first_step.py"),
+                *recipe["args"],
+                *extra,
+                "--seed",
+                str(seed),
+                "--runs-dir",
+                runs,
+            ] + (["--data-dir", data_dir] if recipe["data"] else [])
             contenders = [("trainer", command)]
             if recipe["hand"]:
-                hand = [sys.executable, str(BENCH / "_hand_loop.py"), str(seed), str(recipe["hand"]),
-                        str(recipe.get("hand_steps", 0))]
+                hand = [
+                    sys.executable,
+                    str(BENCH / "_hand_loop.py"),
+                    str(seed),
+                    str(recipe["hand"]),
+                    str(recipe.get("hand_steps", 0)),
+                ]
                 contenders.append(("hand", hand))
                 if seed % 2:  # alternate who goes first
                     contenders.reverse()
             for who, cmd in contenders:
                 result = run_process(cmd, recipe["target"], threads)
                 results[who].append(result)
-                rows.append([who, seed, f"{result['first_step']:.1f}" if result["first_step"] else "-",
-                             f"{result['reached']:.1f}" if result["reached"] else "never", f"{result['best']:.2f}",
-                             f"{result['final']:.2f}", f"{result['total']:.1f}", f"{result['cpu']:.1f}",
-                             f"{result['peak_mb']:.0f}"])
+                rows.append(
+                    [
+                        who,
+                        seed,
+                        f"{result['first_step']:.1f}" if result["first_step"] else "-",
+                        f"{result['reached']:.1f}" if result["reached"] else "never",
+                        f"{result['best']:.2f}",
+                        f"{result['final']:.2f}",
+                        f"{result['total']:.1f}",
+                        f"{result['cpu']:.1f}",
+                        f"{result['peak_mb']:.0f}",
+                    ]
+                )
                 print("  " + " ".join(str(c) for c in rows[-1]), flush=True)
     print()
-    print_table(["run", "seed", "s to first step", f"s to {recipe['target']:g}%", "best acc %", "final acc %",
-                 "total s", "CPU s", "peak RSS MB"], rows)
+    print_table(
+        [
+            "run",
+            "seed",
+            "s to first step",
+            f"s to {recipe['target']:g}%",
+            "best acc %",
+            "final acc %",
+            "total s",
+            "CPU s",
+            "peak RSS MB",
+        ],
+        rows,
+    )
     for who, found in results.items():
         if not found:
             continue
         reached = [r["reached"] for r in found if r["reached"]]
-        print(f"\n{who}: median whole run {statistics.median(r['total'] for r in found):.1f} s, first step "
-              f"{statistics.median(r['first_step'] for r in found):.1f} s, best accuracy "
-              f"{min(r['best'] for r in found):.2f}-{max(r['best'] for r in found):.2f}%, "
-              f"{len(reached)}/{len(found)} seeds reached {recipe['target']:g}%"
-              + (f" (median {statistics.median(reached):.1f} s)" if reached else "")
-              + f", peak RSS max {max(r['peak_mb'] for r in found):.0f} MB")
+        print(
+            f"\n{who}: median whole run {statistics.median(r['total'] for r in found):.1f} s, first step "
+            f"{statistics.median(r['first_step'] for r in found):.1f} s, best accuracy "
+            f"{min(r['best'] for r in found):.2f}-{max(r['best'] for r in found):.2f}%, "
+            f"{len(reached)}/{len(found)} seeds reached {recipe['target']:g}%"
+            + (f" (median {statistics.median(reached):.1f} s)" if reached else "")
+            + f", peak RSS max {max(r['peak_mb'] for r in found):.0f} MB"
+        )
     if results["hand"]:
         ratios = [t["total"] / h["total"] for t, h in zip(results["trainer"], results["hand"])]
         cpu = [t["cpu"] / h["cpu"] for t, h in zip(results["trainer"], results["hand"])]
-        print(f"trainer/hand whole run per seed: {', '.join(f'{r:.2f}' for r in ratios)} (median "
-              f"{statistics.median(ratios):.2f}); CPU time {', '.join(f'{r:.2f}' for r in cpu)}")
+        print(
+            f"trainer/hand whole run per seed: {', '.join(f'{r:.2f}' for r in ratios)} (median "
+            f"{statistics.median(ratios):.2f}); CPU time {', '.join(f'{r:.2f}' for r in cpu)}"
+        )
     print(flush=True)
 
 
@@ -129,14 +218,24 @@ def main() -> None:
     parser.add_argument("--data-dir", help="folder holding FashionMNIST/raw (default ../shared/data)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: each recipe's own)")
     parser.add_argument("--device", help="passed to train.py (e.g. cuda); default: its own choice")
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every run (default: torch's choice, one "
-                        "per core); 1 keeps the CPU times comparable on a machine other jobs oversubscribe")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="OMP_NUM_THREADS for every run (default: torch's choice, one "
+        "per core); 1 keeps the CPU times comparable on a machine other jobs oversubscribe",
+    )
     parser.add_argument("--smoke", action="store_true", help="one short run on the bundled sample")
     args = parser.parse_args()
     extra = ["--device", args.device] if args.device else []
     if args.smoke:
-        smoke = {"args": ["--dataset", "mnist-sample", "--model", "mlp", "--epochs", "1", "--quiet"], "target": 50.0,
-                 "seeds": [0], "hand": 1, "hand_steps": 2, "data": False}
+        smoke = {
+            "args": ["--dataset", "mnist-sample", "--model", "mlp", "--epochs", "1", "--quiet"],
+            "target": 50.0,
+            "seeds": [0],
+            "hand": 1,
+            "hand_steps": 2,
+            "data": False,
+        }
         run_recipe("smoke", smoke, [0], ".", extra)
         return
     names = args.recipe or list(RECIPES)

@@ -41,14 +41,16 @@ class StripesDataset(BaseDataset):
     name = "stripes"  # used in messages and in describe()
     classes_count = 2  # (or pass num_classes=2 to _set_data)
 
-    def __init__(self, num_samples: int = 2048, image_size: int = 16, augment: bool = True, seed: int = 42,
-                 data_dir=None):
+    def __init__(
+        self, num_samples: int = 2048, image_size: int = 16, augment: bool = True, seed: int = 42, data_dir=None
+    ):
         super().__init__(augment=augment, seed=seed)  # checks augment and seed, sets self.seed
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"stripes: --dataset-option num_samples must be an integer >= 1, got {num_samples!r}.")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or not 4 <= image_size <= 256:
-            raise ValueError(f"stripes: --dataset-option image_size must be an integer from 4 to 256, "
-                             f"got {image_size!r}.")
+            raise ValueError(
+                f"stripes: --dataset-option image_size must be an integer from 4 to 256, got {image_size!r}."
+            )
         rng = np.random.default_rng(self.seed)  # the same seed gives the same data
 
         def make(count: int):
@@ -87,10 +89,15 @@ class TinyCNN(nn.Module):
         self.width = width
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
             nn.Linear(2 * width, num_classes),
         )
 
@@ -102,5 +109,10 @@ class TinyCNN(nn.Module):
     # the checkpoint was saved from the same architecture. Without it, both still work.
     @property
     def model_config(self) -> dict:
-        return {"name": "tiny_cnn", "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "input_size": self.input_size, "width": self.width}
+        return {
+            "name": "tiny_cnn",
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "input_size": self.input_size,
+            "width": self.width,
+        }

@@ -48,8 +48,9 @@ def check_int(value: Any, owner: str, name: str, minimum: int, flag: Optional[st
     return int(value)
 
 
-def check_number(value: Any, owner: str, name: str, minimum: float, below: Optional[float] = None,
-                 flag: Optional[str] = None) -> float:
+def check_number(
+    value: Any, owner: str, name: str, minimum: float, below: Optional[float] = None, flag: Optional[str] = None
+) -> float:
     """``value`` as a ``float`` when it is finite, >= ``minimum`` and (if given) < ``below``."""
     if below is None:
         requirement = f"a finite number >= {minimum:g}"
@@ -60,8 +61,15 @@ def check_number(value: Any, owner: str, name: str, minimum: float, below: Optio
     return float(value)
 
 
-def check_int_list(value: Any, owner: str, name: str, length: Optional[int] = None, minimum: int = 1,
-                   flag: Optional[str] = None, example: str = "[256, 128]") -> List[int]:
+def check_int_list(
+    value: Any,
+    owner: str,
+    name: str,
+    length: Optional[int] = None,
+    minimum: int = 1,
+    flag: Optional[str] = None,
+    example: str = "[256, 128]",
+) -> List[int]:
     """``value`` as a list of ints when it is a list or tuple of integers >= ``minimum``
     (of exactly ``length`` items when given). A string is not a list of numbers."""
     ok = isinstance(value, (list, tuple)) and (length is None or len(value) == length)

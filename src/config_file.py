@@ -56,18 +56,26 @@ def read_config_file(path: Any) -> Dict[str, Any]:
     if data is None:
         data = {}  # an empty file, or only comments
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path} must hold a mapping of option names to values "
-                          f"(like 'epochs: 10'), got a {type(data).__name__}.")
+        raise ConfigError(
+            f"--config {path} must hold a mapping of option names to values "
+            f"(like 'epochs: 10'), got a {type(data).__name__}."
+        )
     bad_keys = sorted(repr(k) for k in data if not isinstance(k, str))
     if bad_keys:
-        raise ConfigError(f"--config {path} has key(s) {', '.join(bad_keys)} that are not option names; "
-                          f"known keys: {', '.join(sorted(CONFIG_FILE_KEYS))}.")
+        raise ConfigError(
+            f"--config {path} has key(s) {', '.join(bad_keys)} that are not option names; "
+            f"known keys: {', '.join(sorted(CONFIG_FILE_KEYS))}."
+        )
     unknown = sorted(set(data) - set(CONFIG_FILE_KEYS))
     if unknown:
-        hints = [f"{k} (did you mean {k.replace('-', '_')}?)" if k.replace("-", "_") in CONFIG_FILE_KEYS else k
-                 for k in unknown]
-        raise ConfigError(f"Unknown configuration key(s) {', '.join(hints)} in {path}; "
-                          f"known keys: {', '.join(sorted(CONFIG_FILE_KEYS))}.")
+        hints = [
+            f"{k} (did you mean {k.replace('-', '_')}?)" if k.replace("-", "_") in CONFIG_FILE_KEYS else k
+            for k in unknown
+        ]
+        raise ConfigError(
+            f"Unknown configuration key(s) {', '.join(hints)} in {path}; "
+            f"known keys: {', '.join(sorted(CONFIG_FILE_KEYS))}."
+        )
     types = _field_types()
     values = {}
     for key, value in data.items():
@@ -84,12 +92,15 @@ def _read_text(path: Path) -> str:
             raise ConfigError(f"--config {path} is a directory; give a .yaml or .json file.")
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"--config {path} is {size:,} bytes; a configuration file is at most "
-                              f"{MAX_CONFIG_BYTES:,} bytes. Is it the right file?")
+            raise ConfigError(
+                f"--config {path} is {size:,} bytes; a configuration file is at most "
+                f"{MAX_CONFIG_BYTES:,} bytes. Is it the right file?"
+            )
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file; give the path of a .yaml or .json file "
-                          "(the recipes are in configs/).") from None
+        raise ConfigError(
+            f"--config {path}: no such file; give the path of a .yaml or .json file (the recipes are in configs/)."
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"--config {path} is not UTF-8 text; give a .yaml or .json file.") from None
     except OSError as exc:
@@ -100,8 +111,9 @@ def _load_yaml(path: Path, text: str) -> Any:
     try:
         import yaml
     except ImportError:
-        raise ConfigError(f"--config {path} is YAML, which needs PyYAML: pip install pyyaml "
-                          "(or give a .json file).") from None
+        raise ConfigError(
+            f"--config {path} is YAML, which needs PyYAML: pip install pyyaml (or give a .json file)."
+        ) from None
     try:
         # Aliases (*name) could make a small file expand into a huge structure when it is
         # checked; an options file has no need for them.
@@ -158,8 +170,10 @@ def _check_type(path: Path, key: str, value: Any, kind: Any) -> Any:
 def _check_imports(path: Path, value: Any) -> List[str]:
     specs = [value] if isinstance(value, str) else value
     if not isinstance(specs, list) or not all(isinstance(s, str) and s.strip() for s in specs):
-        raise ConfigError(f"--config {path}: imports must be a list of module names or .py paths "
-                          f"(what --import takes), got {_describe(value)}.")
+        raise ConfigError(
+            f"--config {path}: imports must be a list of module names or .py paths "
+            f"(what --import takes), got {_describe(value)}."
+        )
     return list(specs)
 
 

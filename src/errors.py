@@ -141,9 +141,15 @@ def report_error(exc: BaseException, os_note: str = ".") -> int:
         return EXIT_FAILED
     if os.environ.get(DEBUG_ENV):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-        print(f"Error: unexpected error (a bug): {type(exc).__name__}: {one_line(exc)} (the traceback is above; "
-              "please report it with the command you ran).", file=sys.stderr)
+        print(
+            f"Error: unexpected error (a bug): {type(exc).__name__}: {one_line(exc)} (the traceback is above; "
+            "please report it with the command you ran).",
+            file=sys.stderr,
+        )
     else:
-        print(f"Error: unexpected error (a bug): {type(exc).__name__}: {one_line(exc)} "
-              f"(set {DEBUG_ENV}=1 for the traceback).", file=sys.stderr)
+        print(
+            f"Error: unexpected error (a bug): {type(exc).__name__}: {one_line(exc)} "
+            f"(set {DEBUG_ENV}=1 for the traceback).",
+            file=sys.stderr,
+        )
     return EXIT_FAILED

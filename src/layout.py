@@ -95,8 +95,10 @@ def read_json_object(path: Path, what: str, error: type = ExperimentError) -> Di
     except ValueError as exc:
         raise error(f"{path} is not valid JSON ({exc}).") from None
     if not isinstance(data, dict):
-        raise error(f"{path} holds a JSON {type(data).__name__} {short_json(data)}, not the {what} object; "
-                    "restore it or fork from the experiment's checkpoints.")
+        raise error(
+            f"{path} holds a JSON {type(data).__name__} {short_json(data)}, not the {what} object; "
+            "restore it or fork from the experiment's checkpoints."
+        )
     return data
 
 
@@ -221,12 +223,15 @@ def refuse_directories_as_files(experiment_dir: Path) -> None:
     names = [STATUS_FILE, LOG_FILE, PLOT_FILE, LOCK_FILE]
     names += [f"{CHECKPOINTS_DIR}/{n}{s}" for n in (BEST_MODEL, LATEST_CHECKPOINT) for s in ("", MANIFEST_SUFFIX)]
     if checkpoints.is_dir():
-        names += [f"{CHECKPOINTS_DIR}/{p.name}" for p in checkpoints.iterdir()
-                  if p.name.endswith((".pt", MANIFEST_SUFFIX))]
+        names += [
+            f"{CHECKPOINTS_DIR}/{p.name}" for p in checkpoints.iterdir() if p.name.endswith((".pt", MANIFEST_SUFFIX))
+        ]
     for name in names:
         if (experiment_dir / name).is_dir():
-            raise ExperimentError(f"{experiment_dir / name} is a directory, not the file this run keeps there; "
-                                  "move it away and resume again.")
+            raise ExperimentError(
+                f"{experiment_dir / name} is a directory, not the file this run keeps there; "
+                "move it away and resume again."
+            )
 
 
 class ExperimentPaths:

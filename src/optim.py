@@ -88,8 +88,9 @@ def _cosine_plan_end(epoch: int, state: Dict[str, Any]) -> Optional[int]:
     return None
 
 
-@SchedulerRegistry.register("cosine", cls="torch.optim.lr_scheduler.CosineAnnealingLR", planned=True,
-                            plan_end=_cosine_plan_end)
+@SchedulerRegistry.register(
+    "cosine", cls="torch.optim.lr_scheduler.CosineAnnealingLR", planned=True, plan_end=_cosine_plan_end
+)
 def _cosine(optimizer, epochs: int, steps_per_epoch: Optional[int] = None):
     import torch
 
@@ -114,14 +115,17 @@ def _plateau(optimizer, epochs: int, steps_per_epoch: Optional[int] = None):
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
 
 
-@SchedulerRegistry.register("onecycle", cls="torch.optim.lr_scheduler.OneCycleLR", per_step=True, planned=True,
-                            plans_steps=True)
+@SchedulerRegistry.register(
+    "onecycle", cls="torch.optim.lr_scheduler.OneCycleLR", per_step=True, planned=True, plans_steps=True
+)
 def _onecycle(optimizer, epochs: int, steps_per_epoch: Optional[int] = None):
     import torch
 
     if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-        raise ConfigError("The onecycle scheduler plans its steps from the length of the training loader; "
-                         f"this loader has none ({steps_per_epoch!r} steps per epoch). Use another --scheduler.")
+        raise ConfigError(
+            "The onecycle scheduler plans its steps from the length of the training loader; "
+            f"this loader has none ({steps_per_epoch!r} steps per epoch). Use another --scheduler."
+        )
     max_lrs = [group["lr"] for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=epochs * steps_per_epoch)
 
@@ -167,8 +171,11 @@ def entry_of(registry: Registry, obj: Any) -> Optional[Tuple[str, Dict[str, Any]
     class of it), or None."""
     if obj is None:
         return None
-    matches = [(name, info) for name, info in registry.items() if info.get("cls") is not None
-               and isinstance(obj, resolve_class(info["cls"]))]
+    matches = [
+        (name, info)
+        for name, info in registry.items()
+        if info.get("cls") is not None and isinstance(obj, resolve_class(info["cls"]))
+    ]
     exact = [(name, info) for name, info in matches if type(obj) is resolve_class(info["cls"])]
     return (exact or matches or [None])[0]
 

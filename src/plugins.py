@@ -73,8 +73,13 @@ def import_plugins(specs: Iterable[str]) -> List[Dict[str, str]]:
     return records
 
 
-def verify_plugins(records: Any, purpose: str = "resume", experiment: Optional[str] = None,
-                   log=print, source: str = "the configuration") -> List[Dict[str, str]]:
+def verify_plugins(
+    records: Any,
+    purpose: str = "resume",
+    experiment: Optional[str] = None,
+    log=print,
+    source: str = "the configuration",
+) -> List[Dict[str, str]]:
     """Import the plug-ins a run recorded again, checking each file against its hash.
 
     Args:
@@ -106,8 +111,9 @@ def verify_plugins(records: Any, purpose: str = "resume", experiment: Optional[s
                 "(--resume and --fork import the plug-ins a run recorded)."
             ) from None
         except OSError as exc:
-            raise ConfigError(f"plug-in {module} ({path}) cannot be read ({exc.strerror or exc}); "
-                              "fix its permissions and try again.") from None
+            raise ConfigError(
+                f"plug-in {module} ({path}) cannot be read ({exc.strerror or exc}); fix its permissions and try again."
+            ) from None
         digest = hashlib.sha256(source_bytes).hexdigest()
         if digest != recorded:
             if purpose == "resume":
@@ -118,8 +124,10 @@ def verify_plugins(records: Any, purpose: str = "resume", experiment: Optional[s
                 )
             if (str(path), recorded, digest) not in _warned:
                 _warned.add((str(path), recorded, digest))
-                log(f"Warning: plug-in {module} changed since {name} recorded it (sha256 {recorded[:12]}... -> "
-                    f"{digest[:12]}...); the fork uses the new code and records its hash.")
+                log(
+                    f"Warning: plug-in {module} changed since {name} recorded it (sha256 {recorded[:12]}... -> "
+                    f"{digest[:12]}...); the fork uses the new code and records its hash."
+                )
         if _is_path(module):
             _load_file(module, path, source_bytes, digest)
         else:
@@ -135,12 +143,16 @@ def check_records(records: Any, source: str = "the configuration") -> None:
     if not isinstance(records, list):
         raise ConfigError(f"imports in {source} must be a list of plug-in records, got {reprlib.repr(records)}.")
     for record in records:
-        if (not isinstance(record, dict) or sorted(record) != sorted(RECORD_KEYS)
-                or not all(isinstance(record[k], str) and record[k] for k in RECORD_KEYS)
-                or not os.path.isabs(record["path"]) or not _SHA256.fullmatch(record["sha256"])):
+        if (
+            not isinstance(record, dict)
+            or sorted(record) != sorted(RECORD_KEYS)
+            or not all(isinstance(record[k], str) and record[k] for k in RECORD_KEYS)
+            or not os.path.isabs(record["path"])
+            or not _SHA256.fullmatch(record["sha256"])
+        ):
             raise ConfigError(
                 f"imports in {source} holds {reprlib.repr(record)}, not a plug-in record "
-                "{\"module\": ..., \"path\": absolute file, \"sha256\": 64 hex digits} as import_plugins writes; "
+                '{"module": ..., "path": absolute file, "sha256": 64 hex digits} as import_plugins writes; '
                 "restore the file, or start a new run with --import."
             )
 
@@ -178,16 +190,22 @@ def _import_path(spec: str) -> Dict[str, str]:
     try:
         path = path.expanduser().resolve()
         if path.is_dir():
-            raise ConfigError(f"--import {spec} is a directory; give a .py file, or the package as a module name "
-                              "(run from the directory that holds it).")
+            raise ConfigError(
+                f"--import {spec} is a directory; give a .py file, or the package as a module name "
+                "(run from the directory that holds it)."
+            )
         if path.suffix != ".py":
-            raise ConfigError(f"--import {spec} is not a .py file; give a .py file or a module name (like mypkg.models).")
+            raise ConfigError(
+                f"--import {spec} is not a .py file; give a .py file or a module name (like mypkg.models)."
+            )
         source_bytes = path.read_bytes()
     except ConfigError:
         raise
     except FileNotFoundError:
-        raise ConfigError(f"--import {spec}: no such file ({path}); give a path to a .py file, "
-                          "or a module name importable from the current directory.") from None
+        raise ConfigError(
+            f"--import {spec}: no such file ({path}); give a path to a .py file, "
+            "or a module name importable from the current directory."
+        ) from None
     except (OSError, ValueError, RuntimeError) as exc:  # unreadable, a NUL byte, an unknown ~user
         raise ConfigError(f"--import {spec}: cannot read {path} ({getattr(exc, 'strerror', None) or exc}).") from None
     digest = hashlib.sha256(source_bytes).hexdigest()
@@ -242,8 +260,10 @@ def _reimport_module(spec: str, path: Path) -> None:
     found, _ = _load_module(spec, _package_root(spec, path) or os.getcwd())
     if found != path:
         _forget(_loaded.pop(str(found), {}))
-        raise ConfigError(f"plug-in {spec} now imports {found}, not the recorded {path}; run from the directory "
-                          "the run was started in, or restore the original module.")
+        raise ConfigError(
+            f"plug-in {spec} now imports {found}, not the recorded {path}; run from the directory "
+            "the run was started in, or restore the original module."
+        )
 
 
 def _load_module(spec: str, root: str) -> Tuple[Path, str]:
@@ -266,8 +286,10 @@ def _load_module(spec: str, root: str) -> Tuple[Path, str]:
         if found is None:
             raise ModuleNotFoundError(f"No module named {spec!r}", name=spec)
         if not found.has_location or not found.origin:
-            raise ConfigError(f"--import {spec} is a namespace package with no file of its own; "
-                              f"import one of its modules (like {spec}.models) instead.")
+            raise ConfigError(
+                f"--import {spec} is a namespace package with no file of its own; "
+                f"import one of its modules (like {spec}.models) instead."
+            )
         path = Path(found.origin).resolve()
         if path.suffix != ".py":  # a compiled module: the import system loads it
             importlib.import_module(spec)
@@ -314,8 +336,10 @@ def _read(spec: str, path: Path) -> bytes:
 def _module_file(spec: str, module) -> Path:
     file = getattr(module, "__file__", None)
     if not file:
-        raise ConfigError(f"--import {spec} is a namespace package with no file of its own; "
-                          f"import one of its modules (like {spec}.models) instead.")
+        raise ConfigError(
+            f"--import {spec} is a namespace package with no file of its own; "
+            f"import one of its modules (like {spec}.models) instead."
+        )
     return Path(file).resolve()
 
 
@@ -323,9 +347,9 @@ def _package_root(spec: str, path: Path) -> Optional[str]:
     """The directory from which ``spec`` imports as ``path`` (None if they do not match)."""
     parts = spec.split(".")
     tail = parts + ["__init__.py"] if path.name == "__init__.py" else parts[:-1] + [parts[-1] + path.suffix]
-    if len(path.parts) <= len(tail) or list(path.parts[-len(tail):]) != tail:
+    if len(path.parts) <= len(tail) or list(path.parts[-len(tail) :]) != tail:
         return None
-    return str(Path(*path.parts[:-len(tail)]))
+    return str(Path(*path.parts[: -len(tail)]))
 
 
 def _run_recording(spec: str, run, extra_path: str) -> List[Tuple[str, str]]:
@@ -374,11 +398,15 @@ def _forget(previous: Dict[str, Any]) -> None:
 def _failure_message(spec: str, exc: BaseException) -> str:
     taken = _ALREADY_REGISTERED.fullmatch(_first_line(exc)) if isinstance(exc, ValueError) else None
     if taken:
-        return (f"plug-in {spec} registers the {taken.group(1)} name {taken.group(2)}, which is already taken "
-                "(by a built-in or another plug-in); register it under another name.")
+        return (
+            f"plug-in {spec} registers the {taken.group(1)} name {taken.group(2)}, which is already taken "
+            "(by a built-in or another plug-in); register it under another name."
+        )
     if isinstance(exc, ModuleNotFoundError) and exc.name and (spec == exc.name or spec.startswith(exc.name + ".")):
-        return (f"--import {spec}: no module named {exc.name!r} in the current directory ({os.getcwd()}) "
-                "or on the Python path; run from the directory that holds it, or give the path to its .py file.")
+        return (
+            f"--import {spec}: no module named {exc.name!r} in the current directory ({os.getcwd()}) "
+            "or on the Python path; run from the directory that holds it, or give the path to its .py file."
+        )
     if isinstance(exc, SyntaxError):
         where = f" ({Path(exc.filename).name}, line {exc.lineno})" if exc.filename else ""
         return f"plug-in {spec} failed to import: SyntaxError: {exc.msg}{where}; fix it and try again."
@@ -386,8 +414,10 @@ def _failure_message(spec: str, exc: BaseException) -> str:
         return f"plug-in {spec} called sys.exit({exc.code!r}) while being imported; a plug-in must only define and register."
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
-    return (f"plug-in {spec} failed to import: {type(exc).__name__}: {_first_line(exc)}{where}; fix it and try again "
-            f"(set {DEBUG_ENV}=1 for the traceback).")
+    return (
+        f"plug-in {spec} failed to import: {type(exc).__name__}: {_first_line(exc)}{where}; fix it and try again "
+        f"(set {DEBUG_ENV}=1 for the traceback)."
+    )
 
 
 def _first_line(exc: BaseException) -> str:

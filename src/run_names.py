@@ -101,8 +101,10 @@ def resolve_experiment(runs_dir: Path, reference: Any, error=ValueError) -> Any:
         return reference
     matches = experiments_named(Path(runs_dir), reference)
     if len(matches) > 1:
-        raise error(f"The name {reference!r} is recorded by {' and '.join(matches)} in {runs_dir}; "
-                    f"give the experiment directory ({matches[0]}) instead.")
+        raise error(
+            f"The name {reference!r} is recorded by {' and '.join(matches)} in {runs_dir}; "
+            f"give the experiment directory ({matches[0]}) instead."
+        )
     return matches[0] if matches else reference
 
 
@@ -117,7 +119,9 @@ def check_name_free(runs_dir: Path, name: Optional[str], error=ValueError, exclu
         return
     taken = [d for d in experiments_named(Path(runs_dir), name) if d != exclude]
     if taken:
-        raise error(f"The name {name!r} is already used by {taken[0]} in {runs_dir}; choose another --name "
-                    f"(names are unique per runs directory), or continue that run with --resume {name}.")
+        raise error(
+            f"The name {name!r} is already used by {taken[0]} in {runs_dir}; choose another --name "
+            f"(names are unique per runs directory), or continue that run with --resume {name}."
+        )
     if name != exclude and os.path.isdir(os.path.join(runs_dir, name)):
         raise error(f"The name {name!r} is the name of an experiment directory in {runs_dir}; choose another --name.")

@@ -13,8 +13,17 @@ import train
 from tests.fake_data import FORMATS, make_folder
 
 # Re-exported for test files written before tests/helpers.py; import from tests.helpers.
-from tests.helpers import (HANG_TIMEOUT, REPO_ROOT, SHARED_DATA, LockHolder, assert_same_weights,  # noqa: F401
-                           cli_env, load_checkpoint, run_cli, start_cli)
+from tests.helpers import (  # noqa: F401
+    HANG_TIMEOUT,
+    REPO_ROOT,
+    SHARED_DATA,
+    LockHolder,
+    assert_same_weights,
+    cli_env,
+    load_checkpoint,
+    run_cli,
+    start_cli,
+)
 
 # Two cores: keep each test process to one intra-op thread so parallel work (subprocesses,
 # the HTTP server) does not thrash, and numerics do not depend on the machine's core count.
@@ -70,14 +79,17 @@ def templates(tmp_path_factory):
     return {
         "uniform": make_folder(base / "uniform"),
         "mixed": make_folder(base / "mixed", sizes=((24, 24), (40, 30), (20, 33)), formats=FORMATS),
-        "shapes": make_folder(base / "shapes", train=40, val=15, sizes=((32, 32), (40, 28)), formats=FORMATS[:4],
-                              seed=1),
+        "shapes": make_folder(
+            base / "shapes", train=40, val=15, sizes=((32, 32), (40, 28)), formats=FORMATS[:4], seed=1
+        ),
     }
 
 
 @pytest.fixture
 def folder(templates, tmp_path):
     """A fresh copy (same modification times) of a template folder: ``folder("mixed")``."""
+
     def copy(name: str) -> Path:
         return Path(shutil.copytree(templates[name], tmp_path / name))
+
     return copy

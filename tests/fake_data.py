@@ -62,8 +62,12 @@ def write_cifar10(root: Path, seed: int = 0) -> dict:
         data = rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, PER_BATCH)]
         label = f"training batch {index + 1} of 5" if name != "test_batch" else "testing batch 1 of 1"
-        batch = {b"batch_label": label.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"img_{index}_{i}.png".encode() for i in range(PER_BATCH)]}
+        batch = {
+            b"batch_label": label.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"img_{index}_{i}.png".encode() for i in range(PER_BATCH)],
+        }
         (folder / name).write_bytes(py2_pickle(batch))
         written[name] = (data, labels)
     meta = {b"num_cases_per_batch": PER_BATCH, b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072}
@@ -75,8 +79,16 @@ def write_cifar10(root: Path, seed: int = 0) -> dict:
 
 CLASSES = {"circle": (0, 200, 0), "square": (220, 0, 0), "triangle": (0, 0, 230)}  # sorted names
 # (extension, Pillow mode the file is saved in): every format and mode the data set must read.
-FORMATS = [(".png", "RGB"), (".jpg", "RGB"), (".bmp", "RGB"), (".webp", "RGB"), (".png", "L"),
-           (".png", "RGBA"), (".gif", "P"), (".png", "P")]
+FORMATS = [
+    (".png", "RGB"),
+    (".jpg", "RGB"),
+    (".bmp", "RGB"),
+    (".webp", "RGB"),
+    (".png", "L"),
+    (".png", "RGBA"),
+    (".gif", "P"),
+    (".png", "P"),
+]
 
 
 def shape_image(kind: str, size, rng: np.random.Generator) -> Image.Image:
@@ -103,8 +115,15 @@ def save_as(image: Image.Image, path: Path, mode: str) -> None:
     image.save(path, quality=95) if path.suffix == ".jpg" else image.save(path)
 
 
-def make_folder(root: Path, train: int = 12, val: int = 4, sizes=((24, 24),), formats=((".png", "RGB"),),
-                seed: int = 0, val_name: str = "val") -> Path:
+def make_folder(
+    root: Path,
+    train: int = 12,
+    val: int = 4,
+    sizes=((24, 24),),
+    formats=((".png", "RGB"),),
+    seed: int = 0,
+    val_name: str = "val",
+) -> Path:
     """``root/train/<class>/`` and ``root/<val_name>/<class>/`` of generated shapes, cycling
     through ``sizes`` and ``formats``."""
     rng = np.random.default_rng(seed)

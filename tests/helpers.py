@@ -35,11 +35,17 @@ def cli_env(**extra: str) -> dict:
     return env
 
 
-def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = HANG_TIMEOUT, **env: str) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, check: bool = True, timeout: float = HANG_TIMEOUT, **env: str
+) -> subprocess.CompletedProcess:
     """Run ``python train.py ARGS`` in a subprocess and return the finished process."""
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "train.py"), *args],
-        cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"train.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
@@ -50,7 +56,12 @@ def start_cli(*args: str, cwd: Path, **env: str) -> subprocess.Popen:
     """Start ``python train.py ARGS`` without waiting; stdout is a line-buffered pipe."""
     return subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "train.py"), *args],
-        cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        cwd=cwd,
+        env=cli_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
     )
 
 
@@ -85,7 +96,9 @@ def assert_same_final_state(experiment: Path, reference: Path):
     theirs = load_checkpoint(reference / "checkpoints" / "latest_checkpoint.pt")
     assert mine["epoch"] == theirs["epoch"] and mine["global_step"] == theirs["global_step"]
     assert_same_weights(mine["model_state_dict"], theirs["model_state_dict"])
-    for group_a, group_b in zip(mine["optimizer_state_dict"]["param_groups"], theirs["optimizer_state_dict"]["param_groups"]):
+    for group_a, group_b in zip(
+        mine["optimizer_state_dict"]["param_groups"], theirs["optimizer_state_dict"]["param_groups"]
+    ):
         assert group_a == group_b
     for key, state in theirs["optimizer_state_dict"]["state"].items():
         for name, value in state.items():
@@ -97,14 +110,20 @@ def assert_same_final_state(experiment: Path, reference: Path):
 
 
 def tree_hashes(directory: Path):
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def tree_hashes_with_lock(directory):
     """``tree_hashes`` with the lock file counted too."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 # Experiments and tools (``exptrain``) without a training run.
@@ -138,8 +157,13 @@ class LockHolder:
     """A live process holding an experiment's lock, as a training process does."""
 
     def __init__(self, experiment: Path):
-        self.process = subprocess.Popen([sys.executable, "-c", LOCKER, str(experiment / ".lock")], env=cli_env(),
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(experiment / ".lock")],
+            env=cli_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout.readline().strip() == "locked"
         self.pid = self.process.pid
 
@@ -172,6 +196,7 @@ def log_records(experiment: Path):
 
 # Tiny in-process trainers.
 
+
 def make_trainer(tmp_path, patience=0, with_checkpoints=True, loaders=None, dataset=None, scheduler=None):
     torch.manual_seed(0)
     data = DatasetRegistry.create("synthetic", num_samples=256, num_classes=4, input_shape=(1, 8, 8), seed=0)
@@ -182,8 +207,19 @@ def make_trainer(tmp_path, patience=0, with_checkpoints=True, loaders=None, data
     checkpoints = CheckpointManager(experiment.checkpoints_dir, save_frequency=1) if with_checkpoints else None
     if scheduler == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    return Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"),
-                   experiment, checkpoints, scheduler=scheduler, dataset=dataset, patience=patience)
+    return Trainer(
+        model,
+        train_loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        torch.device("cpu"),
+        experiment,
+        checkpoints,
+        scheduler=scheduler,
+        dataset=dataset,
+        patience=patience,
+    )
 
 
 def make_background_trainer(runs: Path, background=True, epochs_hook=None, model=None):
@@ -192,9 +228,18 @@ def make_background_trainer(runs: Path, background=True, epochs_hook=None, model
     train_loader, val_loader = data.get_dataloaders(batch_size=32)
     model = model or ModelRegistry.create("mlp", num_classes=4, input_size=8, hidden_sizes=[32])
     experiment = ExperimentManager(base_dir=str(runs), lock=False)
-    return Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters(), lr=1e-2),
-                   torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir, save_frequency=1),
-                   show_progress=False, background_writes=background)
+    return Trainer(
+        model,
+        train_loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        torch.optim.AdamW(model.parameters(), lr=1e-2),
+        torch.device("cpu"),
+        experiment,
+        CheckpointManager(experiment.checkpoints_dir, save_frequency=1),
+        show_progress=False,
+        background_writes=background,
+    )
 
 
 QUICKSTART_MLP = {"hidden_sizes": [16]}
@@ -210,12 +255,21 @@ def quickstart(runs: Path, epochs: int, model: nn.Module = None, save_frequency:
     if model is None:
         model = ModelRegistry.create("mlp", num_classes=10, **QUICKSTART_MLP).to(device)
     experiment_manager = ExperimentManager(base_dir=str(runs))
-    checkpoint_manager = CheckpointManager(checkpoints_dir=experiment_manager.checkpoints_dir,
-                                           save_frequency=save_frequency)
+    checkpoint_manager = CheckpointManager(
+        checkpoints_dir=experiment_manager.checkpoints_dir, save_frequency=save_frequency
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    trainer = Trainer(model=model, train_loader=train_loader, val_loader=val_loader,
-                      criterion=nn.CrossEntropyLoss(), optimizer=optimizer, device=device,
-                      experiment_manager=experiment_manager, checkpoint_manager=checkpoint_manager, patience=5)
+    trainer = Trainer(
+        model=model,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        criterion=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        device=device,
+        experiment_manager=experiment_manager,
+        checkpoint_manager=checkpoint_manager,
+        patience=5,
+    )
     try:
         return trainer.train(epochs=epochs)
     finally:

@@ -24,15 +24,39 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import ToolError  # noqa: F401 (re-exported: the tools raise it as common.ToolError)
 from ..layout import (  # noqa: F401 (re-exported: the tools' names for the layout)
-    CHECKPOINTS_DIR, CONFIG_FILE, EVALUATION_DIR, EXPORT_DIR, LINEAGE_FILE, LOCK_FILE, LOG_FILE, NAME_PATTERN, PROC_LOCKS,
-    STATUS_FILE, LockTable, experiment_sort_key, lock_file_pid, pid_alive, read_json_object)
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    EVALUATION_DIR,
+    EXPORT_DIR,
+    LINEAGE_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    NAME_PATTERN,
+    PROC_LOCKS,
+    STATUS_FILE,
+    LockTable,
+    experiment_sort_key,
+    lock_file_pid,
+    pid_alive,
+    read_json_object,
+)
 
 # The names a data set without a ``class_names`` attribute is known to use.
 KNOWN_CLASS_NAMES = {
     "mnist": [str(d) for d in range(10)],
     "mnist-sample": [str(d) for d in range(10)],
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "fashion_mnist": [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
 }
 
 
@@ -50,7 +74,9 @@ def experiment_names(runs_dir: Path) -> List[str]:
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.exists():
-        raise ToolError(f"The runs directory {runs_dir} does not exist; pass --runs-dir DIR (where train.py wrote runs).")
+        raise ToolError(
+            f"The runs directory {runs_dir} does not exist; pass --runs-dir DIR (where train.py wrote runs)."
+        )
     if not runs_dir.is_dir():
         raise ToolError(f"The runs directory {runs_dir} is a file, not a directory; pass --runs-dir DIR.")
     try:
@@ -78,8 +104,10 @@ def find_experiment(runs_dir: Path, name: Any) -> Path:
 
     name = resolve_experiment(Path(runs_dir), name, ToolError)
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ToolError(f"Invalid experiment name {name!r}: use a plain name such as exp3 "
-                        "(letters, digits, '.', '_', '-'; no path separators).")
+        raise ToolError(
+            f"Invalid experiment name {name!r}: use a plain name such as exp3 "
+            "(letters, digits, '.', '_', '-'; no path separators)."
+        )
     runs_dir = Path(runs_dir)
     path = runs_dir / name
     if not path.is_dir():
@@ -87,7 +115,9 @@ def find_experiment(runs_dir: Path, name: Any) -> Path:
             known = experiment_names(runs_dir)
         except ToolError as exc:
             raise ToolError(f"Experiment {name!r} not found: {exc}") from None
-        listing = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "") if known else "none"
+        listing = (
+            ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "") if known else "none"
+        )
         raise ToolError(f"Experiment {name!r} does not exist in {runs_dir}; existing experiments: {listing}.")
     if os.path.dirname(os.path.realpath(path)) != os.path.realpath(runs_dir):
         raise ToolError(f"Experiment {name!r} points outside {runs_dir} (a symlink); refusing to use it.")
@@ -110,7 +140,9 @@ def read_config(experiment_dir: Path) -> Dict[str, Any]:
     """The ``config.json`` of an experiment (``ToolError`` when missing or damaged)."""
     config = read_json(Path(experiment_dir) / CONFIG_FILE, "configuration")
     if config is None:
-        raise ToolError(f"{Path(experiment_dir) / CONFIG_FILE} is missing; this experiment has no recorded configuration.")
+        raise ToolError(
+            f"{Path(experiment_dir) / CONFIG_FILE} is missing; this experiment has no recorded configuration."
+        )
     return config
 
 
@@ -146,14 +178,20 @@ def _is_epoch(value: Any) -> bool:
 
 def number(value: Any) -> Optional[float]:
     """``value`` as a float when it is a real finite number, else None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf"):
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value == value
+        and abs(value) != float("inf")
+    ):
         return float(value)
     return None
 
 
 # -- locks -----------------------------------------------------------------------------
-def lock_holder(experiment_dir: Path, table: Optional[LockTable] = None,
-                status: Optional[Dict[str, Any]] = None) -> Optional[str]:
+def lock_holder(
+    experiment_dir: Path, table: Optional[LockTable] = None, status: Optional[Dict[str, Any]] = None
+) -> Optional[str]:
     """Who trains in ``experiment_dir`` now: the holder's pid as text ("unknown" when the
     lock file names none), or None when no live process holds its lock. Never takes the lock."""
     lock_file = Path(experiment_dir) / LOCK_FILE

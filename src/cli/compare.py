@@ -33,7 +33,7 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def _show(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= MAX_VALUE_WIDTH else text[:MAX_VALUE_WIDTH - 3] + "..."
+    return text if len(text) <= MAX_VALUE_WIDTH else text[: MAX_VALUE_WIDTH - 3] + "..."
 
 
 MISSING = object()
@@ -73,10 +73,14 @@ def compare_experiments(runs_dir: str, names: Sequence[str], all_keys: bool = Fa
             settings.append((key, ["-" if v is MISSING else _show(v) for v in values]))
     results = [
         ("status", [s["status"] for s in summaries]),
-        ("epochs", [f"{s['epochs_done']}/{s['epochs_target'] if s['epochs_target'] is not None else '?'}"
-                    for s in summaries]),
-        ("best val accuracy", ["-" if s["best_accuracy"] is None else f"{s['best_accuracy']:.2f}% @{s['best_epoch']}"
-                               for s in summaries]),
+        (
+            "epochs",
+            [f"{s['epochs_done']}/{s['epochs_target'] if s['epochs_target'] is not None else '?'}" for s in summaries],
+        ),
+        (
+            "best val accuracy",
+            ["-" if s["best_accuracy"] is None else f"{s['best_accuracy']:.2f}% @{s['best_epoch']}" for s in summaries],
+        ),
         ("last val accuracy", ["-" if s["last_accuracy"] is None else f"{s['last_accuracy']:.2f}%" for s in summaries]),
         ("last val loss", ["-" if s["last_loss"] is None else f"{s['last_loss']:.4f}" for s in summaries]),
         ("wall time", [format_duration(s["wall_time"]) if s["epochs_done"] else "-" for s in summaries]),
@@ -93,7 +97,9 @@ def branch_records(records: List[Dict[str, Any]], branch_epoch: Any) -> List[Dic
     return [r for r in records if r["epoch"] >= branch_epoch]
 
 
-def curves_png(names: Sequence[str], logs: Sequence[List[Dict[str, Any]]], summaries: Sequence[Dict[str, Any]]) -> bytes:
+def curves_png(
+    names: Sequence[str], logs: Sequence[List[Dict[str, Any]]], summaries: Sequence[Dict[str, Any]]
+) -> bytes:
     """Validation accuracy and loss of each experiment on shared axes; a fork's curve
     starts at its branch epoch (marked with a diamond)."""
     import matplotlib
@@ -111,7 +117,7 @@ def curves_png(names: Sequence[str], logs: Sequence[List[Dict[str, Any]]], summa
             points = [(r["epoch"], r[key]) for r in shown if isinstance(r.get(key), (int, float))]
             if not points:
                 continue
-            line, = axes.plot(*zip(*points), marker="o", markersize=3, label=label)
+            (line,) = axes.plot(*zip(*points), marker="o", markersize=3, label=label)
             if branch is not None and points[0][0] == branch:
                 axes.plot([points[0][0]], [points[0][1]], marker="D", markersize=7, color=line.get_color())
     for axes, title in ((accuracy_axes, "validation accuracy (%)"), (loss_axes, "validation loss")):
@@ -151,11 +157,19 @@ def run(args) -> int:
     headers = {n: n for n in names}
     columns = ("#", *names)
     settings = comparison["settings"] or [("(no setting differs)", [""] * len(names))]
-    print(render_table([{"#": k, **dict(zip(names, values))} for k, values in settings], columns,
-                       {**headers, "#": "SETTING"}))
+    print(
+        render_table(
+            [{"#": k, **dict(zip(names, values))} for k, values in settings], columns, {**headers, "#": "SETTING"}
+        )
+    )
     print()
-    print(render_table([{"#": k, **dict(zip(names, values))} for k, values in comparison["results"]], columns,
-                       {**headers, "#": "RESULT"}))
+    print(
+        render_table(
+            [{"#": k, **dict(zip(names, values))} for k, values in comparison["results"]],
+            columns,
+            {**headers, "#": "RESULT"},
+        )
+    )
     write_plot(Path(args.plot), curves_png(names, comparison["logs"], comparison["summaries"]))
     print(f"\nWrote {args.plot}")
     return 0

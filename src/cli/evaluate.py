@@ -28,8 +28,15 @@ from ..utils import get_device
 from ..utils.io import atomic_write_bytes
 from .checkpoints import describe, load_model
 from .common import (
-    EVALUATION_DIR, ToolError, checkpoint_file_name, class_names_for, find_experiment, output_directory, print_warning,
-    read_config, refuse_if_running,
+    EVALUATION_DIR,
+    ToolError,
+    checkpoint_file_name,
+    class_names_for,
+    find_experiment,
+    output_directory,
+    print_warning,
+    read_config,
+    refuse_if_running,
 )
 
 RESULT_FILE = "evaluation.json"
@@ -48,14 +55,20 @@ def build_dataset(config: Dict[str, Any], data_dir: Optional[str] = None):
     """
     name = config.get("dataset")
     if not isinstance(name, str) or name not in DatasetRegistry:
-        raise ToolError(f"The configuration's dataset {name!r} is not available: "
-                        f"{DatasetRegistry.unknown_message(name)}")
+        raise ToolError(
+            f"The configuration's dataset {name!r} is not available: {DatasetRegistry.unknown_message(name)}"
+        )
     options = config.get("dataset_options") or {}
     if not isinstance(options, dict):
         raise ToolError(f"The configuration's dataset_options {options!r} is not a mapping of options.")
     accepted = inspect.signature(DatasetRegistry.get(name)).parameters
-    wanted = {"data_dir": data_dir or config.get("data_dir"), "augment": False, "seed": config.get("seed"),
-              "download": False, "progress": False}
+    wanted = {
+        "data_dir": data_dir or config.get("data_dir"),
+        "augment": False,
+        "seed": config.get("seed"),
+        "download": False,
+        "progress": False,
+    }
     fixed = {k: v for k, v in wanted.items() if k in accepted and k not in options}
     return DatasetRegistry.create(name, **fixed, **options)
 
@@ -73,10 +86,20 @@ def split_loader(dataset, split: str, batch_size: int, device) -> TensorLoader:
     """Batches of ``split`` in order, normalised by the data set's own loader: the run's
     validation loader for ``test``, the same over the un-augmented images for ``train``."""
     if split == "test":
-        return dataset.get_dataloaders(batch_size=batch_size, shuffle=False, device=device, val_batch_size=batch_size)[1]
+        return dataset.get_dataloaders(batch_size=batch_size, shuffle=False, device=device, val_batch_size=batch_size)[
+            1
+        ]
     images, labels = split_tensors(dataset, split)
-    return TensorLoader(images, labels, batch_size, dataset.mean, dataset.std, shuffle=False, device=device,
-                        mapped=bool(getattr(dataset, "memory_mapped", False)))
+    return TensorLoader(
+        images,
+        labels,
+        batch_size,
+        dataset.mean,
+        dataset.std,
+        shuffle=False,
+        device=device,
+        mapped=bool(getattr(dataset, "memory_mapped", False)),
+    )
 
 
 @torch.inference_mode()
@@ -115,9 +138,14 @@ def class_metrics(confusion: torch.Tensor, names: List[str]) -> List[Dict[str, A
         predicted, actual = int(confusion[:, index].sum()), int(confusion[index].sum())
         precision = hits / predicted if predicted else None
         recall = hits / actual if actual else None
-        f1 = (2 * precision * recall / (precision + recall) if precision and recall else
-              (0.0 if precision is not None and recall is not None else None))
-        rows.append({"class": index, "name": name, "precision": precision, "recall": recall, "f1": f1, "support": actual})
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if precision and recall
+            else (0.0 if precision is not None and recall is not None else None)
+        )
+        rows.append(
+            {"class": index, "name": name, "precision": precision, "recall": recall, "f1": f1, "support": actual}
+        )
     return rows
 
 
@@ -142,8 +170,9 @@ def confusion_png(confusion: torch.Tensor, names: List[str], title: str) -> byte
     axes = figure.subplots()
     axes.imshow(confusion.numpy(), cmap="Blues")
     long_names = max((len(n) for n in names), default=0) > 3
-    axes.set_xticks(range(count), labels=names, rotation=45 if long_names else 0,
-                    ha="right" if long_names else "center", fontsize=8)
+    axes.set_xticks(
+        range(count), labels=names, rotation=45 if long_names else 0, ha="right" if long_names else "center", fontsize=8
+    )
     axes.set_yticks(range(count), labels=names, fontsize=8)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
@@ -154,8 +183,15 @@ def confusion_png(confusion: torch.Tensor, names: List[str], title: str) -> byte
             for predicted in range(count):
                 value = int(confusion[true, predicted])
                 if value:
-                    axes.text(predicted, true, str(value), ha="center", va="center", fontsize=7,
-                              color="white" if value > top / 2 else "black")
+                    axes.text(
+                        predicted,
+                        true,
+                        str(value),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value > top / 2 else "black",
+                    )
     figure.tight_layout()
     return _png(figure)
 
@@ -185,9 +221,17 @@ def mistakes_png(images: torch.Tensor, true: List[str], predicted: List[str], co
     return _png(figure)
 
 
-def evaluate_experiment(runs_dir: str, name: str, checkpoint: str = "best", split: str = "test", tta: bool = False,
-                        out: Optional[str] = None, mistakes: int = 25, data_dir: Optional[str] = None,
-                        device: str = "cpu") -> Dict[str, Any]:
+def evaluate_experiment(
+    runs_dir: str,
+    name: str,
+    checkpoint: str = "best",
+    split: str = "test",
+    tta: bool = False,
+    out: Optional[str] = None,
+    mistakes: int = 25,
+    data_dir: Optional[str] = None,
+    device: str = "cpu",
+) -> Dict[str, Any]:
     """Evaluate checkpoint ``checkpoint`` of experiment ``name`` and write the results.
 
     Returns the record written as ``evaluation.json`` (with ``files``: what was written).
@@ -204,7 +248,8 @@ def evaluate_experiment(runs_dir: str, name: str, checkpoint: str = "best", spli
     if split not in SPLITS:
         raise ToolError(f"Unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
     target, inside = output_directory(
-        experiment_dir, out, experiment_dir / EVALUATION_DIR / f"{checkpoint}-{split}{'-tta' if tta else ''}")
+        experiment_dir, out, experiment_dir / EVALUATION_DIR / f"{checkpoint}-{split}{'-tta' if tta else ''}"
+    )
     config = read_config(experiment_dir)
     loaded = load_model(experiment_dir, checkpoint)
     dataset = build_dataset(config, data_dir)
@@ -212,43 +257,73 @@ def evaluate_experiment(runs_dir: str, name: str, checkpoint: str = "best", spli
     classes = int(dataset.num_classes)
     expected = loaded.model_config.get("num_classes")
     if expected is not None and expected != classes:
-        raise ToolError(f"{loaded.path} predicts {expected} classes but {config.get('dataset')} has {classes}; "
-                        "evaluate it on the data it was trained on.")
+        raise ToolError(
+            f"{loaded.path} predicts {expected} classes but {config.get('dataset')} has {classes}; "
+            "evaluate it on the data it was trained on."
+        )
     names = class_names_for(config.get("dataset"), classes, dataset)
     batch_size = max(int(config.get("batch_size") or 64), 256)  # the run's validation batch size
     device = get_device(device)
-    probabilities, predictions, loss = predict_split(loaded.model, split_loader(dataset, split, batch_size, device),
-                                                     device, tta)
+    probabilities, predictions, loss = predict_split(
+        loaded.model, split_loader(dataset, split, batch_size, device), device, tta
+    )
     labels = labels.cpu()
     correct = int((predictions == labels).sum())
     confusion = torch.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
     per_class = class_metrics(confusion, names)
-    recorded = (config.get("data_fingerprint") or {}).get("sha256") if isinstance(config.get("data_fingerprint"), dict) else None
+    recorded = (
+        (config.get("data_fingerprint") or {}).get("sha256")
+        if isinstance(config.get("data_fingerprint"), dict)
+        else None
+    )
     matches = None if recorded is None else recorded == dataset.fingerprint()["sha256"]
     if matches is False:
-        print_warning(f"the {config.get('dataset')} data found now differs from the data {name} was trained on "
-                      "(its fingerprint changed).")
+        print_warning(
+            f"the {config.get('dataset')} data found now differs from the data {name} was trained on "
+            "(its fingerprint changed)."
+        )
     accuracy = 100.0 * correct / int(labels.shape[0])
     record = {
-        "experiment": name, "checkpoint": {"name": checkpoint, **describe(loaded)}, "split": split, "tta": tta,
-        "dataset": config.get("dataset"), "data_matches_training": matches, "samples": int(labels.shape[0]),
-        "accuracy": accuracy, "loss": loss, "class_names": names, "per_class": per_class,
+        "experiment": name,
+        "checkpoint": {"name": checkpoint, **describe(loaded)},
+        "split": split,
+        "tta": tta,
+        "dataset": config.get("dataset"),
+        "data_matches_training": matches,
+        "samples": int(labels.shape[0]),
+        "accuracy": accuracy,
+        "loss": loss,
+        "class_names": names,
+        "per_class": per_class,
         "macro_average": {k: _mean([row[k] for row in per_class]) for k in ("precision", "recall", "f1")},
-        "confusion_matrix": confusion.tolist(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "confusion_matrix": confusion.tolist(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     wrong = (predictions != labels).nonzero().flatten()
     confidence = probabilities[wrong, predictions[wrong]]
     worst = wrong[confidence.argsort(descending=True)[:mistakes]].tolist()
     record["most_confident_mistakes"] = [
-        {"index": i, "true": names[int(labels[i])], "predicted": names[int(predictions[i])],
-         "confidence": float(probabilities[i, predictions[i]])} for i in worst]
-    title = (f"{name} {checkpoint} (epoch {loaded.epoch}), {split} split{' + flip TTA' if tta else ''}: "
-             f"accuracy {accuracy:.2f}%")
+        {
+            "index": i,
+            "true": names[int(labels[i])],
+            "predicted": names[int(predictions[i])],
+            "confidence": float(probabilities[i, predictions[i]]),
+        }
+        for i in worst
+    ]
+    title = (
+        f"{name} {checkpoint} (epoch {loaded.epoch}), {split} split{' + flip TTA' if tta else ''}: "
+        f"accuracy {accuracy:.2f}%"
+    )
     pictures = {CONFUSION_FILE: confusion_png(confusion, names, title)}
     if mistakes:
         shown = record["most_confident_mistakes"]
-        pictures[MISTAKES_FILE] = mistakes_png(images[worst].cpu(), [m["true"] for m in shown],
-                                               [m["predicted"] for m in shown], [m["confidence"] for m in shown])
+        pictures[MISTAKES_FILE] = mistakes_png(
+            images[worst].cpu(),
+            [m["true"] for m in shown],
+            [m["predicted"] for m in shown],
+            [m["confidence"] for m in shown],
+        )
     record["files"] = {key: str(target / key) for key in [RESULT_FILE, *pictures]}
     if inside:
         refuse_if_running(experiment_dir)  # a resume may have started meanwhile
@@ -274,18 +349,31 @@ def _ratio(value: Optional[float]) -> str:
 
 def run(args) -> int:
     """``exptrain evaluate``: evaluate, print the numbers, write the files."""
-    record = evaluate_experiment(args.runs_dir, args.experiment, args.checkpoint, args.split, args.tta, args.out,
-                                 args.mistakes, args.data_dir, args.device)
+    record = evaluate_experiment(
+        args.runs_dir,
+        args.experiment,
+        args.checkpoint,
+        args.split,
+        args.tta,
+        args.out,
+        args.mistakes,
+        args.data_dir,
+        args.device,
+    )
     source = record["checkpoint"]
     kind = f", saved during epoch {source['epoch'] + 1}" if source["mid_epoch"] else ""
-    print(f"{record['experiment']}: {Path(source['file']).name} (epoch {source['epoch']}{kind}) on the "
-          f"{record['split']} split, {record['samples']} images{' with flip TTA' if record['tta'] else ''}: "
-          f"accuracy {record['accuracy']:.2f}%, loss {record['loss']:.4f}")
+    print(
+        f"{record['experiment']}: {Path(source['file']).name} (epoch {source['epoch']}{kind}) on the "
+        f"{record['split']} split, {record['samples']} images{' with flip TTA' if record['tta'] else ''}: "
+        f"accuracy {record['accuracy']:.2f}%, loss {record['loss']:.4f}"
+    )
     width = max(len("macro avg"), *(len(row["name"]) for row in record["per_class"]))
     print(f"{'class'.ljust(width)}  precision  recall  f1     support")
     for row in record["per_class"] + [{"name": "macro avg", **record["macro_average"], "support": record["samples"]}]:
-        print(f"{row['name'].ljust(width)}  {_ratio(row['precision']):9}  {_ratio(row['recall']):6}  "
-              f"{_ratio(row['f1']):5}  {row['support']}")
+        print(
+            f"{row['name'].ljust(width)}  {_ratio(row['precision']):9}  {_ratio(row['recall']):6}  "
+            f"{_ratio(row['f1']):5}  {row['support']}"
+        )
     for path in record["files"].values():
         print(f"Wrote {path}")
     return 0

@@ -27,7 +27,13 @@ from ..models import build_model
 from ..utils.io import atomic_write_bytes
 from .checkpoints import describe, input_shape, load_model
 from .common import (
-    EXPORT_DIR, ToolError, checkpoint_file_name, find_experiment, output_directory, print_warning, read_config,
+    EXPORT_DIR,
+    ToolError,
+    checkpoint_file_name,
+    find_experiment,
+    output_directory,
+    print_warning,
+    read_config,
     refuse_if_running,
 )
 from .predict import data_description
@@ -57,7 +63,9 @@ def load_exported(directory: str) -> nn.Module:
         model_config = record["model_config"]
         model = build_model(model_config)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ToolError(f"{directory / CONFIG_NAME} is missing or not an export record ({type(exc).__name__}: {exc}).") from None
+        raise ToolError(
+            f"{directory / CONFIG_NAME} is missing or not an export record ({type(exc).__name__}: {exc})."
+        ) from None
     try:
         state = load_file(str(directory / FILE_NAMES["safetensors"]))
     except (OSError, SafetensorError) as exc:
@@ -65,8 +73,10 @@ def load_exported(directory: str) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ToolError(f"{directory / FILE_NAMES['safetensors']} does not fit {model_config.get('name')!r}: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise ToolError(
+            f"{directory / FILE_NAMES['safetensors']} does not fit {model_config.get('name')!r}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     return model.eval()
 
 
@@ -94,11 +104,20 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     from importlib.util import find_spec
 
     if find_spec("onnx") is None:
-        raise ToolError("ONNX export needs the onnx package (pip install onnx); nothing was written. "
-                        "The default --format safetensors needs no extra package.")
+        raise ToolError(
+            "ONNX export needs the onnx package (pip install onnx); nothing was written. "
+            "The default --format safetensors needs no extra package."
+        )
     dynamo = find_spec("onnxscript") is not None  # else the TorchScript-based exporter, which needs only onnx
-    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=dynamo)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=dynamo,
+    )
 
 
 def _check_round_trip(model: nn.Module, fmt: str, data: bytes, example: torch.Tensor, target: Path) -> Dict[str, Any]:
@@ -129,13 +148,16 @@ def _check_round_trip(model: nn.Module, fmt: str, data: bytes, example: torch.Te
     identical = bool(torch.equal(got, expected))
     limit = ONNX_TOLERANCE if fmt == "onnx" else 0.0
     if difference > limit:
-        raise ToolError(f"The {fmt} export of {target} does not reproduce the model (largest output difference "
-                        f"{difference:.3g}); it was not written.")
+        raise ToolError(
+            f"The {fmt} export of {target} does not reproduce the model (largest output difference "
+            f"{difference:.3g}); it was not written."
+        )
     return {"checked": True, "identical": identical, "max_abs_difference": difference}
 
 
-def export_experiment(runs_dir: str, name: str, checkpoint: str = "best", fmt: str = "safetensors",
-                      out: Optional[str] = None) -> Dict[str, Any]:
+def export_experiment(
+    runs_dir: str, name: str, checkpoint: str = "best", fmt: str = "safetensors", out: Optional[str] = None
+) -> Dict[str, Any]:
     """Export checkpoint ``checkpoint`` of experiment ``name``; returns the record
     written as ``model.json`` (with ``files`` and the round-trip ``check``).
 
@@ -157,12 +179,17 @@ def export_experiment(runs_dir: str, name: str, checkpoint: str = "best", fmt: s
     data = _serialize(loaded.model, fmt, example)
     check = _check_round_trip(loaded.model, fmt, data, example, target)
     record = {
-        "format_version": EXPORT_VERSION, "format": fmt, "weights": FILE_NAMES[fmt],
-        "weights_sha256": hashlib.sha256(data).hexdigest(), "model_config": loaded.model_config,
+        "format_version": EXPORT_VERSION,
+        "format": fmt,
+        "weights": FILE_NAMES[fmt],
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
+        "model_config": loaded.model_config,
         "input_shape": list(shape),
         "normalisation": {"mean": description["mean"], "std": description["std"], "formula": "(x / 255 - mean) / std"},
         "class_names": description["class_names"],
-        "dataset": config.get("dataset"), "experiment": name, "checkpoint": {"name": checkpoint, **describe(loaded)},
+        "dataset": config.get("dataset"),
+        "experiment": name,
+        "checkpoint": {"name": checkpoint, **describe(loaded)},
         "check": check,
     }
     record["files"] = [str(target / FILE_NAMES[fmt]), str(target / RECORD_NAMES[fmt])]
@@ -188,8 +215,10 @@ def run(args) -> int:
     else:
         verdict = f"reloaded: outputs agree to {check['max_abs_difference']:.1e}"
     source = record["checkpoint"]
-    print(f"Exported {record['experiment']} {Path(source['file']).name} (epoch {source['epoch']}) as {record['format']} "
-          f"({verdict}).")
+    print(
+        f"Exported {record['experiment']} {Path(source['file']).name} (epoch {source['epoch']}) as {record['format']} "
+        f"({verdict})."
+    )
     for path in record["files"]:
         print(f"Wrote {path}")
     return 0

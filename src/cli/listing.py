@@ -14,15 +14,34 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .common import (
-    CONFIG_FILE, LINEAGE_FILE, LOG_FILE, STATUS_FILE, LockTable, ToolError, experiment_names,
-    experiment_sort_key, lock_holder, number, read_json, read_log_records,
+    CONFIG_FILE,
+    LINEAGE_FILE,
+    LOG_FILE,
+    STATUS_FILE,
+    LockTable,
+    ToolError,
+    experiment_names,
+    experiment_sort_key,
+    lock_holder,
+    number,
+    read_json,
+    read_log_records,
 )
 
 # State recorded in status.json -> what the list shows.
 STATE_LABELS = {"stopped_early": "stopped early"}
 COLUMNS = ("name", "status", "dataset", "model", "epochs", "best", "wall", "parent", "started")
-HEADERS = {"name": "NAME", "status": "STATUS", "dataset": "DATA", "model": "MODEL", "epochs": "EPOCHS",
-           "best": "BEST VAL", "wall": "WALL", "parent": "PARENT", "started": "STARTED"}
+HEADERS = {
+    "name": "NAME",
+    "status": "STATUS",
+    "dataset": "DATA",
+    "model": "MODEL",
+    "epochs": "EPOCHS",
+    "best": "BEST VAL",
+    "wall": "WALL",
+    "parent": "PARENT",
+    "started": "STARTED",
+}
 # Columns sorted largest first (the best run on top); the others ascending.
 DESCENDING = {"best", "epochs", "wall"}
 
@@ -97,8 +116,7 @@ def summarize(experiment_dir: Path, locks: Optional[LockTable] = None) -> Dict[s
     }
 
 
-def _state(experiment_dir: Path, status: Optional[Dict[str, Any]], locks: Optional[LockTable],
-           problems: List[str]):
+def _state(experiment_dir: Path, status: Optional[Dict[str, Any]], locks: Optional[LockTable], problems: List[str]):
     """``(state, pid of the live holder)``: the recorded state, corrected by the lock."""
     holder = lock_holder(experiment_dir, locks, status)
     pid = int(holder) if holder and holder.isdigit() else None
@@ -168,7 +186,9 @@ def sort_rows(rows: List[Dict[str, Any]], column: str, reverse: bool = False) ->
     """
     if column not in COLUMNS:
         raise ToolError(f"Unknown --sort column {column!r}; choose one of: {', '.join(COLUMNS)}.")
-    field = {"best": "best_accuracy", "epochs": "epochs_done", "wall": "wall_time", "status": "state"}.get(column, column)
+    field = {"best": "best_accuracy", "epochs": "epochs_done", "wall": "wall_time", "status": "state"}.get(
+        column, column
+    )
 
     def key(row):
         value = row.get(field)
@@ -204,13 +224,21 @@ def cells(row: Dict[str, Any]) -> Dict[str, str]:
     """The text of each column for one summary."""
     target = row["epochs_target"]
     best = "-" if row["best_accuracy"] is None else f"{row['best_accuracy']:.2f}% @{row['best_epoch']}"
-    parent = "-" if row["parent"] is None else row["parent"] + (f"@{row['branch_epoch']}" if row["branch_epoch"] else "")
+    parent = (
+        "-" if row["parent"] is None else row["parent"] + (f"@{row['branch_epoch']}" if row["branch_epoch"] else "")
+    )
     started = "-" if row["started"] is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started"]))
     name = row["name"] + (f" ({row['label']})" if row["label"] else "")
     return {
-        "name": name, "status": row["status"], "dataset": row["dataset"] or "-", "model": row["model"] or "-",
-        "epochs": f"{row['epochs_done']}/{target if target is not None else '?'}", "best": best,
-        "wall": format_duration(row["wall_time"]) if row["epochs_done"] else "-", "parent": parent, "started": started,
+        "name": name,
+        "status": row["status"],
+        "dataset": row["dataset"] or "-",
+        "model": row["model"] or "-",
+        "epochs": f"{row['epochs_done']}/{target if target is not None else '?'}",
+        "best": best,
+        "wall": format_duration(row["wall_time"]) if row["epochs_done"] else "-",
+        "parent": parent,
+        "started": started,
     }
 
 

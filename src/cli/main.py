@@ -35,73 +35,126 @@ exit codes: 0 done; 1 a file could not be written or an unexpected error;
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="exptrain", description="Train image classifiers and inspect, compare, evaluate and export the runs.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="exptrain",
+        description="Train image classifiers and inspect, compare, evaluate and export the runs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser("train", add_help=False, help="train, resume or fork (exactly train.py's flags; see train --help)")
+    commands.add_parser(
+        "train", add_help=False, help="train, resume or fork (exactly train.py's flags; see train --help)"
+    )
 
     def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=description)
         sub.add_argument("--runs-dir", default="runs", help="where the experiments live (default runs)")
         return sub
 
-    listing = command("list", "one line per experiment", "List every experiment: status (a running one with its "
-                      "live epoch; killed = recorded as running but no process holds its lock), data, model, epochs "
-                      "done/target, best validation accuracy and its epoch, wall time, parent, start time. "
-                      "Read-only: never locks or changes anything.")
-    listing.add_argument("--sort", default="name", metavar="COLUMN",
-                         help="name (default), status, dataset, model, epochs, best, wall, parent or started; "
-                              "best, epochs and wall sort largest first")
+    listing = command(
+        "list",
+        "one line per experiment",
+        "List every experiment: status (a running one with its "
+        "live epoch; killed = recorded as running but no process holds its lock), data, model, epochs "
+        "done/target, best validation accuracy and its epoch, wall time, parent, start time. "
+        "Read-only: never locks or changes anything.",
+    )
+    listing.add_argument(
+        "--sort",
+        default="name",
+        metavar="COLUMN",
+        help="name (default), status, dataset, model, epochs, best, wall, parent or started; "
+        "best, epochs and wall sort largest first",
+    )
     listing.add_argument("--reverse", action="store_true", help="reverse the order")
     listing.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
 
-    compare = command("compare", "side-by-side settings, results and curves",
-                      "Compare experiments: a table of the configuration keys that differ and of the results, "
-                      "and one PNG overlaying validation accuracy and loss (forks drawn from their branch point).")
+    compare = command(
+        "compare",
+        "side-by-side settings, results and curves",
+        "Compare experiments: a table of the configuration keys that differ and of the results, "
+        "and one PNG overlaying validation accuracy and loss (forks drawn from their branch point).",
+    )
     compare.add_argument("experiments", nargs="+", metavar="EXP", help="two or more experiment names")
-    compare.add_argument("--plot", default="comparison.png", metavar="PNG",
-                         help="where to write the curves (default comparison.png in the current directory)")
-    compare.add_argument("--all-keys", action="store_true", help="show every configuration key, not only those that differ")
+    compare.add_argument(
+        "--plot",
+        default="comparison.png",
+        metavar="PNG",
+        help="where to write the curves (default comparison.png in the current directory)",
+    )
+    compare.add_argument(
+        "--all-keys", action="store_true", help="show every configuration key, not only those that differ"
+    )
 
-    evaluate = command("evaluate", "accuracy, per-class metrics, confusion matrix, worst mistakes",
-                       "Rebuild the model from a checkpoint alone and evaluate it; writes evaluation.json, "
-                       "confusion_matrix.png and mistakes.png into EXP/evaluation/CHECKPOINT-SPLIT/ (or --out).")
+    evaluate = command(
+        "evaluate",
+        "accuracy, per-class metrics, confusion matrix, worst mistakes",
+        "Rebuild the model from a checkpoint alone and evaluate it; writes evaluation.json, "
+        "confusion_matrix.png and mistakes.png into EXP/evaluation/CHECKPOINT-SPLIT/ (or --out).",
+    )
     evaluate.add_argument("experiment", metavar="EXP")
     evaluate.add_argument("--checkpoint", default="best", help=CHECKPOINT_HELP)
-    evaluate.add_argument("--split", default="test", choices=("test", "train"),
-                          help="test (the validation split the run reports, default) or train (un-augmented)")
-    evaluate.add_argument("--tta", action="store_true",
-                          help="test-time augmentation: average the predictions for each image and its mirror image")
+    evaluate.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "train"),
+        help="test (the validation split the run reports, default) or train (un-augmented)",
+    )
+    evaluate.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the predictions for each image and its mirror image",
+    )
     evaluate.add_argument("--out", metavar="DIR", help="write the results here instead of into the experiment")
-    evaluate.add_argument("--mistakes", type=int, default=25, metavar="N",
-                          help="how many confidently wrong examples to show (default 25; 0 for none)")
+    evaluate.add_argument(
+        "--mistakes",
+        type=int,
+        default=25,
+        metavar="N",
+        help="how many confidently wrong examples to show (default 25; 0 for none)",
+    )
     evaluate.add_argument("--data-dir", help="data root, when the data has moved since training")
     evaluate.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
 
     predict = command("predict", "top classes for image files", "Classify image files with an experiment's model.")
     predict.add_argument("experiment", metavar="EXP")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ... anything Pillow reads)")
+    predict.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ... anything Pillow reads)"
+    )
     predict.add_argument("--checkpoint", default="best", help=CHECKPOINT_HELP)
     predict.add_argument("--top-k", type=int, default=3, metavar="K", help="classes to show per image (default 3)")
-    predict.add_argument("--invert", action="store_true",
-                         help="invert the images first (dark ink on white paper -> MNIST's white on black)")
+    predict.add_argument(
+        "--invert",
+        action="store_true",
+        help="invert the images first (dark ink on white paper -> MNIST's white on black)",
+    )
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
 
-    export = command("export", "weights for use without this code's checkpoints",
-                     "Export a checkpoint's model: safetensors weights + model.json (rebuilt by ModelRegistry "
-                     "without unpickling), TorchScript, or ONNX. Writes into EXP/export/CHECKPOINT/ (or --out) "
-                     "and checks that the exported model gives the same outputs.")
+    export = command(
+        "export",
+        "weights for use without this code's checkpoints",
+        "Export a checkpoint's model: safetensors weights + model.json (rebuilt by ModelRegistry "
+        "without unpickling), TorchScript, or ONNX. Writes into EXP/export/CHECKPOINT/ (or --out) "
+        "and checks that the exported model gives the same outputs.",
+    )
     export.add_argument("experiment", metavar="EXP")
     export.add_argument("--checkpoint", default="best", help=CHECKPOINT_HELP)
-    export.add_argument("--format", default="safetensors", choices=("safetensors", "torchscript", "onnx"),
-                        help="safetensors (default), torchscript or onnx (needs the onnx package)")
+    export.add_argument(
+        "--format",
+        default="safetensors",
+        choices=("safetensors", "torchscript", "onnx"),
+        help="safetensors (default), torchscript or onnx (needs the onnx package)",
+    )
     export.add_argument("--out", metavar="DIR", help="write here instead of into the experiment")
     return parser
 
 
-COMMAND_MODULES = {"list": "listing", "compare": "compare", "evaluate": "evaluate", "predict": "predict",
-                   "export": "export"}
+COMMAND_MODULES = {
+    "list": "listing",
+    "compare": "compare",
+    "evaluate": "evaluate",
+    "predict": "predict",
+    "export": "export",
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -46,13 +46,23 @@ def data_description(config: Dict[str, Any], warn=None) -> Dict[str, Any]:
         std = fingerprint.get("std", getattr(factory, "std", None))
         classes = fingerprint.get("num_classes")
         if mean is None or std is None or not isinstance(classes, int):
-            raise ToolError(f"The {name} data is not available here, and its normalisation was not recorded: {exc}") from None
+            raise ToolError(
+                f"The {name} data is not available here, and its normalisation was not recorded: {exc}"
+            ) from None
         if warn is not None:
             warn(f"the {name} data is not available here, so its recorded normalisation is used ({exc})")
-        return {"mean": mean, "std": std, "num_classes": classes,
-                "class_names": class_names_for(name, classes, factory)}
-    return {"mean": dataset.mean, "std": dataset.std, "num_classes": int(dataset.num_classes),
-            "class_names": class_names_for(name, int(dataset.num_classes), dataset)}
+        return {
+            "mean": mean,
+            "std": std,
+            "num_classes": classes,
+            "class_names": class_names_for(name, classes, factory),
+        }
+    return {
+        "mean": dataset.mean,
+        "std": dataset.std,
+        "num_classes": int(dataset.num_classes),
+        "class_names": class_names_for(name, int(dataset.num_classes), dataset),
+    }
 
 
 def load_images(paths: Sequence[str], shape, invert: bool = False) -> torch.Tensor:
@@ -75,8 +85,10 @@ def load_images(paths: Sequence[str], shape, invert: bool = False) -> torch.Tens
                 image.load()
                 converted = image.convert(MODES[channels])
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ToolError(f"Image {path} cannot be read as an image ({type(exc).__name__}); "
-                            "give PNG, JPEG or another format Pillow reads.") from None
+            raise ToolError(
+                f"Image {path} cannot be read as an image ({type(exc).__name__}); "
+                "give PNG, JPEG or another format Pillow reads."
+            ) from None
         if converted.size != (width, height):
             converted = converted.resize((width, height), Image.Resampling.BILINEAR)
         if invert:
@@ -93,8 +105,9 @@ def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     return next(iter(loader))[0]
 
 
-def predict_images(runs_dir: str, name: str, images: Sequence[str], checkpoint: str = "best", top_k: int = 3,
-                   invert: bool = False) -> List[Dict[str, Any]]:
+def predict_images(
+    runs_dir: str, name: str, images: Sequence[str], checkpoint: str = "best", top_k: int = 3, invert: bool = False
+) -> List[Dict[str, Any]]:
     """Top-``top_k`` classes of each image: ``[{"image", "predictions": [{"class",
     "name", "probability"}]}]``.
 
@@ -116,9 +129,15 @@ def predict_images(runs_dir: str, name: str, images: Sequence[str], checkpoint: 
     classes = probabilities.shape[1]
     names = data["class_names"] if len(data["class_names"]) == classes else [str(i) for i in range(classes)]
     values, indices = probabilities.topk(min(top_k, classes), dim=1)
-    return [{"image": str(path), "predictions": [
-        {"class": int(i), "name": names[int(i)], "probability": float(p)} for p, i in zip(row_p, row_i)]}
-        for path, row_p, row_i in zip(images, values, indices)]
+    return [
+        {
+            "image": str(path),
+            "predictions": [
+                {"class": int(i), "name": names[int(i)], "probability": float(p)} for p, i in zip(row_p, row_i)
+            ],
+        }
+        for path, row_p, row_i in zip(images, values, indices)
+    ]
 
 
 def run(args) -> int:

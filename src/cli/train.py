@@ -43,8 +43,11 @@ EXIT_OK = 0
 
 
 # CLI option (argparse dest) -> RunConfig field: every field with a flag of its own.
-OPTIONS = {name: name for name, info in FIELDS.items()
-           if (info["flag"] is not None or info["extra_flags"]) and not info["special"]}
+OPTIONS = {
+    name: name
+    for name, info in FIELDS.items()
+    if (info["flag"] is not None or info["extra_flags"]) and not info["special"]
+}
 # RunConfig fields set by flags handled apart (repeatable KEY=VALUE items, plug-in specs);
 # with OPTIONS, exactly the keys a --config file may hold (src/config_file.py; tested).
 SPECIAL_OPTIONS = tuple(name for name, info in FIELDS.items() if info["special"])
@@ -53,9 +56,15 @@ SPECIAL_OPTIONS = tuple(name for name, info in FIELDS.items() if info["special"]
 # Flags that are not RunConfig fields, by argument group: (flags, argparse keywords).
 _GROUP_FLAGS = {
     "data and model": [
-        (("--image-size",), dict(dest="image_size", type=int, metavar="N",
-                                 help="image folders: resize the shorter side to N and centre-crop N x N (needed "
-                                      "when sizes differ)")),
+        (
+            ("--image-size",),
+            dict(
+                dest="image_size",
+                type=int,
+                metavar="N",
+                help="image folders: resize the shorter side to N and centre-crop N x N (needed when sizes differ)",
+            ),
+        ),
     ],
 }
 
@@ -109,19 +118,32 @@ def _add_field_flags(groups, parser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train an image classifier in runs/expN; resume or fork experiments.",
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
     runs = parser.add_argument_group("experiments")
     runs.add_argument("--runs-dir", default="runs", help="where experiments live (default runs)")
-    runs.add_argument("--config", metavar="FILE", default=None,
-                      help="read training options from a YAML or JSON file (keys: the option names with '_', "
-                           "e.g. batch_size, plus dataset_options, model_options, imports); flags given here win")
+    runs.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="read training options from a YAML or JSON file (keys: the option names with '_', "
+        "e.g. batch_size, plus dataset_options, model_options, imports); flags given here win",
+    )
     exclusive = runs.add_mutually_exclusive_group()
-    exclusive.add_argument("--resume", metavar="EXP", default=None,
-                           help="continue experiment EXP (expN or its --name) in place from its latest valid checkpoint, with its saved configuration")
-    exclusive.add_argument("--fork", metavar="EXP", default=None,
-                           help="start a new experiment from EXP's (expN or its --name) latest checkpoint; flags given here override EXP's configuration")
+    exclusive.add_argument(
+        "--resume",
+        metavar="EXP",
+        default=None,
+        help="continue experiment EXP (expN or its --name) in place from its latest valid checkpoint, with its saved configuration",
+    )
+    exclusive.add_argument(
+        "--fork",
+        metavar="EXP",
+        default=None,
+        help="start a new experiment from EXP's (expN or its --name) latest checkpoint; flags given here override EXP's configuration",
+    )
     runs.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     groups = {}
     _add_field_flags(groups, parser)
@@ -134,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 def finite_float_flags():
     """``{field: flag}`` of the float options, whose values must be finite numbers."""
     types = typing.get_type_hints(RunConfig)
-    return {f.name: FIELDS[f.name]["flag"] or "--" + f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)
-            if types[f.name] is float and FIELDS[f.name]["flag"] is not None}
+    return {
+        f.name: FIELDS[f.name]["flag"] or "--" + f.name.replace("_", "-")
+        for f in dataclasses.fields(RunConfig)
+        if types[f.name] is float and FIELDS[f.name]["flag"] is not None
+    }
 
 
 def _positive_steps(text: str) -> int:
@@ -241,7 +266,9 @@ def main(argv=None, *, exiting: bool = False) -> int:
             print(str(exc), file=sys.stderr)
             return 128 + exc.signum
     except _EarlySignal as exc:
-        print(f"Interrupted by {signal.Signals(exc.signum).name} during start-up; nothing was written.", file=sys.stderr)
+        print(
+            f"Interrupted by {signal.Signals(exc.signum).name} during start-up; nothing was written.", file=sys.stderr
+        )
         return 128 + exc.signum
     finally:
         _outcome_decided = True
@@ -276,7 +303,8 @@ def _main(args, stop) -> int:
         return EXIT_OK  # rank 0 reports for a torchrun job
     print(
         f"Done: {results['epochs_trained']} epochs, best validation accuracy {results['best_accuracy']:.2f}% "
-        f"at epoch {results['best_epoch']}" + (" (stopped early)" if results["stopped_early"] else "")
+        f"at epoch {results['best_epoch']}"
+        + (" (stopped early)" if results["stopped_early"] else "")
         + f", {results['training_time']:.1f}s. Experiment: {results['experiment_dir']}"
     )
     return EXIT_OK
@@ -332,8 +360,12 @@ def _train(args, overrides, file_values, flags, stop):
             if folder is not None:
                 overrides["dataset"], overrides["dataset_options"] = folder
         return run_training(
-            overrides, runs_dir=args.runs_dir, resume=args.resume, fork=args.fork,
-            show_progress=False if args.quiet else None, stop=stop,
+            overrides,
+            runs_dir=args.runs_dir,
+            resume=args.resume,
+            fork=args.fork,
+            show_progress=False if args.quiet else None,
+            stop=stop,
         )
     except ConfigError as exc:
         if exc.key is not None and exc.key in file_values and exc.key not in flags:

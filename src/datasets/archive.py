@@ -33,6 +33,7 @@ MAX_MEMBERS = 10_000
 
 # -- restricted unpickling ---------------------------------------------------------
 
+
 class _Refused(Exception):
     """A pickle asked for something a data file never needs."""
 
@@ -156,7 +157,9 @@ def load_restricted_pickle(path: Path, what: str) -> Any:
             "replace it with the file from the official archive."
         ) from None
     except OSError as exc:
-        raise DataError(f"Cannot read {path}: {exc.strerror or exc}; replace it with the file from the official archive.") from None
+        raise DataError(
+            f"Cannot read {path}: {exc.strerror or exc}; replace it with the file from the official archive."
+        ) from None
     except Exception as exc:  # untrusted bytes: any failure of the unpickler means a damaged file
         raise DataError(
             f"{path} is not {what} (unpickling failed: {type(exc).__name__}: {exc}); "
@@ -165,6 +168,7 @@ def load_restricted_pickle(path: Path, what: str) -> Any:
 
 
 # -- safe extraction ---------------------------------------------------------------
+
 
 def _refuse_member(archive: Path, member: tarfile.TarInfo, why: str) -> DataError:
     return DataError(
@@ -186,8 +190,7 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
         raise _refuse_member(archive, member, "a device, FIFO or other special file")
 
 
-def extract_folder(archive: Path, folder: Path, required: Sequence[str],
-                   max_bytes: int = MAX_EXTRACTED_BYTES) -> None:
+def extract_folder(archive: Path, folder: Path, required: Sequence[str], max_bytes: int = MAX_EXTRACTED_BYTES) -> None:
     """Extract the folder ``folder.name`` of a tar archive into ``folder``.
 
     The archive unpacks into a staging folder next to ``folder``; if ``folder`` does not
@@ -213,7 +216,9 @@ def extract_folder(archive: Path, folder: Path, required: Sequence[str],
                 _check_member(archive, member)
                 total, count = total + member.size, count + 1
                 if total > max_bytes or count > MAX_MEMBERS:
-                    raise _refuse_member(archive, member, f"past the limit of {max_bytes:,} bytes or {MAX_MEMBERS:,} members")
+                    raise _refuse_member(
+                        archive, member, f"past the limit of {max_bytes:,} bytes or {MAX_MEMBERS:,} members"
+                    )
                 tar.extract(member, staging, set_attrs=False, **extract_options)
         extracted = staging / folder.name
         lacking = [name for name in required if not (extracted / name).is_file()]
@@ -281,6 +286,7 @@ def _replace_across(source: Path, destination: Path) -> None:
 
 
 # -- the whole fetch ---------------------------------------------------------------
+
 
 def _is_verified(archive: Path, md5: Optional[str]) -> bool:
     """``archive`` is a readable file with the expected MD5 (an unreadable one is fetched again)."""

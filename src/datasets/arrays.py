@@ -44,10 +44,21 @@ class ArrayDataset(BaseDataset):
     mean = None
     std = None
 
-    def __init__(self, train_images, train_labels, test_images, test_labels,
-                 class_names: Optional[Sequence[str]] = None, num_classes: Optional[int] = None,
-                 augment: bool = True, seed: int = 42, augmentation: Optional[str] = None,
-                 mean: Optional[Normalisation] = None, std: Optional[Normalisation] = None, name: str = "arrays"):
+    def __init__(
+        self,
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        class_names: Optional[Sequence[str]] = None,
+        num_classes: Optional[int] = None,
+        augment: bool = True,
+        seed: int = 42,
+        augmentation: Optional[str] = None,
+        mean: Optional[Normalisation] = None,
+        std: Optional[Normalisation] = None,
+        name: str = "arrays",
+    ):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"name must be a non-empty text, got {name!r}.")
         self.name = name
@@ -66,5 +77,13 @@ class ArrayDataset(BaseDataset):
             if num_classes is not None and num_classes != len(class_names):
                 raise ConfigError(f"num_classes={num_classes!r} but {len(class_names)} class names were given.")
             num_classes = len(class_names)
-        self._set_data(train_images, train_labels, test_images, test_labels, num_classes=num_classes,
-                       class_names=class_names, mean=mean, std=std)
+        self._set_data(
+            train_images,
+            train_labels,
+            test_images,
+            test_labels,
+            num_classes=num_classes,
+            class_names=class_names,
+            mean=mean,
+            std=std,
+        )

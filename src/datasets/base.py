@@ -174,8 +174,10 @@ class BaseDataset:
         if self.train_images.shape[0] == 0:
             raise DataError(f"The {self.name} train split holds no images; a data set needs training images.")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
-            raise ConfigError(f"{self.name}: train images are {tuple(self.train_images.shape[1:])} but test images "
-                             f"{tuple(self.test_images.shape[1:])}; both splits need one image shape.")
+            raise ConfigError(
+                f"{self.name}: train images are {tuple(self.train_images.shape[1:])} but test images "
+                f"{tuple(self.test_images.shape[1:])}; both splits need one image shape."
+            )
         if num_classes is None:
             num_classes = self.classes_count
         if num_classes is None:  # a third-party subclass that declares no count
@@ -183,8 +185,10 @@ class BaseDataset:
             num_classes = max(int(labels.max()) + 1, 1) if labels.numel() else 0
         if not is_integer(num_classes) or num_classes < 0:
             raise ConfigError(f"{self.name}: num_classes must be a non-negative integer, got {num_classes!r}.")
-        for split, images, labels in (("train", self.train_images, self.train_labels),
-                                      ("test", self.test_images, self.test_labels)):
+        for split, images, labels in (
+            ("train", self.train_images, self.train_labels),
+            ("test", self.test_images, self.test_labels),
+        ):
             source = sources.get(split)
             where = str(source) if source else f"The {self.name} {split} split"
             self._check_labels(where, images, labels, num_classes, from_file=bool(source))
@@ -204,9 +208,7 @@ class BaseDataset:
         self.augmentation_policy = check_policy(policy, self.name)
         self.augmentation = build_policy(self.augmentation_policy)
         # An augmented copy only when the originals are in memory and the copy fits the budget.
-        self.materialize_augmentation = (
-            not self.memory_mapped and self.train_images.numel() <= memory_budget_bytes()
-        )
+        self.materialize_augmentation = not self.memory_mapped and self.train_images.numel() <= memory_budget_bytes()
         self.augmented_train_images = self.train_images if self.materialize_augmentation else None
         self._draw = None
         self.augmentation_epoch, self.augmentation_fingerprint = None, None  # new data: no draw is live yet
@@ -254,8 +256,10 @@ class BaseDataset:
             bad = ~np.isfinite(array) | (array != np.round(array))
             if bad.any():
                 first = int(np.flatnonzero(bad.reshape(-1))[0])
-                raise DataError(f"{where} has {int(bad.sum())} label(s) that are not whole numbers (first at index "
-                                f"{first}: {float(array.reshape(-1)[first]):g}); labels must be class indices 0, 1, 2, ...")
+                raise DataError(
+                    f"{where} has {int(bad.sum())} label(s) that are not whole numbers (first at index "
+                    f"{first}: {float(array.reshape(-1)[first]):g}); labels must be class indices 0, 1, 2, ..."
+                )
         elif array.dtype.kind not in "iub":
             raise DataError(f"{where} holds labels of type {array.dtype}; labels must be integer class indices.")
         if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
@@ -263,8 +267,9 @@ class BaseDataset:
         return torch.from_numpy(np.ascontiguousarray(array).astype(np.int64))
 
     @staticmethod
-    def _check_labels(where: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                      from_file: bool) -> None:
+    def _check_labels(
+        where: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int, from_file: bool
+    ) -> None:
         fix = "the file is damaged, replace it" if from_file else "fix the labels or the data set's class count"
         if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
             raise DataError(f"{where} holds labels of shape {tuple(labels.shape)} for {images.shape[0]} images; {fix}.")
@@ -293,11 +298,15 @@ class BaseDataset:
         if images.dim() != 4:
             raise ConfigError(f"Images must be (N, H, W) or (N, C, H, W), got shape {tuple(images.shape)}.")
         if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
-            raise ConfigError(f"Images of shape {tuple(images.shape)} look channels-last (N, H, W, C); give them as "
-                             "(N, C, H, W), e.g. array.transpose(0, 3, 1, 2).")
+            raise ConfigError(
+                f"Images of shape {tuple(images.shape)} look channels-last (N, H, W, C); give them as "
+                "(N, C, H, W), e.g. array.transpose(0, 3, 1, 2)."
+            )
         if 0 in tuple(images.shape[1:]):
-            raise ConfigError(f"Images of shape {tuple(images.shape)} have an empty dimension; each image needs "
-                             "at least one channel and one pixel.")
+            raise ConfigError(
+                f"Images of shape {tuple(images.shape)} have an empty dimension; each image needs "
+                "at least one channel and one pixel."
+            )
         return images.contiguous()
 
     @property
@@ -337,8 +346,7 @@ class BaseDataset:
             if getattr(self, "normalisation_computed", False):
                 self._data_fingerprint["mean"] = self.mean
                 self._data_fingerprint["std"] = self.std
-        return {key: list(value) if isinstance(value, list) else value
-                for key, value in self._data_fingerprint.items()}
+        return {key: list(value) if isinstance(value, list) else value for key, value in self._data_fingerprint.items()}
 
     def _hash_content(self) -> str:
         digest = hashlib.sha256()
@@ -409,8 +417,11 @@ class BaseDataset:
 
     def state_dict(self) -> Dict[str, Any]:
         return {
-            "augment": self.augment, "seed": self.seed, "augmentation_epoch": self.augmentation_epoch,
-            "augmentation_fingerprint": self.augmentation_fingerprint, "policy": self.augmentation_policy,
+            "augment": self.augment,
+            "seed": self.seed,
+            "augmentation_epoch": self.augmentation_epoch,
+            "augmentation_fingerprint": self.augmentation_fingerprint,
+            "policy": self.augmentation_policy,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -422,8 +433,9 @@ class BaseDataset:
             )
         policy = state.get("policy", "affine")  # checkpoints before policies existed: affine
         if self.augment and policy != self.augmentation_policy:
-            raise ConfigError(f"Dataset state was saved with augmentation {policy!r}, "
-                             f"this dataset uses {self.augmentation_policy!r}.")
+            raise ConfigError(
+                f"Dataset state was saved with augmentation {policy!r}, this dataset uses {self.augmentation_policy!r}."
+            )
         if state["augmentation_epoch"] is not None:
             self.reapply_transforms(int(state["augmentation_epoch"]))
 
@@ -450,17 +462,34 @@ class BaseDataset:
             raise ConfigError(f"val_batch_size must be a positive integer, got {val_batch_size!r}.")
         batch_size = int(batch_size)
         val_batch_size = int(val_batch_size) if val_batch_size is not None else None
-        images = self.augmented_train_images if self._draw is None and self.augmented_train_images is not None \
+        images = (
+            self.augmented_train_images
+            if self._draw is None and self.augmented_train_images is not None
             else self.train_images
+        )
         train_loader = TensorLoader(
-            images, self.train_labels, batch_size, self.mean, self.std,
-            shuffle=shuffle, seed=self.seed, device=device, transform=self._draw, mapped=self.memory_mapped,
+            images,
+            self.train_labels,
+            batch_size,
+            self.mean,
+            self.std,
+            shuffle=shuffle,
+            seed=self.seed,
+            device=device,
+            transform=self._draw,
+            mapped=self.memory_mapped,
             release_pages=self.release_mapped_pages if self.memory_mapped else None,
             release_bytes=self.page_budget_bytes,
         )
         val_loader = TensorLoader(
-            self.test_images, self.test_labels, val_batch_size or max(batch_size, 256), self.mean, self.std,
-            shuffle=False, device=device, mapped=self.memory_mapped,
+            self.test_images,
+            self.test_labels,
+            val_batch_size or max(batch_size, 256),
+            self.mean,
+            self.std,
+            shuffle=False,
+            device=device,
+            mapped=self.memory_mapped,
             release_pages=self.release_mapped_pages if self.memory_mapped else None,
             release_bytes=self.page_budget_bytes,
         )

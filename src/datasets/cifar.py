@@ -62,8 +62,13 @@ def read_batch(path: Path, labels_key: str, num_classes: int) -> Tuple[np.ndarra
     path = Path(path)
     content = _as_str_keys(load_restricted_pickle(path, _WHAT), path)
     data = _field(content, "data", path)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS \
-            or data.shape[0] == 0:
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != _PIXELS
+        or data.shape[0] == 0
+    ):
         described = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(
             f"{path} holds 'data' as a {described}, not uint8 images of shape (N, {_PIXELS}) with N >= 1; "
@@ -75,7 +80,9 @@ def read_batch(path: Path, labels_key: str, num_classes: int) -> Tuple[np.ndarra
     except (ValueError, TypeError, OverflowError):
         labels = None
     if labels is None or labels.dtype.kind not in "iu" or labels.ndim != 1 or labels.shape[0] != data.shape[0]:
-        described = f"{labels.dtype} values of shape {labels.shape}" if labels is not None else type(raw_labels).__name__
+        described = (
+            f"{labels.dtype} values of shape {labels.shape}" if labels is not None else type(raw_labels).__name__
+        )
         raise DataError(
             f"{path} holds {labels_key!r} as {described}, not one integer per image ({data.shape[0]}); "
             "the file is damaged, replace it with the file from the official archive."
@@ -111,8 +118,12 @@ def read_class_names(path: Path, names_key: str, num_classes: int) -> List[str]:
             names = [item.decode("utf-8") if isinstance(item, bytes) else item for item in raw]
         except UnicodeDecodeError:
             names = None
-    if names is None or len(names) != num_classes or not all(isinstance(n, str) and n.strip() for n in names) \
-            or len(set(names)) != num_classes:
+    if (
+        names is None
+        or len(names) != num_classes
+        or not all(isinstance(n, str) and n.strip() for n in names)
+        or len(set(names)) != num_classes
+    ):
         raise DataError(
             f"{path} holds {names_key!r} as {_describe(raw)}, not {num_classes} distinct class names; "
             "the file is damaged, replace it with the file from the official archive."
@@ -176,8 +187,14 @@ class CIFAR(BaseDataset):
         check_data_folder(self.folder, f"The {self.name} folder {self.folder}")
         required = (*self.train_files, self.test_file, self.meta_file)
         files = ensure_archive_folder(
-            self.folder, required, self.archive_name, mirrors or self.mirrors, self.md5, self.name,
-            download=download, progress=progress,
+            self.folder,
+            required,
+            self.archive_name,
+            mirrors or self.mirrors,
+            self.md5,
+            self.name,
+            download=download,
+            progress=progress,
         )
         self._load_files(files)
 
@@ -190,8 +207,13 @@ class CIFAR(BaseDataset):
         del train
         test_images, test_labels = read_batch(files[self.test_file], self.labels_key, count)
         self._set_data(
-            train_images, train_labels, test_images, test_labels, num_classes=count,
-            sources={"train": files[self.train_files[0]], "test": files[self.test_file]}, class_names=class_names,
+            train_images,
+            train_labels,
+            test_images,
+            test_labels,
+            num_classes=count,
+            sources={"train": files[self.train_files[0]], "test": files[self.test_file]},
+            class_names=class_names,
         )
 
 

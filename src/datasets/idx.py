@@ -45,7 +45,6 @@ def resolve_data_root(data_dir: Optional[str] = None) -> Path:
             cannot read; the message says which setting named it.
     """
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-
         raise ConfigError(f"--data-dir must be a folder path, got {data_dir!r}.")
     if data_dir:
         root = Path(data_dir)
@@ -60,8 +59,9 @@ def resolve_data_root(data_dir: Optional[str] = None) -> Path:
     return root
 
 
-def check_data_folder(folder: Path, described: str,
-                      remedy: str = f"point --data-dir or ${DATA_DIR_ENV} at another folder") -> None:
+def check_data_folder(
+    folder: Path, described: str, remedy: str = f"point --data-dir or ${DATA_DIR_ENV} at another folder"
+) -> None:
     """Refuse a data folder that is a file (or lies below one) or cannot be read.
 
     A folder that does not exist yet passes; the nearest existing folder above it must
@@ -151,7 +151,9 @@ def download_file(url: str, destination: Path, md5: Optional[str], progress: boo
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, disable=not progress, leave=False) as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=destination.name, disable=not progress, leave=False
+            ) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     digest.update(chunk)

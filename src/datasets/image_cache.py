@@ -88,6 +88,7 @@ class CacheEntry(NamedTuple):
 
 # -- decoding ---------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=None)
 def image_extensions() -> frozenset:
     """Lower-case extensions (``".png"``) of the formats this Pillow can decode (formats it
@@ -95,10 +96,14 @@ def image_extensions() -> frozenset:
     from PIL import Image, ImageFile
 
     Image.init()
-    stubs = {name for name, (factory, _) in Image.OPEN.items()
-             if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)}
-    return frozenset(ext.lower() for ext, name in Image.registered_extensions().items()
-                     if name in Image.OPEN and name not in stubs)
+    stubs = {
+        name
+        for name, (factory, _) in Image.OPEN.items()
+        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+    }
+    return frozenset(
+        ext.lower() for ext, name in Image.registered_extensions().items() if name in Image.OPEN and name not in stubs
+    )
 
 
 def read_header(path: str) -> Tuple[int, int, str]:
@@ -188,8 +193,9 @@ def _headers_task(paths: Sequence[str]) -> List[Any]:
     return results
 
 
-def _decode_task(output: str, shape: Tuple[int, int, int], image_size: Optional[int],
-                 items: Sequence[Tuple[int, str]]) -> List[Tuple[int, str]]:
+def _decode_task(
+    output: str, shape: Tuple[int, int, int], image_size: Optional[int], items: Sequence[Tuple[int, str]]
+) -> List[Tuple[int, str]]:
     """Worker: decode ``items`` (row, path) straight into row ``row`` of ``output``;
     returns ``(row, reason)`` for each file that failed to decode."""
     failures = []
@@ -200,8 +206,10 @@ def _decode_task(output: str, shape: Tuple[int, int, int], image_size: Optional[
             try:
                 array = decode_image(path, shape[0], image_size)
                 if array.shape != shape:
-                    raise ValueError(f"decoded to {array.shape[2]}x{array.shape[1]}, not {shape[2]}x{shape[1]} "
-                                     "(did the file change while it was read?)")
+                    raise ValueError(
+                        f"decoded to {array.shape[2]}x{array.shape[1]}, not {shape[2]}x{shape[1]} "
+                        "(did the file change while it was read?)"
+                    )
             except Exception as exc:
                 failures.append((row, _error_text(exc)))
                 continue
@@ -215,15 +223,23 @@ def _decode_task(output: str, shape: Tuple[int, int, int], image_size: Optional[
     return failures
 
 
-def _run_tasks(function, tasks: Sequence[tuple], workers: int, progress: bool, description: str,
-               sizes: Sequence[int]) -> List[Any]:
+def _run_tasks(
+    function, tasks: Sequence[tuple], workers: int, progress: bool, description: str, sizes: Sequence[int]
+) -> List[Any]:
     """``[function(*task) for task in tasks]``, in a process pool when ``workers > 1``, with a
     progress bar counting ``sizes[i]`` items for task ``i``."""
     from tqdm import tqdm
 
     results: List[Any] = [None] * len(tasks)
-    with tqdm(total=sum(sizes), desc=description, unit="img", file=sys.stderr, disable=not progress,
-              leave=description.startswith("Decoding"), dynamic_ncols=True) as bar:
+    with tqdm(
+        total=sum(sizes),
+        desc=description,
+        unit="img",
+        file=sys.stderr,
+        disable=not progress,
+        leave=description.startswith("Decoding"),
+        dynamic_ncols=True,
+    ) as bar:
         if workers <= 1 or len(tasks) <= 1:
             for index, task in enumerate(tasks):
                 results[index] = function(*task)
@@ -240,14 +256,16 @@ def _run_tasks(function, tasks: Sequence[tuple], workers: int, progress: bool, d
                 results[index] = future.result()
                 bar.update(sizes[index])
         except concurrent.futures.process.BrokenProcessPool:
-            raise DataError(f"A worker decoding images died (out of memory?); "
-                            f"pass a smaller workers option (it was {workers}).") from None
+            raise DataError(
+                f"A worker decoding images died (out of memory?); pass a smaller workers option (it was {workers})."
+            ) from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 
 # -- the cache folder ---------------------------------------------------------------------
+
 
 def resolve_cache_dir(root: Path, cache_dir: Optional[Any]) -> Path:
     """The folder that holds the caches, created if needed.
@@ -259,14 +277,18 @@ def resolve_cache_dir(root: Path, cache_dir: Optional[Any]) -> Path:
         DataError: the chosen folder cannot be created or written.
     """
     if cache_dir is not None:
-        return _writable_folder(Path(cache_dir), f"The image cache folder {cache_dir} (cache_dir)",
-                                "pass another cache_dir")
+        return _writable_folder(
+            Path(cache_dir), f"The image cache folder {cache_dir} (cache_dir)", "pass another cache_dir"
+        )
     default = root / ".exptrain-cache"
     if _try_folder(default):
         return default
     fallback = Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "exptrain")
-    warnings.warn(f"Cannot write the image cache next to the data ({default}); caching in {fallback} instead "
-                  f"(set ${CACHE_DIR_ENV} or the cache_dir option to choose).", stacklevel=3)
+    warnings.warn(
+        f"Cannot write the image cache next to the data ({default}); caching in {fallback} instead "
+        f"(set ${CACHE_DIR_ENV} or the cache_dir option to choose).",
+        stacklevel=3,
+    )
     return _writable_folder(fallback, f"The image cache folder {fallback}", "pass a cache_dir you can write to")
 
 
@@ -284,19 +306,39 @@ def _writable_folder(folder: Path, described: str, remedy: str) -> Path:
     return folder
 
 
-def cache_key(root: Path, class_names: Sequence[str], splits: Mapping[str, Sequence[SourceImage]],
-              folders: Mapping[str, str], image_size: Optional[int]) -> str:
+def cache_key(
+    root: Path,
+    class_names: Sequence[str],
+    splits: Mapping[str, Sequence[SourceImage]],
+    folders: Mapping[str, str],
+    image_size: Optional[int],
+) -> str:
     """SHA-256 hex of everything the cached pixels and labels depend on."""
     from PIL import __version__ as pillow_version
 
     digest = hashlib.sha256()
-    digest.update(json.dumps({
-        "format": FORMAT_VERSION, "pillow": pillow_version, "image_size": image_size,
-        "resize": RESIZE_POLICY if image_size is not None else "none", "channels": CHANNEL_POLICY,
-        "classes": list(class_names), "folders": dict(folders),
-    }).encode())
-    digest.update(json.dumps([[split, image.path, image.label, image.size, image.mtime_ns]
-                              for split in SPLITS for image in splits[split]]).encode())
+    digest.update(
+        json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "pillow": pillow_version,
+                "image_size": image_size,
+                "resize": RESIZE_POLICY if image_size is not None else "none",
+                "channels": CHANNEL_POLICY,
+                "classes": list(class_names),
+                "folders": dict(folders),
+            }
+        ).encode()
+    )
+    digest.update(
+        json.dumps(
+            [
+                [split, image.path, image.label, image.size, image.mtime_ns]
+                for split in SPLITS
+                for image in splits[split]
+            ]
+        ).encode()
+    )
     return digest.hexdigest()
 
 
@@ -305,9 +347,17 @@ def _lineage(root: Path, image_size: Optional[int]) -> str:
     return hashlib.sha256(json.dumps([str(root.resolve()), image_size, FORMAT_VERSION]).encode()).hexdigest()
 
 
-def open_cache(root: Path, class_names: Sequence[str], splits: Mapping[str, Sequence[SourceImage]],
-               folders: Mapping[str, str], image_size: Optional[int], cache_root: Path,
-               skip_bad_images: bool = False, workers: int = 1, progress: bool = True) -> CacheEntry:
+def open_cache(
+    root: Path,
+    class_names: Sequence[str],
+    splits: Mapping[str, Sequence[SourceImage]],
+    folders: Mapping[str, str],
+    image_size: Optional[int],
+    cache_root: Path,
+    skip_bad_images: bool = False,
+    workers: int = 1,
+    progress: bool = True,
+) -> CacheEntry:
     """The valid cache of this listing: reused when present and intact, else built.
 
     Args:
@@ -324,8 +374,9 @@ def open_cache(root: Path, class_names: Sequence[str], splits: Mapping[str, Sequ
     directory = cache_root / key
     meta = _valid_meta(directory, key, len(class_names))
     if meta is None:
-        meta = _build(root, class_names, splits, folders, image_size, cache_root, key, skip_bad_images,
-                      workers, progress)
+        meta = _build(
+            root, class_names, splits, folders, image_size, cache_root, key, skip_bad_images, workers, progress
+        )
         entry = CacheEntry(directory, meta, reused=False)
     else:
         entry = CacheEntry(directory, meta, reused=True)
@@ -393,15 +444,24 @@ def _meta_problem(directory: Path, meta: Dict[str, Any], key: str, num_classes: 
 
 # -- building --------------------------------------------------------------------------
 
-def _build(root: Path, class_names: Sequence[str], splits: Mapping[str, Sequence[SourceImage]],
-           folders: Mapping[str, str], image_size: Optional[int], cache_root: Path, key: str,
-           skip_bad_images: bool, workers: int, progress: bool) -> Dict[str, Any]:
+
+def _build(
+    root: Path,
+    class_names: Sequence[str],
+    splits: Mapping[str, Sequence[SourceImage]],
+    folders: Mapping[str, str],
+    image_size: Optional[int],
+    cache_root: Path,
+    key: str,
+    skip_bad_images: bool,
+    workers: int,
+    progress: bool,
+) -> Dict[str, Any]:
     _remove_abandoned(cache_root)
     staging = cache_root / f".staging-{key[:16]}-{_owner_tag()}-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
-        meta = _decode_into(staging, root, class_names, splits, folders, image_size, skip_bad_images,
-                            workers, progress)
+        meta = _decode_into(staging, root, class_names, splits, folders, image_size, skip_bad_images, workers, progress)
         meta["key"] = key
         meta["lineage"] = _lineage(root, image_size)
         atomic_write_text(staging / "meta.json", json.dumps(meta, indent=1))
@@ -416,8 +476,10 @@ def _build(root: Path, class_names: Sequence[str], splits: Mapping[str, Sequence
             return other
         fsync_directory(cache_root)
     except OSError as exc:
-        raise WriteError(f"Could not write the image cache in {cache_root}: {exc.strerror or exc}; "
-                         "free disk space or pass another cache_dir.") from None
+        raise WriteError(
+            f"Could not write the image cache in {cache_root}: {exc.strerror or exc}; "
+            "free disk space or pass another cache_dir."
+        ) from None
     finally:
         if os.path.lexists(staging):
             _remove_tree(staging)
@@ -425,18 +487,31 @@ def _build(root: Path, class_names: Sequence[str], splits: Mapping[str, Sequence
     return meta
 
 
-def _decode_into(staging: Path, root: Path, class_names: Sequence[str],
-                 splits: Mapping[str, Sequence[SourceImage]], folders: Mapping[str, str],
-                 image_size: Optional[int], skip_bad_images: bool, workers: int, progress: bool) -> Dict[str, Any]:
+def _decode_into(
+    staging: Path,
+    root: Path,
+    class_names: Sequence[str],
+    splits: Mapping[str, Sequence[SourceImage]],
+    folders: Mapping[str, str],
+    image_size: Optional[int],
+    skip_bad_images: bool,
+    workers: int,
+    progress: bool,
+) -> Dict[str, Any]:
     """Read the headers, decide the shape, decode every image into ``staging``; returns the
     meta without key and lineage."""
     everything = [image for split in SPLITS for image in splits[split]]
     bad: Dict[str, str] = {image.path: image.problem for image in everything if image.problem}
     readable = [image for image in everything if not image.problem]
     paths = [str(root / image.path) for image in readable]
-    tasks = [(paths[i:i + HEADER_CHUNK],) for i in range(0, len(paths), HEADER_CHUNK)]
-    headers = [h for part in _run_tasks(_headers_task, tasks, workers, progress, "Reading image headers",
-                                        [len(t[0]) for t in tasks]) for h in part]
+    tasks = [(paths[i : i + HEADER_CHUNK],) for i in range(0, len(paths), HEADER_CHUNK)]
+    headers = [
+        h
+        for part in _run_tasks(
+            _headers_task, tasks, workers, progress, "Reading image headers", [len(t[0]) for t in tasks]
+        )
+        for h in part
+    ]
     sizes: Dict[str, Tuple[int, int]] = {}
     all_grey = True
     for image, header in zip(readable, headers):
@@ -446,9 +521,11 @@ def _decode_into(staging: Path, root: Path, class_names: Sequence[str],
             sizes[image.path] = header[:2]
             all_grey = all_grey and header[2] in GREY_MODES
     if not sizes:
-        raise DataError(_bad_files_message(root, _as_list(bad)) if not skip_bad_images else
-                        f"No image in {root} could be read ({len(bad)} unreadable files skipped); "
-                        "fix or replace the files.")
+        raise DataError(
+            _bad_files_message(root, _as_list(bad))
+            if not skip_bad_images
+            else f"No image in {root} could be read ({len(bad)} unreadable files skipped); fix or replace the files."
+        )
     # Files that cannot be opened are reported with the truncated ones after decoding, in one error.
     if image_size is None:
         height, width = _common_size(root, sizes)
@@ -466,8 +543,8 @@ def _decode_into(staging: Path, root: Path, class_names: Sequence[str],
             handle.truncate(row_bytes * len(kept[split]))
         rows = [(row, str(root / image.path)) for row, image in enumerate(kept[split])]
         for i in range(0, len(rows), DECODE_CHUNK):
-            tasks.append((str(output), shape, image_size, rows[i:i + DECODE_CHUNK]))
-            counts.append(len(rows[i:i + DECODE_CHUNK]))
+            tasks.append((str(output), shape, image_size, rows[i : i + DECODE_CHUNK]))
+            counts.append(len(rows[i : i + DECODE_CHUNK]))
     failures = _run_tasks(_decode_task, tasks, workers, progress, "Decoding images", counts)
     failed_rows = {split: set() for split in SPLITS}
     for task, failed in zip(tasks, failures):
@@ -487,12 +564,15 @@ def _decode_into(staging: Path, root: Path, class_names: Sequence[str],
             _compact(staging / f"{split}_images.u8", row_bytes, keep)
             kept[split] = [kept[split][row] for row in keep]
         if not kept[split]:
-            raise DataError(f"No image in {root / folders[split]} could be read ({len(bad)} unreadable files "
-                            f"skipped); fix or replace the files.")
+            raise DataError(
+                f"No image in {root / folders[split]} could be read ({len(bad)} unreadable files "
+                f"skipped); fix or replace the files."
+            )
         labels[split] = np.array([image.label for image in kept[split]], dtype=np.int64)
         _save_npy(staging / f"{split}_labels.npy", labels[split])
         meta_splits[split] = {
-            "folder": folders[split], "shape": [len(kept[split]), *shape],
+            "folder": folders[split],
+            "shape": [len(kept[split]), *shape],
             "labels_sha256": hashlib.sha256((staging / f"{split}_labels.npy").read_bytes()).hexdigest(),
         }
     content_sha256, mean, std = _digest_and_statistics(staging, meta_splits, labels)
@@ -502,10 +582,18 @@ def _decode_into(staging: Path, root: Path, class_names: Sequence[str],
     from PIL import __version__ as pillow_version
 
     return {
-        "format_version": FORMAT_VERSION, "root": str(root.resolve()), "image_size": image_size,
-        "resize": RESIZE_POLICY if image_size is not None else "none", "channel_policy": CHANNEL_POLICY,
-        "pillow": pillow_version, "class_names": list(class_names), "splits": meta_splits,
-        "mean": mean, "std": std, "content_sha256": content_sha256, "skipped": _as_list(bad),
+        "format_version": FORMAT_VERSION,
+        "root": str(root.resolve()),
+        "image_size": image_size,
+        "resize": RESIZE_POLICY if image_size is not None else "none",
+        "channel_policy": CHANNEL_POLICY,
+        "pillow": pillow_version,
+        "class_names": list(class_names),
+        "splits": meta_splits,
+        "mean": mean,
+        "std": std,
+        "content_sha256": content_sha256,
+        "skipped": _as_list(bad),
     }
 
 
@@ -517,9 +605,11 @@ def _bad_files_message(root: Path, bad: Sequence[Mapping[str, str]]) -> str:
     listed = "; ".join(f"{item['path']} ({item['reason']})" for item in bad[:LISTED])
     more = f" and {len(bad) - LISTED} more" if len(bad) > LISTED else ""
     count = f"{len(bad)} image file{'s' if len(bad) != 1 else ''}"
-    return (f"{count} in {root} cannot be read: {listed}{more}; replace or remove "
-            f"{'them' if len(bad) != 1 else 'it'}, or pass --dataset-option skip_bad_images=true to skip "
-            f"{'them' if len(bad) != 1 else 'it'}.")
+    return (
+        f"{count} in {root} cannot be read: {listed}{more}; replace or remove "
+        f"{'them' if len(bad) != 1 else 'it'}, or pass --dataset-option skip_bad_images=true to skip "
+        f"{'them' if len(bad) != 1 else 'it'}."
+    )
 
 
 def skipped_warning(root: Path, skipped: Sequence[Mapping[str, str]]) -> str:
@@ -535,8 +625,10 @@ def _common_size(root: Path, sizes: Mapping[str, Tuple[int, int]]) -> Tuple[int,
     for path in paths:
         if sizes[path] != sizes[first]:
             (w1, h1), (w2, h2) = sizes[first], sizes[path]
-            raise DataError(f"The images in {root} have different sizes ({first} is {w1}x{h1}, {path} is {w2}x{h2}); "
-                            "pass --image-size N to resize the shorter side to N and centre-crop N x N.")
+            raise DataError(
+                f"The images in {root} have different sizes ({first} is {w1}x{h1}, {path} is {w2}x{h2}); "
+                "pass --image-size N to resize the shorter side to N and centre-crop N x N."
+            )
     width, height = sizes[first]
     return height, width
 
@@ -544,8 +636,10 @@ def _common_size(root: Path, sizes: Mapping[str, Tuple[int, int]]) -> Tuple[int,
 def _check_disk_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if needed + (16 << 20) > free:
-        raise DataError(f"The image cache needs {format_bytes(needed)} in {folder.parent}, but only "
-                        f"{format_bytes(free)} is free; free disk space or pass a cache_dir on a larger disk.")
+        raise DataError(
+            f"The image cache needs {format_bytes(needed)} in {folder.parent}, but only "
+            f"{format_bytes(free)} is free; free disk space or pass a cache_dir on a larger disk."
+        )
 
 
 def _check_unchanged(root: Path, kept: Mapping[str, Sequence[SourceImage]]) -> None:
@@ -579,8 +673,9 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         os.fsync(handle.fileno())
 
 
-def _digest_and_statistics(staging: Path, meta_splits: Mapping[str, Any],
-                           labels: Mapping[str, np.ndarray]) -> Tuple[str, List[float], List[float]]:
+def _digest_and_statistics(
+    staging: Path, meta_splits: Mapping[str, Any], labels: Mapping[str, np.ndarray]
+) -> Tuple[str, List[float], List[float]]:
     """One streaming pass over the image files: the content SHA-256 exactly as
     ``BaseDataset.fingerprint`` computes it, and the training split's per-channel mean and
     (population) std on the 0..1 scale, from exact integer histograms (std 1 for a
@@ -621,6 +716,7 @@ def _digest_and_statistics(staging: Path, meta_splits: Mapping[str, Any],
 
 
 # -- housekeeping -----------------------------------------------------------------------
+
 
 def _owner_tag() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"

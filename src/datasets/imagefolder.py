@@ -28,8 +28,15 @@ from ..errors import ConfigError
 from .. import checks
 from .base import BaseDataset
 from .idx import DataError
-from .image_cache import (SPLITS, SourceImage, image_extensions, load_split, open_cache, resolve_cache_dir,
-                          skipped_warning)
+from .image_cache import (
+    SPLITS,
+    SourceImage,
+    image_extensions,
+    load_split,
+    open_cache,
+    resolve_cache_dir,
+    skipped_warning,
+)
 from ..checks import BUDGET_TEXT, check_bool, check_int, check_number, format_bytes
 from .registry import DatasetRegistry
 
@@ -109,8 +116,10 @@ def _class_folders(folder: Path) -> List[str]:
             continue
         (names if entry.is_dir() else files).append(entry.name)
     if files:
-        raise DataError(f"{folder} holds file{'s' if len(files) > 1 else ''} {_names(files)} where only class "
-                        f"folders belong; move {'them' if len(files) > 1 else 'it'} into a class folder or away.")
+        raise DataError(
+            f"{folder} holds file{'s' if len(files) > 1 else ''} {_names(files)} where only class "
+            f"folders belong; move {'them' if len(files) > 1 else 'it'} into a class folder or away."
+        )
     return names
 
 
@@ -129,8 +138,9 @@ def _image_files(root: Path, relative: str, label: int, ignored: List[str]) -> L
             info = os.stat(os.path.join(top, folder))
             entries = list(os.scandir(os.path.join(top, folder)))
         except OSError as exc:
-            raise DataError(f"Cannot read {os.path.join(top, folder)}: {exc.strerror or exc}; "
-                            "give this user read access.") from None
+            raise DataError(
+                f"Cannot read {os.path.join(top, folder)}: {exc.strerror or exc}; give this user read access."
+            ) from None
         if (info.st_dev, info.st_ino) in seen:  # a link loop, or a second link to one folder
             continue
         seen.add((info.st_dev, info.st_ino))
@@ -206,10 +216,20 @@ class ImageFolderDataset(BaseDataset):
     std = None
     default_augmentation = "crop-flip"
 
-    def __init__(self, root: Optional[Any] = None, image_size: Optional[int] = None, cache_dir: Optional[Any] = None,
-                 memory_budget_mb: Optional[float] = None, skip_bad_images: bool = False,
-                 workers: Optional[int] = None, progress: bool = True, data_dir: Optional[str] = None,
-                 augment: bool = True, seed: int = 42, augmentation: Optional[str] = None):
+    def __init__(
+        self,
+        root: Optional[Any] = None,
+        image_size: Optional[int] = None,
+        cache_dir: Optional[Any] = None,
+        memory_budget_mb: Optional[float] = None,
+        skip_bad_images: bool = False,
+        workers: Optional[int] = None,
+        progress: bool = True,
+        data_dir: Optional[str] = None,
+        augment: bool = True,
+        seed: int = 42,
+        augmentation: Optional[str] = None,
+    ):
         super().__init__(augment=augment, seed=seed, augmentation=augmentation)
         if root is None:
             raise ConfigError(f"The imagefolder data set needs {FLAG} root=PATH, a folder laid out as {LAYOUT}.")
@@ -222,22 +242,37 @@ class ImageFolderDataset(BaseDataset):
         if memory_budget_mb is not None:
             budget = int(check_number(memory_budget_mb, self.name, "memory_budget_mb", 0, flag=FLAG) * (1 << 20))
         skip_bad_images = check_bool(skip_bad_images, self.name, "skip_bad_images", flag=FLAG)
-        workers = check_int(workers, self.name, "workers", 1, flag=FLAG) if workers is not None else \
-            min(4, os.cpu_count() or 1)
+        workers = (
+            check_int(workers, self.name, "workers", 1, flag=FLAG)
+            if workers is not None
+            else min(4, os.cpu_count() or 1)
+        )
         progress = check_bool(progress, self.name, "progress", flag=FLAG)
         if image_size is not None:
             _check_decoding_memory(image_size, workers)
 
         listing = scan_image_folder(root)
         if listing.ignored:
-            warnings.warn(f"Ignored {len(listing.ignored)} file{'s' if len(listing.ignored) > 1 else ''} in {root} "
-                          f"that {'are' if len(listing.ignored) > 1 else 'is'} not an image by extension: "
-                          f"{_names(listing.ignored)}.", stacklevel=2)
+            warnings.warn(
+                f"Ignored {len(listing.ignored)} file{'s' if len(listing.ignored) > 1 else ''} in {root} "
+                f"that {'are' if len(listing.ignored) > 1 else 'is'} not an image by extension: "
+                f"{_names(listing.ignored)}.",
+                stacklevel=2,
+            )
         if cache_dir is not None:
             _check_cache_outside_splits(cache_dir, listing)
         cache_root = resolve_cache_dir(root, cache_dir)
-        entry = open_cache(root, listing.class_names, listing.splits, listing.folders, image_size, cache_root,
-                           skip_bad_images=skip_bad_images, workers=workers, progress=progress)
+        entry = open_cache(
+            root,
+            listing.class_names,
+            listing.splits,
+            listing.folders,
+            image_size,
+            cache_root,
+            skip_bad_images=skip_bad_images,
+            workers=workers,
+            progress=progress,
+        )
         meta = entry.meta
         if meta["skipped"]:
             warnings.warn(skipped_warning(root, meta["skipped"]), stacklevel=2)
@@ -250,9 +285,15 @@ class ImageFolderDataset(BaseDataset):
         train_images, train_labels = load_split(entry, "train", self.memory_mapped)
         test_images, test_labels = load_split(entry, "test", self.memory_mapped)
         self._set_data(
-            train_images, train_labels, test_images, test_labels, num_classes=len(listing.class_names),
+            train_images,
+            train_labels,
+            test_images,
+            test_labels,
+            num_classes=len(listing.class_names),
             sources={split: entry.directory / f"{split}_labels.npy" for split in SPLITS},
-            class_names=list(listing.class_names), mean=meta["mean"], std=meta["std"],
+            class_names=list(listing.class_names),
+            mean=meta["mean"],
+            std=meta["std"],
             content_sha256=meta["content_sha256"],
         )
 
@@ -286,8 +327,10 @@ def _check_cache_outside_splits(cache_root: Path, listing: FolderListing) -> Non
     for split in SPLITS:
         folder = (listing.root / listing.folders[split]).resolve()
         if resolved == folder or folder in resolved.parents:
-            raise ConfigError(f"{FLAG} cache_dir {cache_root} lies inside {folder}, where it would be read as "
-                              "images; choose a folder outside train/ and val/.")
+            raise ConfigError(
+                f"{FLAG} cache_dir {cache_root} lies inside {folder}, where it would be read as "
+                "images; choose a folder outside train/ and val/."
+            )
 
 
 def _bytes(shape: List[int]) -> int:

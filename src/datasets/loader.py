@@ -137,8 +137,12 @@ class TensorLoader:
 
     def _store(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.storage_device)
-        if (self.storage_device != self.device and self.device.type == "cuda" and not tensor.is_pinned()
-                and not self.mapped):
+        if (
+            self.storage_device != self.device
+            and self.device.type == "cuda"
+            and not tensor.is_pinned()
+            and not self.mapped
+        ):
             tensor = tensor.pin_memory()
         return tensor
 
@@ -258,8 +262,10 @@ class TensorLoader:
         """
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world_size and int(state["position"]) > 0:
-            raise ConfigError(f"The data position was saved mid-epoch by {saved_world} process(es); this run has "
-                             f"{self.world_size}. Resume with {saved_world}.")
+            raise ConfigError(
+                f"The data position was saved mid-epoch by {saved_world} process(es); this run has "
+                f"{self.world_size}. Resume with {saved_world}."
+            )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._resume_position = self.position

@@ -35,7 +35,10 @@ class IdxImageDataset(BaseDataset):
                     "replace them with a matching pair."
                 )
         self._set_data(
-            train_images.copy(), train_labels.astype("int64"), test_images.copy(), test_labels.astype("int64"),
+            train_images.copy(),
+            train_labels.astype("int64"),
+            test_images.copy(),
+            test_labels.astype("int64"),
             sources={"train": files["train-labels-idx1-ubyte.gz"], "test": files["t10k-labels-idx1-ubyte.gz"]},
             class_names=self.names,
         )
@@ -88,8 +91,13 @@ class MNIST(IdxImageDataset):
         self.raw_folder = resolve_data_root(data_dir) / self.folder_name / "raw"
         check_data_folder(self.raw_folder, f"The {self.name} folder {self.raw_folder}")
         files = ensure_idx_files(
-            self.raw_folder, mirrors or self.mirrors, self.md5s, self.name,
-            extra_folders=self.system_folders, download=download, progress=progress,
+            self.raw_folder,
+            mirrors or self.mirrors,
+            self.md5s,
+            self.name,
+            extra_folders=self.system_folders,
+            download=download,
+            progress=progress,
         )
         self._load_files(files)
 
@@ -125,11 +133,19 @@ class MNISTSample(IdxImageDataset):
     mean, std = 0.1307, 0.3081
     classes_count = 10
 
-    def __init__(self, data_dir: Optional[str] = None, augment: bool = True, seed: int = 42,
-                 augmentation: Optional[str] = None, **_ignored):
+    def __init__(
+        self,
+        data_dir: Optional[str] = None,
+        augment: bool = True,
+        seed: int = 42,
+        augmentation: Optional[str] = None,
+        **_ignored,
+    ):
         super().__init__(augment=augment, seed=seed, augmentation=augmentation)
         try:
             files = ensure_idx_files(SAMPLE_DIR, (), {}, self.name, download=False)
         except DataError:
-            raise DataError(f"The bundled mnist-sample files are missing from {SAMPLE_DIR}; reinstall the package.") from None
+            raise DataError(
+                f"The bundled mnist-sample files are missing from {SAMPLE_DIR}; reinstall the package."
+            ) from None
         self._load_files(files)

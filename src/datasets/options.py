@@ -15,7 +15,8 @@ def check_download_options(owner: str, download: Any, progress: Any, mirrors: An
     download = check_bool(download, owner, "download", flag="--dataset-option")
     progress = check_bool(progress, owner, "progress", flag="--dataset-option")
     if mirrors is not None and (
-        not isinstance(mirrors, (list, tuple)) or not mirrors
+        not isinstance(mirrors, (list, tuple))
+        or not mirrors
         or not all(isinstance(url, str) and url for url in mirrors)
     ):
         raise ConfigError(

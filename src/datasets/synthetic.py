@@ -52,8 +52,16 @@ class SyntheticDataset(BaseDataset):
         super().__init__(augment=augment, seed=seed, augmentation=augmentation)
         num_samples = check_int(num_samples, self.name, "num_samples", 1, flag=FLAG)
         num_classes = check_int(num_classes, self.name, "num_classes", 2, flag=FLAG)
-        shape = tuple(check_int_list(input_shape, self.name, "input_shape", length=3, flag=FLAG,
-                                     example="[1, 28, 28] (channels, height, width)"))
+        shape = tuple(
+            check_int_list(
+                input_shape,
+                self.name,
+                "input_shape",
+                length=3,
+                flag=FLAG,
+                example="[1, 28, 28] (channels, height, width)",
+            )
+        )
         noise = check_number(noise, self.name, "noise", 0, flag=FLAG)
         num_test = max(1, num_samples // 4)
         _check_memory(num_samples, num_test, num_classes, shape)
@@ -69,7 +77,7 @@ class SyntheticDataset(BaseDataset):
             # at a fifth of its peak memory).
             pixels = torch.randn((n, *shape), generator=generator).mul_(noise)
             for start in range(0, n, chunk):
-                pixels[start:start + chunk].add_(prototypes[labels[start:start + chunk]])
+                pixels[start : start + chunk].add_(prototypes[labels[start : start + chunk]])
             return pixels.round_().clamp_(0, 255).to(torch.uint8), labels
 
         train_images, train_labels = make(num_samples)
@@ -83,8 +91,12 @@ def _peak_bytes(num_train: int, num_test: int, num_classes: int, shape: Sequence
     and one chunk of prototype copies."""
     pixels = product(shape)
     chunk_rows = min(num_train, max(1, _CHUNK_BYTES // (4 * pixels)))
-    return ((num_train + num_test) * (pixels + 3 * 8) + num_train * pixels * 4
-            + num_classes * pixels * 4 + chunk_rows * pixels * 4)
+    return (
+        (num_train + num_test) * (pixels + 3 * 8)
+        + num_train * pixels * 4
+        + num_classes * pixels * 4
+        + chunk_rows * pixels * 4
+    )
 
 
 def _check_memory(num_train: int, num_test: int, num_classes: int, shape: Sequence[int]) -> None:

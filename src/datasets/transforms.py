@@ -149,8 +149,7 @@ class AugmentationDraw:
             self._device_params = {device: self.params.to(device)}
         return self._device_params[device]
 
-    def __call__(self, images: torch.Tensor, index: Optional[torch.Tensor] = None,
-                 start: int = 0) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, index: Optional[torch.Tensor] = None, start: int = 0) -> torch.Tensor:
         """Transform ``images``, the samples ``index`` (or ``start, start + 1, ...``)."""
         params = self._params_on(images.device)
         if index is None:

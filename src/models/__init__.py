@@ -6,8 +6,14 @@ Every model records its constructor arguments as ``model_config`` so that
 """
 
 from .registry import (
-    ConfigurableModel, ModelRegistry, build_model, create_model_for, inherit_model_version, model_data_arguments,
-    new_model_options, recorded_model_options,
+    ConfigurableModel,
+    ModelRegistry,
+    build_model,
+    create_model_for,
+    inherit_model_version,
+    model_data_arguments,
+    new_model_options,
+    recorded_model_options,
 )
 from . import fastnet as _fastnet  # noqa: F401
 from . import lenet5 as _lenet5  # noqa: F401
@@ -15,5 +21,13 @@ from . import mlp as _mlp  # noqa: F401
 from . import mynet as _mynet  # noqa: F401
 from . import resnet as _resnet  # noqa: F401
 
-__all__ = ["ConfigurableModel", "ModelRegistry", "build_model", "create_model_for", "model_data_arguments",
-           "inherit_model_version", "new_model_options", "recorded_model_options"]
+__all__ = [
+    "ConfigurableModel",
+    "ModelRegistry",
+    "build_model",
+    "create_model_for",
+    "model_data_arguments",
+    "inherit_model_version",
+    "new_model_options",
+    "recorded_model_options",
+]

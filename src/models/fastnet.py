@@ -36,7 +36,7 @@ HEAD_SCALE = 1 / 9  # airbench94's output scaling: keeps early logits small
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
     with torch.no_grad():  # airbench: the first `in_channels` filters start as the identity
-        nn.init.dirac_(conv.weight[:min(in_channels, out_channels)])
+        nn.init.dirac_(conv.weight[: min(in_channels, out_channels)])
     return conv
 
 
@@ -45,8 +45,13 @@ class ConvGroup(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(
-            _conv3x3(in_channels, out_channels), nn.MaxPool2d(2), nn.BatchNorm2d(out_channels), nn.GELU(),
-            _conv3x3(out_channels, out_channels), nn.BatchNorm2d(out_channels), nn.GELU(),
+            _conv3x3(in_channels, out_channels),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(out_channels),
+            nn.GELU(),
+            _conv3x3(out_channels, out_channels),
+            nn.BatchNorm2d(out_channels),
+            nn.GELU(),
         )
 
 
@@ -67,22 +72,27 @@ class FastNet(ConfigurableModel):
 
     accepts_non_square_inputs = True
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
-                 widths: Sequence[int] = (64, 256, 256)):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, widths: Sequence[int] = (64, 256, 256)
+    ):
         super().__init__()
         num_classes, in_channels, input_size = check_data_arguments(
-            "fastnet", num_classes, in_channels, input_size, min_input_size=MIN_INPUT_SIZE)
+            "fastnet", num_classes, in_channels, input_size, min_input_size=MIN_INPUT_SIZE
+        )
         widths = check_int_list(widths, "fastnet", "widths", length=3, flag=MODEL_FLAG, example="[64, 256, 256]")
-        stem_width = 2 * in_channels * STEM_KERNEL ** 2  # airbench: + and - of each whitening direction
+        stem_width = 2 * in_channels * STEM_KERNEL**2  # airbench: + and - of each whitening direction
         channels = [stem_width, *widths]
-        parameters = (in_channels * STEM_KERNEL ** 2 + 1) * stem_width + widths[-1] * num_classes
+        parameters = (in_channels * STEM_KERNEL**2 + 1) * stem_width + widths[-1] * num_classes
         parameters += sum(9 * a * b + 9 * b * b + 4 * b for a, b in zip(channels, channels[1:]))
         check_parameter_budget(
-            parameters, "fastnet", f"{MODEL_FLAG} widths={widths}, {in_channels} input channels and "
-            f"{num_classes} classes", "use smaller widths",
+            parameters,
+            "fastnet",
+            f"{MODEL_FLAG} widths={widths}, {in_channels} input channels and {num_classes} classes",
+            "use smaller widths",
         )
-        self._record_config("fastnet", num_classes=num_classes, in_channels=in_channels,
-                            input_size=input_size, widths=widths)
+        self._record_config(
+            "fastnet", num_classes=num_classes, in_channels=in_channels, input_size=input_size, widths=widths
+        )
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, STEM_KERNEL, bias=True), nn.GELU())
         self.groups = nn.Sequential(*(ConvGroup(a, b) for a, b in zip(channels, channels[1:])))
         self.head = nn.Linear(widths[-1], num_classes, bias=False)

@@ -28,23 +28,36 @@ class LeNet5(ConfigurableModel):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28):
         super().__init__()
         num_classes, in_channels, input_size = check_data_arguments(
-            "lenet5", num_classes, in_channels, input_size, min_input_size=MIN_INPUT_SIZE)
+            "lenet5", num_classes, in_channels, input_size, min_input_size=MIN_INPUT_SIZE
+        )
         # 28x28 inputs get padding 2 on the first conv, as in the classic MNIST set-up.
         padding = 2 if input_size == 28 else 0
         side = ((input_size + 2 * padding - 4) // 2 - 4) // 2
-        parameters = ((in_channels * 25 + 1) * 6 + (6 * 25 + 1) * 16 + (16 * side * side + 1) * 120
-                      + (120 + 1) * 84 + (84 + 1) * num_classes)
-        check_parameter_budget(parameters, "lenet5", f"{in_channels}x{input_size}x{input_size} inputs",
-                               "use smaller images")
+        parameters = (
+            (in_channels * 25 + 1) * 6
+            + (6 * 25 + 1) * 16
+            + (16 * side * side + 1) * 120
+            + (120 + 1) * 84
+            + (84 + 1) * num_classes
+        )
+        check_parameter_budget(
+            parameters, "lenet5", f"{in_channels}x{input_size}x{input_size} inputs", "use smaller images"
+        )
         self._record_config("lenet5", num_classes=num_classes, in_channels=in_channels, input_size=input_size)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=padding), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 6, 5, padding=padding),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * side * side, 120), nn.ReLU(inplace=True),
-            nn.Linear(120, 84), nn.ReLU(inplace=True),
+            nn.Linear(16 * side * side, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
             nn.Linear(84, num_classes),
         )
 

@@ -28,20 +28,33 @@ class MLP(ConfigurableModel):
             ``src.datasets.options``).
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
-                 hidden_sizes: Sequence[int] = (256,), dropout: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        input_size: int = 28,
+        hidden_sizes: Sequence[int] = (256,),
+        dropout: float = 0.0,
+    ):
         super().__init__()
         num_classes, in_channels, input_size = check_data_arguments("mlp", num_classes, in_channels, input_size)
         hidden_sizes = check_int_list(hidden_sizes, "mlp", "hidden_sizes", flag=MODEL_FLAG)
         dropout = check_number(dropout, "mlp", "dropout", 0, below=1, flag=MODEL_FLAG)
         widths = [in_channels * input_size * input_size, *hidden_sizes, num_classes]
         check_parameter_budget(
-            sum((a + 1) * b for a, b in zip(widths, widths[1:])), "mlp",
+            sum((a + 1) * b for a, b in zip(widths, widths[1:])),
+            "mlp",
             f"{MODEL_FLAG} hidden_sizes={hidden_sizes} on {in_channels}x{input_size}x{input_size} inputs",
             "use smaller hidden_sizes",
         )
-        self._record_config("mlp", num_classes=num_classes, in_channels=in_channels,
-                            input_size=input_size, hidden_sizes=hidden_sizes, dropout=dropout)
+        self._record_config(
+            "mlp",
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=input_size,
+            hidden_sizes=hidden_sizes,
+            dropout=dropout,
+        )
         layers = [nn.Flatten()]
         width = widths[0]
         for hidden in hidden_sizes:

@@ -81,22 +81,32 @@ class MyNet(ConfigurableModel):
     latest_version = DEFAULT_VERSION  # what a new run records; a record without a version is 1
     fast_cpu_path = True  # --amp auto: bf16 + channels-last measured as accurate (src/training/fast_path.py)
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
-                 width: int = 32, dropout: Optional[float] = None, version: int = DEFAULT_VERSION,
-                 hidden: Optional[int] = None):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        input_size: int = 28,
+        width: int = 32,
+        dropout: Optional[float] = None,
+        version: int = DEFAULT_VERSION,
+        hidden: Optional[int] = None,
+    ):
         super().__init__()
         version = check_int(version, "mynet", "version", 1, flag=MODEL_FLAG)
         if version not in VERSIONS:
-
-            raise ConfigError(f"mynet has versions {', '.join(map(str, VERSIONS))}; got --model-option "
-                              f"version={version}. Leave it out for version {DEFAULT_VERSION}, the default.")
+            raise ConfigError(
+                f"mynet has versions {', '.join(map(str, VERSIONS))}; got --model-option "
+                f"version={version}. Leave it out for version {DEFAULT_VERSION}, the default."
+            )
         if hidden is not None and version != 3:
-
-            raise ConfigError(f"--model-option hidden is a mynet version 3 option; got hidden={hidden!r} with "
-                              f"version {version}. Add --model-option version=3, or leave out hidden.")
+            raise ConfigError(
+                f"--model-option hidden is a mynet version 3 option; got hidden={hidden!r} with "
+                f"version {version}. Add --model-option version=3, or leave out hidden."
+            )
         poolings = 2 if version == 1 else 3
         num_classes, in_channels, input_size = check_data_arguments(
-            "mynet", num_classes, in_channels, input_size, min_input_size=2 ** poolings)
+            "mynet", num_classes, in_channels, input_size, min_input_size=2**poolings
+        )
         width = check_int(width, "mynet", "width", 1, flag=MODEL_FLAG)
         if dropout is None:  # measured: 0.1 converges faster for version 2 in a 10-epoch run
             dropout = {1: 0.25, 2: 0.1, 3: 0.0}[version]
@@ -116,14 +126,23 @@ class MyNet(ConfigurableModel):
             parameters = 9 * (in_channels * width + 7 * width * width) + 12 * width + (features + 1) * num_classes
         shape = f"on {in_channels}x{input_size}x{input_size} inputs"
         check_parameter_budget(
-            parameters, "mynet", f"{MODEL_FLAG} width={width}" + (f" hidden={hidden} {shape}" if hidden else f" {shape}"),
+            parameters,
+            "mynet",
+            f"{MODEL_FLAG} width={width}" + (f" hidden={hidden} {shape}" if hidden else f" {shape}"),
             "use a smaller width" + (" or hidden" if hidden else ""),
         )
         recorded = {"version": version} if version != 1 else {}  # version 1 records what it always did
         if version == 3:
             recorded["hidden"] = hidden
-        self._record_config("mynet", num_classes=num_classes, in_channels=in_channels,
-                            input_size=input_size, width=width, dropout=dropout, **recorded)
+        self._record_config(
+            "mynet",
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=input_size,
+            width=width,
+            dropout=dropout,
+            **recorded,
+        )
         if version == 3:
             self.features = nn.Sequential(*(_conv_pool_block(a, b) for a, b in zip(channels, channels[1:])))
         elif version == 2:
@@ -133,8 +152,12 @@ class MyNet(ConfigurableModel):
             self.features = nn.Sequential(*blocks)
         else:
             self.features = nn.Sequential(
-                _conv_block(in_channels, width), _conv_block(width, width), nn.MaxPool2d(2),
-                _conv_block(width, 2 * width), _conv_block(2 * width, 2 * width), nn.MaxPool2d(2),
+                _conv_block(in_channels, width),
+                _conv_block(width, width),
+                nn.MaxPool2d(2),
+                _conv_block(width, 2 * width),
+                _conv_block(2 * width, 2 * width),
+                nn.MaxPool2d(2),
             )
         if hidden:
             self.classifier = nn.Sequential(

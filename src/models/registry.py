@@ -17,8 +17,9 @@ ModelRegistry = Registry("model")
 MODEL_FLAG = "--model-option"  # how a command-line user sets a model's own options
 
 
-def check_data_arguments(owner: str, num_classes: Any, in_channels: Any, input_size: Any,
-                         min_input_size: int = 1) -> Tuple[int, int, int]:
+def check_data_arguments(
+    owner: str, num_classes: Any, in_channels: Any, input_size: Any, min_input_size: int = 1
+) -> Tuple[int, int, int]:
     """``(num_classes, in_channels, input_size)`` as ints when each is an integer >= 1 (the
     size >= ``min_input_size``); a run takes them from the data set, so the message names
     the argument, not a command-line option.
@@ -120,15 +121,20 @@ def model_data_arguments(name: str, dataset: Any) -> Dict[str, int]:
     shape = getattr(dataset, "input_shape", None)
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else shape  # torch.Size is a tuple
     if not isinstance(shape, tuple) or len(shape) != 3 or not all(is_integer(side) for side in shape):
-        raise ConfigError(f"Model {name!r} needs a data set whose input_shape is (channels, height, width), "
-                          f"got {shape!r} from {type(dataset).__name__}.")
+        raise ConfigError(
+            f"Model {name!r} needs a data set whose input_shape is (channels, height, width), "
+            f"got {shape!r} from {type(dataset).__name__}."
+        )
     num_classes = getattr(dataset, "num_classes", None)
     if num_classes is None:  # never let the model's default class count stand in silently
         raise ConfigError(f"Model {name!r} needs a data set with num_classes; {type(dataset).__name__} has none.")
     channels, height, width = (int(side) for side in shape)
     if height != width and not getattr(factory, "accepts_non_square_inputs", False):
-        takes_any = [other for other in ModelRegistry.names()
-                     if getattr(ModelRegistry.get(other), "accepts_non_square_inputs", False)]
+        takes_any = [
+            other
+            for other in ModelRegistry.names()
+            if getattr(ModelRegistry.get(other), "accepts_non_square_inputs", False)
+        ]
         raise ConfigError(
             f"Model {name!r} needs square images but the data set's are {height}x{width} (height x width); "
             f"crop or resize them to a square, or use a model that takes any shape: {', '.join(takes_any)}."
@@ -152,14 +158,20 @@ def create_model_for(name: str, dataset: Any, **options: Any) -> nn.Module:
     arguments = model_data_arguments(name, dataset)
     parameters = inspect.signature(ModelRegistry.get(name)).parameters.values()
     takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)  # a factory(**kwargs) checks its own
-    accepted = [p.name for p in parameters
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in DATA_ARGUMENTS]
+    accepted = [
+        p.name
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in DATA_ARGUMENTS
+    ]
     clash = sorted(set(options) & set(DATA_ARGUMENTS))
     if clash:
-        raise ConfigError(f"create_model_for takes {', '.join(clash)} for model {name!r} from the data set; "
-                          f"do not pass {'it' if len(clash) == 1 else 'them'}.")
+        raise ConfigError(
+            f"create_model_for takes {', '.join(clash)} for model {name!r} from the data set; "
+            f"do not pass {'it' if len(clash) == 1 else 'them'}."
+        )
     unknown = sorted(set(options) - set(accepted))
     if unknown and not takes_any:
-        raise ConfigError(f"Model {name!r} has no option {', '.join(unknown)}; "
-                          f"its options: {', '.join(accepted) or 'none'}.")
+        raise ConfigError(
+            f"Model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}."
+        )
     return ModelRegistry.create(name, **arguments, **options)

@@ -58,7 +58,7 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         if self.pad_channels:  # option A: a strided 1x1 "conv" that keeps channels, zeros after
-            x = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.pad_channels))
+            x = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.pad_channels))
         else:
             x = self.shortcut(x)
         return F.relu(out + x, inplace=True)
@@ -89,16 +89,19 @@ class _ResNet(ConfigurableModel):
         name = self.NAME
         min_input_size = 2 ** (len(self.BLOCKS) - 1)  # the last stage sees at least 1x1
         num_classes, in_channels, input_size = check_data_arguments(
-            name, num_classes, in_channels, input_size, min_input_size=min_input_size)
+            name, num_classes, in_channels, input_size, min_input_size=min_input_size
+        )
         width = check_int(width, name, "width", 1, flag=MODEL_FLAG)
         plan = self._plan(width)
         parameters = 9 * in_channels * width + 2 * width + (plan[-1][1] + 1) * num_classes
         parameters += sum(block_parameters(*step, self.PROJECTION) for step in plan)
         check_parameter_budget(
-            parameters, name, f"{MODEL_FLAG} width={width} and {num_classes} classes", "use a smaller width",
+            parameters,
+            name,
+            f"{MODEL_FLAG} width={width} and {num_classes} classes",
+            "use a smaller width",
         )
-        self._record_config(name, num_classes=num_classes, in_channels=in_channels,
-                            input_size=input_size, width=width)
+        self._record_config(name, num_classes=num_classes, in_channels=in_channels, input_size=input_size, width=width)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -114,7 +117,7 @@ class _ResNet(ConfigurableModel):
         """``(in_channels, out_channels, stride)`` of every block, in order."""
         plan, channels = [], width
         for stage, blocks in enumerate(self.BLOCKS):
-            out_channels = width * 2 ** stage
+            out_channels = width * 2**stage
             for index in range(blocks):
                 plan.append((channels, out_channels, 2 if stage > 0 and index == 0 else 1))
                 channels = out_channels

@@ -41,13 +41,23 @@ def hold_signals(stop: Optional[StopRequest]) -> None:
 def open_experiment(plan: StartPlan) -> ExperimentManager:
     """The new, forked or reopened experiment (locked); under torchrun rank 0 creates or
     reopens it and the others get a read-only view."""
-    return ExperimentManager(plan.runs_dir, resume_exp=plan.resume or plan.into,
-                             fork_exp=plan.fork if plan.into is None else None,
-                             config=plan.config.to_dict(), parent=plan.found)
+    return ExperimentManager(
+        plan.runs_dir,
+        resume_exp=plan.resume or plan.into,
+        fork_exp=plan.fork if plan.into is None else None,
+        config=plan.config.to_dict(),
+        parent=plan.found,
+    )
 
 
-def start_trainer(experiment: ExperimentManager, plan: StartPlan, parts: Components, show_progress: Optional[bool],
-                  log, dist: Distributed) -> Trainer:
+def start_trainer(
+    experiment: ExperimentManager,
+    plan: StartPlan,
+    parts: Components,
+    show_progress: Optional[bool],
+    log,
+    dist: Distributed,
+) -> Trainer:
     """The Trainer, started as the plan says; on any failure the experiment records it
     (``interrupted`` or ``failed``) and is released before the error goes on."""
     try:
@@ -67,8 +77,9 @@ def start_trainer(experiment: ExperimentManager, plan: StartPlan, parts: Compone
         raise
 
 
-def report_reopened(experiment: ExperimentManager, payload: Optional[Dict[str, Any]], log,
-                    dist: Optional[Distributed] = None) -> None:
+def report_reopened(
+    experiment: ExperimentManager, payload: Optional[Dict[str, Any]], log, dist: Optional[Distributed] = None
+) -> None:
     """In a reopened experiment: report how the run ended, keep a log that records more
     than the checkpoint (rank 0)."""
     if experiment.resume_exp is None:
@@ -78,8 +89,11 @@ def report_reopened(experiment: ExperimentManager, payload: Optional[Dict[str, A
         log(f"Warning: {previous['error']} It is rewritten now.")
     elif previous:
         detail = previous.get("error") or previous.get("signal") or ""
-        log(f"{experiment.name} was last {previous['state']}" + (f" ({detail})" if detail else "")
-            + (" - the process ended without recording why." if previous["state"] == "killed" else "."))
+        log(
+            f"{experiment.name} was last {previous['state']}"
+            + (f" ({detail})" if detail else "")
+            + (" - the process ended without recording why." if previous["state"] == "killed" else ".")
+        )
     if dist is None or dist.is_main:
         keep_longer_log(experiment, payload, log)
 
@@ -89,13 +103,15 @@ def _load_start(trainer: Trainer, experiment: ExperimentManager, plan: StartPlan
     payload, found = plan.payload, plan.found
     if payload is not None and plan.resume is not None:
         trainer.load_state_dict(payload)
-        log(f"Resuming {experiment.name} from {found.path.name} at epoch {trainer.epoch}, "
-            f"step {trainer.global_step}.")
+        log(f"Resuming {experiment.name} from {found.path.name} at epoch {trainer.epoch}, step {trainer.global_step}.")
     elif payload is not None:
         # A checkpoint written from Python holds no config: the parent's config.json
         # describes it (never the fork's own, which would hide a changed optimizer).
-        parent_config = (RunConfig.from_dict(payload[keys.CONFIG]) if payload.get(keys.CONFIG)
-                         else _read_config(plan.runs_dir, plan.fork, purpose="fork"))
+        parent_config = (
+            RunConfig.from_dict(payload[keys.CONFIG])
+            if payload.get(keys.CONFIG)
+            else _read_config(plan.runs_dir, plan.fork, purpose="fork")
+        )
         load_fork(trainer, payload, parent_config, plan.config, dict(plan.overrides))
         log(f"Forked {plan.fork} (epoch {payload[keys.EPOCH]}, {found.path.name}) into {experiment.name}.")
     elif plan.resume is not None:

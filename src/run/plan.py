@@ -87,6 +87,7 @@ class StartPlan:
 
 class _Request(NamedTuple):
     """The start as resolved before any data is read."""
+
     overrides: Dict[str, Any]
     resume: Optional[str]
     fork: Optional[str]
@@ -95,8 +96,15 @@ class _Request(NamedTuple):
     config: RunConfig
 
 
-def make_plan(dist: Distributed, overrides: Dict[str, Any], runs_dir: str = "runs", resume: Optional[str] = None,
-              fork: Optional[str] = None, log=print, progress: bool = True) -> Tuple[StartPlan, Components]:
+def make_plan(
+    dist: Distributed,
+    overrides: Dict[str, Any],
+    runs_dir: str = "runs",
+    resume: Optional[str] = None,
+    fork: Optional[str] = None,
+    log=print,
+    progress: bool = True,
+) -> Tuple[StartPlan, Components]:
     """The plan of a start and the components it built, or the refusal of a bad one
     (``ConfigError``, ``ExperimentError``, ``CheckpointError``, ``DataError``: nothing written)."""
     notes: List[str] = []
@@ -116,8 +124,9 @@ def make_plan(dist: Distributed, overrides: Dict[str, Any], runs_dir: str = "run
     return _decide_length(plan, dist, notes), parts
 
 
-def _resolve_request(dist: Distributed, overrides: Dict[str, Any], runs_dir: str, resume: Optional[str],
-                     fork: Optional[str], note) -> _Request:
+def _resolve_request(
+    dist: Distributed, overrides: Dict[str, Any], runs_dir: str, resume: Optional[str], fork: Optional[str], note
+) -> _Request:
     """Names, locks and the merged configuration, before any data is read."""
     check_runs_dir(runs_dir, must_exist=resume is not None or fork is not None)
     # A run's --name stands for its directory (read-only: config.json files only).
@@ -136,7 +145,9 @@ def _resolve_request(dist: Distributed, overrides: Dict[str, Any], runs_dir: str
         parent_config = _read_config(runs_dir, lineage["parent"], purpose="fork").to_dict()
         overrides = {k: v for k, v in own.items() if parent_config.get(k) != v or k in ("name", "notes")}
         into, resume, fork = resume, None, lineage["parent"]
-        note(f"{into} is a fork of {fork} that saved no checkpoint of its own; it starts again from {fork}'s checkpoint.")
+        note(
+            f"{into} is a fork of {fork} that saved no checkpoint of its own; it starts again from {fork}'s checkpoint."
+        )
     config = resolve_config(overrides, runs_dir, resume, fork)
     if dist.is_main:  # the rank that writes the events
         reopened = resume or into
@@ -149,8 +160,12 @@ def _resolve_request(dist: Distributed, overrides: Dict[str, Any], runs_dir: str
 def _with_data(request: _Request, parts: Components) -> Tuple[RunConfig, Optional[Dict[str, Any]]]:
     """The configuration with the data set's recorded policy and fingerprint, and that fingerprint."""
     config = request.config
-    if config.augmentation is None and request.resume is None and request.fork is None and \
-            isinstance(augmentation_policy(parts.dataset), str):
+    if (
+        config.augmentation is None
+        and request.resume is None
+        and request.fork is None
+        and isinstance(augmentation_policy(parts.dataset), str)
+    ):
         # A new run records the policy it uses, so a resume may restate it with --augment.
         config = config.replace(augmentation=augmentation_policy(parts.dataset))
     fingerprint = parts.dataset.fingerprint() if isinstance(parts.dataset, DescribedData) else None
@@ -185,8 +200,16 @@ def _choose_checkpoint(request: _Request, runs_dir: str, note) -> Optional[Loade
     return found
 
 
-def _check_checkpoint(request: _Request, found: LoadedCheckpoint, config: RunConfig, parts: Components,
-                      fingerprint: Optional[Dict[str, Any]], dist: Distributed, runs_dir: str, note) -> None:
+def _check_checkpoint(
+    request: _Request,
+    found: LoadedCheckpoint,
+    config: RunConfig,
+    parts: Components,
+    fingerprint: Optional[Dict[str, Any]],
+    dist: Distributed,
+    runs_dir: str,
+    note,
+) -> None:
     """Refuse a checkpoint that does not fit the run: another model; for a resume, another
     process count mid-epoch, another configuration than config.json's, or other data."""
     payload, resume = found.payload, request.resume
@@ -202,13 +225,18 @@ def _check_checkpoint(request: _Request, found: LoadedCheckpoint, config: RunCon
                 f"Resume with {saved_world} (torchrun --nproc_per_node={saved_world} ... --resume {resume}), "
                 f"or --fork {resume} to go on with {dist.world_size} from the start of that epoch."
             )
-        note(f"Note: {resume} was trained by {saved_world} process(es) and continues with "
-             f"{dist.world_size}: the global batch changes, so the result is not bit-identical to "
-             f"an uninterrupted run of {saved_world}.")
+        note(
+            f"Note: {resume} was trained by {saved_world} process(es) and continues with "
+            f"{dist.world_size}: the global batch changes, so the result is not bit-identical to "
+            f"an uninterrupted run of {saved_world}."
+        )
     saved_config = payload.get(keys.CONFIG) or {}
     frozen = sorted(
-        k for k in saved_config
-        if k not in RESUME_MUTABLE_KEYS and k not in RECORDED_KEYS and saved_config[k] != getattr(config, k, None)
+        k
+        for k in saved_config
+        if k not in RESUME_MUTABLE_KEYS
+        and k not in RECORDED_KEYS
+        and saved_config[k] != getattr(config, k, None)
         and not (k == "dataset_options" and same_data_options(saved_config[k], config.dataset_options))
     )
     if frozen:
@@ -246,6 +274,7 @@ def _check_reopened(directory: Path) -> None:
 
 
 # -- the configuration ----------------------------------------------------------------------
+
 
 def _read_config(runs_dir: str, name: str, purpose: str = "resume") -> RunConfig:
     """The saved configuration of experiment ``name`` (name validated, nothing written),
@@ -293,11 +322,21 @@ def _resume_config(overrides: Dict[str, Any], runs_dir: str, resume: str) -> Run
     if "dataset_options" in overrides:  # given options add to (or move) the run's own
         overrides = {**overrides, "dataset_options": {**saved.dataset_options, **overrides["dataset_options"]}}
     changed = {k: v for k, v in overrides.items() if getattr(saved, k) != v}
-    frozen = sorted(k for k in changed if k not in RESUME_MUTABLE_KEYS and not (
-        k == "dataset_options" and same_data_options(saved.dataset_options, changed[k])))
+    frozen = sorted(
+        k
+        for k in changed
+        if k not in RESUME_MUTABLE_KEYS
+        and not (k == "dataset_options" and same_data_options(saved.dataset_options, changed[k]))
+    )
     if frozen:
-        shown = lambda k: "the data set's default" if k == "augmentation" and saved.augmentation is None \
-            else repr(getattr(saved, k))  # noqa: E731
+
+        def shown(k):
+            return (
+                "the data set's default"
+                if k == "augmentation" and saved.augmentation is None
+                else repr(getattr(saved, k))
+            )
+
         details = ", ".join(f"{k} (run has {shown(k)}, given {changed[k]!r})" for k in frozen)
         raise ConfigError(
             f"--resume {resume} cannot change {details}; resume with the same values, "
@@ -319,6 +358,7 @@ def _same_model_version(previous: RunConfig, overrides: Dict[str, Any]) -> Dict[
 
 # -- the runs directory ---------------------------------------------------------------------
 
+
 def check_runs_dir(runs_dir: str, must_exist: bool) -> Path:
     """Refuse a runs directory that is a file, unreachable or not writable, before any
     data is loaded (``ExperimentError``, exit code 2)."""
@@ -327,8 +367,9 @@ def check_runs_dir(runs_dir: str, must_exist: bool) -> Path:
     try:
         return _check_runs_dir(runs_dir, must_exist)
     except OSError as exc:  # a name too long, an I/O error while looking: the path cannot be used
-        raise ExperimentError(f"--runs-dir {runs_dir} cannot be used ({exc.strerror or exc}); "
-                              "pass a directory you can write to.") from None
+        raise ExperimentError(
+            f"--runs-dir {runs_dir} cannot be used ({exc.strerror or exc}); pass a directory you can write to."
+        ) from None
 
 
 def _check_runs_dir(runs_dir: str, must_exist: bool) -> Path:
@@ -340,11 +381,15 @@ def _check_runs_dir(runs_dir: str, must_exist: bool) -> Path:
     probe = path
     while not probe.exists():
         if probe.is_symlink():
-            raise ExperimentError(f"--runs-dir {runs_dir} goes through a broken symbolic link ({probe}); fix or remove it.")
+            raise ExperimentError(
+                f"--runs-dir {runs_dir} goes through a broken symbolic link ({probe}); fix or remove it."
+            )
         probe = probe.parent
     if not probe.is_dir():
         raise ExperimentError(f"--runs-dir {runs_dir} cannot be created: {probe} is a file, not a directory.")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ExperimentError(f"--runs-dir {runs_dir} is not writable ({probe} is read-only or not permitted); "
-                              "pass a directory you can write to.")
+        raise ExperimentError(
+            f"--runs-dir {runs_dir} is not writable ({probe} is read-only or not permitted); "
+            "pass a directory you can write to."
+        )
     return path

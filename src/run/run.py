@@ -18,9 +18,15 @@ from .apply import hold_signals, open_experiment, settle_finished, start_trainer
 from .plan import make_plan
 
 
-def run_training(overrides: Dict[str, Any], runs_dir: str = "runs", resume: Optional[str] = None,
-                 fork: Optional[str] = None, show_progress: Optional[bool] = None, log=print,
-                 stop: Optional[StopRequest] = None) -> Dict[str, Any]:
+def run_training(
+    overrides: Dict[str, Any],
+    runs_dir: str = "runs",
+    resume: Optional[str] = None,
+    fork: Optional[str] = None,
+    show_progress: Optional[bool] = None,
+    log=print,
+    stop: Optional[StopRequest] = None,
+) -> Dict[str, Any]:
     """Run training as the CLI does; returns ``Trainer.train``'s results dict, or
     ``{"nothing_to_do": True, "message": ...}`` for a resume of a finished run.
 
@@ -46,9 +52,16 @@ def run_training(overrides: Dict[str, Any], runs_dir: str = "runs", resume: Opti
         dist.close()
 
 
-def _run_training(dist: Distributed, overrides: Dict[str, Any], runs_dir: str = "runs", resume: Optional[str] = None,
-                  fork: Optional[str] = None, show_progress: Optional[bool] = None, log=print,
-                  stop: Optional[StopRequest] = None) -> Dict[str, Any]:
+def _run_training(
+    dist: Distributed,
+    overrides: Dict[str, Any],
+    runs_dir: str = "runs",
+    resume: Optional[str] = None,
+    fork: Optional[str] = None,
+    show_progress: Optional[bool] = None,
+    log=print,
+    stop: Optional[StopRequest] = None,
+) -> Dict[str, Any]:
     """``run_training`` in the process group ``dist`` (a single process: no group)."""
     if not dist.is_main:
         log = _silent

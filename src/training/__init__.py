@@ -17,7 +17,15 @@ from .tb_logger import TensorBoardLogger
 from .trainer import Trainer
 
 __all__ = [
-    "CheckpointCorruptError", "CheckpointError", "CheckpointManager", "CheckpointSaveError",
-    "EarlyStopping", "ExperimentError", "ExperimentManager", "MetricsTracker", "TensorBoardLogger", "Trainer",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointSaveError",
+    "EarlyStopping",
+    "ExperimentError",
+    "ExperimentManager",
+    "MetricsTracker",
+    "TensorBoardLogger",
+    "Trainer",
     "TrainingInterrupted",
 ]

@@ -138,4 +138,3 @@ class BackgroundWrites:
 
 
 __all__ = ["BackgroundWrites", "FrozenState", "freeze"]
-

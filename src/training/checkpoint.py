@@ -43,8 +43,20 @@ from ..utils.io import atomic_write_bytes, is_temp_file
 from . import state_keys as keys
 from .early_stopping import is_improvement
 from .checkpoint_files import (  # noqa: F401  (re-exported: part of this module's API)
-    CheckpointCorruptError, CheckpointError, CheckpointSaveError, _finite, _identity, _match_manifest, _may_clean,
-    _read_bytes, _reason, _unpickle, library_versions, load_model_state, non_finite_tensors, sha256_file,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointSaveError,
+    _finite,
+    _identity,
+    _match_manifest,
+    _may_clean,
+    _read_bytes,
+    _reason,
+    _unpickle,
+    library_versions,
+    load_model_state,
+    non_finite_tensors,
+    sha256_file,
 )
 from .manifest import manifest_path, newest_claim, read_manifest, write_manifest
 from .protocols import model_config
@@ -80,7 +92,9 @@ class CheckpointManager:
         self.checkpoints_dir = Path(checkpoints_dir)
         self.read_only = read_only
         if self.checkpoints_dir.exists() and not self.checkpoints_dir.is_dir():
-            raise BadInputError(f"{self.checkpoints_dir} is a file, not a directory; move it away so checkpoints can be kept there.")
+            raise BadInputError(
+                f"{self.checkpoints_dir} is a file, not a directory; move it away so checkpoints can be kept there."
+            )
         if not read_only:
             try:
                 self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
@@ -134,8 +148,15 @@ class CheckpointManager:
         return removed
 
     # -- saving --------------------------------------------------------------------
-    def build_payload(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer], epoch: int,
-                      loss: float, accuracy: float, additional_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    def build_payload(
+        self,
+        model: nn.Module,
+        optimizer: Optional[torch.optim.Optimizer],
+        epoch: int,
+        loss: float,
+        accuracy: float,
+        additional_info: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
         payload: Dict[str, Any] = {
             keys.FORMAT_VERSION: FORMAT_VERSION,
             keys.EPOCH: int(epoch),
@@ -156,8 +177,15 @@ class CheckpointManager:
         torch.save(payload, buffer)
         return buffer.getvalue()
 
-    def write_bytes(self, data: bytes, filepath: Path, epoch: int, step: int, digest: Optional[str] = None,
-                    accuracy: Optional[float] = None) -> Path:
+    def write_bytes(
+        self,
+        data: bytes,
+        filepath: Path,
+        epoch: int,
+        step: int,
+        digest: Optional[str] = None,
+        accuracy: Optional[float] = None,
+    ) -> Path:
         """Write serialized checkpoint bytes crash-safely with their manifest.
 
         Args:
@@ -201,8 +229,9 @@ class CheckpointManager:
         """Save a checkpoint to ``filepath`` (crash-safe, with a manifest beside it)."""
         payload = self.build_payload(model, optimizer, epoch, loss, accuracy, additional_info)
         self._refuse_non_finite(payload, filepath)
-        return self.write_bytes(self.serialize(payload), Path(filepath), payload[keys.EPOCH], payload[keys.GLOBAL_STEP],
-                                accuracy=accuracy)
+        return self.write_bytes(
+            self.serialize(payload), Path(filepath), payload[keys.EPOCH], payload[keys.GLOBAL_STEP], accuracy=accuracy
+        )
 
     @staticmethod
     def _refuse_non_finite(payload: Dict[str, Any], filepath) -> None:
@@ -211,7 +240,8 @@ class CheckpointManager:
         if bad:
             raise NonFiniteLossError(
                 f"Refusing to save {filepath}: the model holds NaN or infinite values ({', '.join(bad[:3])}"
-                + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + "); the previous checkpoints are kept."
+                + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                + "); the previous checkpoints are kept."
             )
 
     def save_best_model(self, model, optimizer, epoch, loss, accuracy, additional_info=None) -> bool:
@@ -371,8 +401,9 @@ class CheckpointManager:
             best_key, best = key, LoadedCheckpoint(path, payload, entry, problems)
         return best
 
-    def load_checkpoint(self, filepath, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-                        strict: bool = True) -> Dict[str, Any]:
+    def load_checkpoint(
+        self, filepath, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, strict: bool = True
+    ) -> Dict[str, Any]:
         """Load weights (and optimizer state) from ``filepath`` into ``model``.
 
         With ``strict=False`` the tensors whose name and shape match are loaded and the
@@ -414,7 +445,18 @@ class CheckpointManager:
 
 
 __all__ = [
-    "BEST_MODEL", "EPOCH_CHECKPOINT", "FORMAT_VERSION", "LATEST_CHECKPOINT", "CheckpointCorruptError",
-    "CheckpointError", "CheckpointManager", "CheckpointSaveError", "LoadedCheckpoint", "library_versions",
-    "load_model_state", "manifest_path", "non_finite_tensors", "sha256_file",
+    "BEST_MODEL",
+    "EPOCH_CHECKPOINT",
+    "FORMAT_VERSION",
+    "LATEST_CHECKPOINT",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointSaveError",
+    "LoadedCheckpoint",
+    "library_versions",
+    "load_model_state",
+    "manifest_path",
+    "non_finite_tensors",
+    "sha256_file",
 ]

@@ -43,8 +43,12 @@ def library_versions() -> Dict[str, Optional[str]]:
     """Versions of this project, torch and numpy, and the git commit of the code (or None)."""
     import numpy  # noqa: PLC0415 (only when a checkpoint is written; numpy comes with torch anyway)
 
-    return {"exptrain": __version__, "torch": str(torch.__version__), "numpy": str(numpy.__version__),
-            "git_commit": _git_commit()}
+    return {
+        "exptrain": __version__,
+        "torch": str(torch.__version__),
+        "numpy": str(numpy.__version__),
+        "git_commit": _git_commit(),
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,14 +61,21 @@ def _git_commit() -> Optional[str]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def load_model_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool, source: str = "checkpoint") -> Dict[str, Any]:
+def load_model_state(
+    model: nn.Module, state: Dict[str, torch.Tensor], strict: bool, source: str = "checkpoint"
+) -> Dict[str, Any]:
     """Load the entries of ``state`` that match ``model`` in name and shape.
 
     Raises:
@@ -75,7 +86,8 @@ def load_model_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: b
     unexpected = [k for k in state if k not in own]
     reshaped = [
         f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     skipped = [f"{k} (missing in checkpoint)" for k in missing] + [f"{k} (not in model)" for k in unexpected] + reshaped
     if strict and skipped:
@@ -172,7 +184,7 @@ def _unpickle(filepath: Path, data: bytes) -> Dict[str, Any]:
 def _reason(exc: Exception, path: Path) -> str:
     """The part of a checkpoint error after the file name, for a one-line warning."""
     text = str(exc)
-    for prefix in (f"Checkpoint {path} is corrupt (", ):
+    for prefix in (f"Checkpoint {path} is corrupt (",):
         if text.startswith(prefix) and text.endswith(")."):
-            return text[len(prefix):-2]
+            return text[len(prefix) : -2]
     return text

@@ -48,8 +48,9 @@ class Distributed:
         is_main: ``rank == 0``: the one process that writes files and prints.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, cpu_group: Any = None,
-                 owns_group: bool = False):
+    def __init__(
+        self, rank: int = 0, world_size: int = 1, local_rank: int = 0, cpu_group: Any = None, owns_group: bool = False
+    ):
         self.rank, self.world_size, self.local_rank = int(rank), int(world_size), int(local_rank)
         self.cpu_group = cpu_group
         self.owns_group = owns_group
@@ -81,15 +82,21 @@ class Distributed:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0),
-                       cpu_group=_cpu_group(), owns_group=False)
+            return cls(
+                dist.get_rank(),
+                dist.get_world_size(),
+                _env_int("LOCAL_RANK", 0),
+                cpu_group=_cpu_group(),
+                owns_group=False,
+            )
         world_size = _env_int("WORLD_SIZE", 1)
         if world_size <= 1:
             return cls.single()
         rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
         if not 0 <= rank < world_size:
-            raise ConfigError(f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size}); "
-                              "start the job with torchrun.")
+            raise ConfigError(
+                f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size}); start the job with torchrun."
+            )
         timeout = timeout_seconds()
         use_cuda = torch.cuda.is_available() and (device in (None, "auto") or str(device).startswith("cuda"))
         if use_cuda:
@@ -220,7 +227,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} in the environment is not an integer; start the job with torchrun.") from None
+        raise ConfigError(
+            f"{name}={raw!r} in the environment is not an integer; start the job with torchrun."
+        ) from None
 
 
 _CPU_GROUP: Any = None

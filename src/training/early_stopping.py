@@ -60,8 +60,11 @@ class EarlyStopping:
 
     def state_dict(self) -> Dict[str, Any]:
         return {
-            "patience": self.patience, "mode": self.mode, "min_delta": self.min_delta,
-            "best_value": self.best_value, "best_epoch": self.best_epoch,
+            "patience": self.patience,
+            "mode": self.mode,
+            "min_delta": self.min_delta,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
             "epochs_without_improvement": self.epochs_without_improvement,
         }
 

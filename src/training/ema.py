@@ -39,8 +39,7 @@ def check_decay(decay: Any) -> float:
     Raises:
         ValueError: naming the value and the range.
     """
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) \
-            or not 0 < decay < 1:
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) or not 0 < decay < 1:
         raise ConfigError(f"The EMA decay must be a number between 0 and 1 (exclusive), e.g. 0.999; got {decay!r}.")
     return float(decay)
 
@@ -108,8 +107,10 @@ class ModelEMA:
             self.reset(model)
             return
         if not isinstance(state, dict) or "training_model" not in state or "updates" not in state:
-            raise ConfigError("The checkpoint's EMA entry is incomplete (no training_model or updates); "
-                             "it cannot be resumed with --ema.")
+            raise ConfigError(
+                "The checkpoint's EMA entry is incomplete (no training_model or updates); "
+                "it cannot be resumed with --ema."
+            )
         self.module.load_state_dict(model.state_dict())
         model.load_state_dict(state["training_model"])
         self.updates = int(state["updates"])

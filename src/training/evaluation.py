@@ -26,8 +26,9 @@ def evaluation_criterion(criterion: nn.Module) -> nn.Module:
     """``criterion`` for validation: a ``CrossEntropyLoss`` with label smoothing becomes the
     same loss without it (same weights, ignore index, reduction); anything else is kept."""
     if isinstance(criterion, nn.CrossEntropyLoss) and criterion.label_smoothing:
-        return nn.CrossEntropyLoss(weight=criterion.weight, ignore_index=criterion.ignore_index,
-                                   reduction=criterion.reduction)
+        return nn.CrossEntropyLoss(
+            weight=criterion.weight, ignore_index=criterion.ignore_index, reduction=criterion.reduction
+        )
     return criterion
 
 

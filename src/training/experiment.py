@@ -24,10 +24,29 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import ExperimentError, PeerFailedError, WriteError, write_error  # noqa: F401 (re-exported)
 from ..layout import (  # noqa: F401 (TENSORBOARD_DIR: re-exported)
-    BEST_MODEL, CHECKPOINTS_DIR, CONFIG_FILE, EXP_NUMBER, HELD_LOCKS, LATEST_CHECKPOINT, LINEAGE_FILE, LOCK_FILE,
-                      LOG_FILE, MANIFEST_SUFFIX, NAME_PATTERN, PLOT_FILE, STATUS_FILE, TENSORBOARD_DIR, ExperimentPaths,
-                      experiment_sort_key, holds_lock, lock_is_free, pid_alive, read_experiment_config, read_json_object,
-                      refuse_directories_as_files)
+    BEST_MODEL,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    EXP_NUMBER,
+    HELD_LOCKS,
+    LATEST_CHECKPOINT,
+    LINEAGE_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    MANIFEST_SUFFIX,
+    NAME_PATTERN,
+    PLOT_FILE,
+    STATUS_FILE,
+    TENSORBOARD_DIR,
+    ExperimentPaths,
+    experiment_sort_key,
+    holds_lock,
+    lock_is_free,
+    pid_alive,
+    read_experiment_config,
+    read_json_object,
+    refuse_directories_as_files,
+)
 from .checkpoint import CheckpointManager
 from .distributed import FollowerExperiment, current_job
 from ..utils.io import TEMP_MARKER, atomic_write_text, fsync_directory, is_temp_file, remove_stale_temporaries
@@ -123,8 +142,16 @@ class ExperimentManager(ExperimentPaths):
             nothing is left behind.
     """
 
-    def __new__(cls, base_dir: str = "runs", resume_exp: Optional[str] = None, fork_exp: Optional[str] = None,
-                lock: bool = True, *, config: Optional[Dict[str, Any]] = None, parent: Any = None):
+    def __new__(
+        cls,
+        base_dir: str = "runs",
+        resume_exp: Optional[str] = None,
+        fork_exp: Optional[str] = None,
+        lock: bool = True,
+        *,
+        config: Optional[Dict[str, Any]] = None,
+        parent: Any = None,
+    ):
         # Under torchrun only rank 0 creates or reopens the experiment; every other rank
         # gets a read-only view of the directory rank 0 names (distributed.py).
 
@@ -140,9 +167,16 @@ class ExperimentManager(ExperimentPaths):
             raise error
         return FollowerExperiment(base_dir, *outcome[1:])
 
-    def __init__(self, base_dir: str = "runs", resume_exp: Optional[str] = None,
-                 fork_exp: Optional[str] = None, lock: bool = True, *,
-                 config: Optional[Dict[str, Any]] = None, parent: Any = None):
+    def __init__(
+        self,
+        base_dir: str = "runs",
+        resume_exp: Optional[str] = None,
+        fork_exp: Optional[str] = None,
+        lock: bool = True,
+        *,
+        config: Optional[Dict[str, Any]] = None,
+        parent: Any = None,
+    ):
 
         job = current_job()
         if job is None:
@@ -153,12 +187,21 @@ class ExperimentManager(ExperimentPaths):
         except Exception as exc:
             job.broadcast_object(("error", type(exc), str(exc)))
             raise
-        job.broadcast_object(("ok", self.name, self.resume_exp, self.fork_exp,
-                              str(self.parent_checkpoint) if self.parent_checkpoint else None))
+        job.broadcast_object(
+            (
+                "ok",
+                self.name,
+                self.resume_exp,
+                self.fork_exp,
+                str(self.parent_checkpoint) if self.parent_checkpoint else None,
+            )
+        )
 
     def _open(self, base_dir, resume_exp, fork_exp, lock, config, parent) -> None:
         if resume_exp is not None and fork_exp is not None:
-            raise ExperimentError("Give either resume_exp or fork_exp, not both (--resume and --fork exclude each other).")
+            raise ExperimentError(
+                "Give either resume_exp or fork_exp, not both (--resume and --fork exclude each other)."
+            )
         self.base_dir = Path(base_dir)
         self.resume_exp = resume_exp
         self.fork_exp = fork_exp
@@ -170,7 +213,9 @@ class ExperimentManager(ExperimentPaths):
             self._dir = self._existing(resume_exp)
             self.name = self._dir.name
             if self.checkpoints_path.exists() and not self.checkpoints_path.is_dir():
-                raise ExperimentError(f"{self.checkpoints_path} is a file, not a directory; move it away and resume again.")
+                raise ExperimentError(
+                    f"{self.checkpoints_path} is a file, not a directory; move it away and resume again."
+                )
             self._refuse_directories_as_files()
             if lock:
                 self._acquire_lock(self._dir)
@@ -204,14 +249,20 @@ class ExperimentManager(ExperimentPaths):
     def _choose_parent(self, fork_exp: str, parent: Any, config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """Pick (or take) the parent's checkpoint; return the lineage record."""
         if parent is None:
-
             parent = CheckpointManager(self.parent_dir / CHECKPOINTS_DIR, read_only=True).latest_valid()
             if parent.path is None:
                 detail = f" ({'; '.join(parent.problems)})" if parent.problems else ""
-                raise ExperimentError(f"Experiment {fork_exp!r} has no valid checkpoint{detail}; there is nothing to fork from.")
+                raise ExperimentError(
+                    f"Experiment {fork_exp!r} has no valid checkpoint{detail}; there is nothing to fork from."
+                )
         self.parent_checkpoint, self.parent_state = Path(parent.path), parent.payload
-        record = {"parent": fork_exp, "epoch": int(parent.entry["epoch"]), "step": int(parent.entry["step"]),
-                  "checkpoint": str(parent.path), "sha256": parent.entry["sha256"]}
+        record = {
+            "parent": fork_exp,
+            "epoch": int(parent.entry["epoch"]),
+            "step": int(parent.entry["step"]),
+            "checkpoint": str(parent.path),
+            "sha256": parent.entry["sha256"],
+        }
         try:
             parent_config = read_experiment_config(self.parent_dir)
         except ExperimentError:
@@ -227,7 +278,9 @@ class ExperimentManager(ExperimentPaths):
         try:
             self.base_dir.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
-            raise ExperimentError(f"The runs directory {self.base_dir} is a file, not a directory; pass --runs-dir DIR.") from None
+            raise ExperimentError(
+                f"The runs directory {self.base_dir} is a file, not a directory; pass --runs-dir DIR."
+            ) from None
         except OSError as exc:
             raise write_error(self.base_dir, exc, "create the runs directory") from None
         self._remove_stale_staging()

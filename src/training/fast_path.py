@@ -56,5 +56,8 @@ def resolve_fast_path(amp: Optional[str], channels_last: bool, model: nn.Module,
         return FastPath(amp, channels_last, words + (", channels-last" if channels_last else ""))
     if torch.device(device).type == "cpu" and has_fast_cpu_path(model) and cpu_has_native_bf16():
         return FastPath("bf16", True, "bf16 autocast, channels-last (--amp auto on a bf16 CPU; --amp off for float32)")
-    return FastPath(None, channels_last, "float32" + (", channels-last" if channels_last else "")
-                    + " (--amp auto: no bf16 fast path here)")
+    return FastPath(
+        None,
+        channels_last,
+        "float32" + (", channels-last" if channels_last else "") + " (--amp auto: no bf16 fast path here)",
+    )

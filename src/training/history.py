@@ -22,7 +22,13 @@ from ..utils.io import atomic_write_text
 METRICS_FILE = "metrics.csv"  # beside the log: the same records as a spreadsheet table
 
 HISTORY_KEYS = (
-    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "epoch_time",
 )
 
 
@@ -105,7 +111,9 @@ def read_log(path: Path) -> Dict[str, List[Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ExperimentError(f"{path} cannot be read as a training log ({getattr(exc, 'strerror', None) or exc}).") from None
+        raise ExperimentError(
+            f"{path} cannot be read as a training log ({getattr(exc, 'strerror', None) or exc})."
+        ) from None
     lines = text.split("\n")[:-1]
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -114,8 +122,13 @@ def read_log(path: Path) -> Dict[str, List[Any]]:
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError(f"a {type(record).__name__}, not an object")
-            bad = [k for k in HISTORY_KEYS if not isinstance(record.get(k), (int, float)) or isinstance(record.get(k), bool)
-                   or (isinstance(record[k], float) and not math.isfinite(record[k]))]  # NaN/Infinity are damage
+            bad = [
+                k
+                for k in HISTORY_KEYS
+                if not isinstance(record.get(k), (int, float))
+                or isinstance(record.get(k), bool)
+                or (isinstance(record[k], float) and not math.isfinite(record[k]))
+            ]  # NaN/Infinity are damage
             if bad:
                 raise ValueError(f"{bad[0]} is {record.get(bad[0])!r}, not a finite number")
             if not isinstance(record["epoch"], int) or record["epoch"] < 1:

@@ -87,8 +87,10 @@ class TrainingInterrupted(ExptrainError):
         self.saved = saved
         self.exit_code = 128 + int(signum)
         name = signal.Signals(signum).name
-        super().__init__(message or f"Interrupted by {name}; "
-                         + ("state saved, resume to continue." if saved else "nothing new saved."))
+        super().__init__(
+            message
+            or f"Interrupted by {name}; " + ("state saved, resume to continue." if saved else "nothing new saved.")
+        )
 
 
 class StartupInterrupted(BaseException):
@@ -144,8 +146,9 @@ class StopRequest:
             if _native_waits:  # an exception would be swallowed by the C++ wait: nothing is written yet, so go
                 import os
 
-                os.write(2, f"Interrupted by {signal.Signals(signum).name} during start-up; nothing was written.\n"
-                         .encode())
+                os.write(
+                    2, f"Interrupted by {signal.Signals(signum).name} during start-up; nothing was written.\n".encode()
+                )
                 os._exit(128 + signum)
             raise StartupInterrupted(signum)
         _pending = signum

@@ -34,10 +34,16 @@ def _valid_entry(entry: Any) -> bool:
         return False
     digest = entry.get("sha256")
     accuracy = entry.get("accuracy")
-    return (isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX
-            and all(_is_int(entry.get(k)) for k in ("size", "epoch", "step"))
-            and (accuracy is None or (isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool)
-                                      and math.isfinite(accuracy))))
+    return (
+        isinstance(digest, str)
+        and len(digest) == 64
+        and set(digest) <= _HEX
+        and all(_is_int(entry.get(k)) for k in ("size", "epoch", "step"))
+        and (
+            accuracy is None
+            or (isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and math.isfinite(accuracy))
+        )
+    )
 
 
 def read_manifest(path: Path) -> Tuple[Optional[List[Dict[str, Any]]], str]:

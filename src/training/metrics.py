@@ -28,10 +28,10 @@ FLUSH_EVERY = 1024  # batches held before reading back, bounding the memory held
 class MetricsTracker:
     """Example::
 
-        tracker = MetricsTracker()
-        tracker.update(loss_value, outputs, labels)   # per batch
-        tracker.get_metrics()  # {'loss': 0.5, 'accuracy': 85.0, 'total_samples': 1000}
-        tracker.reset()
+    tracker = MetricsTracker()
+    tracker.update(loss_value, outputs, labels)   # per batch
+    tracker.get_metrics()  # {'loss': 0.5, 'accuracy': 85.0, 'total_samples': 1000}
+    tracker.reset()
     """
 
     def __init__(self) -> None:
@@ -60,7 +60,8 @@ class MetricsTracker:
             return
         loss_device = loss_value.device if torch.is_tensor(loss_value) else None
         if (self._corrects is not None and self._corrects.device != outputs.device) or (
-                loss_device is not None and self._losses is not None and self._losses.device != loss_device):
+            loss_device is not None and self._losses is not None and self._losses.device != loss_device
+        ):
             self._flush()  # a batch on another device: read back, then buffers there
             self._losses = self._corrects = None
         if self._corrects is None:

@@ -36,8 +36,14 @@ def best_epoch_of(history: Dict[str, List[Any]]) -> Optional[int]:
     return next(epoch for epoch, accuracy in pairs if accuracy == best)
 
 
-def plot_history(history: Dict[str, List[Any]], path: Path, *, title: Optional[str] = None,
-                 best_epoch: Optional[int] = None, starts: Iterable[Mapping[str, Any]] = ()) -> None:
+def plot_history(
+    history: Dict[str, List[Any]],
+    path: Path,
+    *,
+    title: Optional[str] = None,
+    best_epoch: Optional[int] = None,
+    starts: Iterable[Mapping[str, Any]] = (),
+) -> None:
     """Draw the curves of ``history`` and write them atomically to ``path``.
 
     Args:
@@ -62,8 +68,10 @@ def plot_history(history: Dict[str, List[Any]], path: Path, *, title: Optional[s
     loss_axes, accuracy_axes, lr_axes = figure.subplots(1, 3, sharex=True)
     if title:
         figure.suptitle(title, fontsize=12)
-    for axes, key, label, corner in ((loss_axes, "loss", "Loss", "upper right"),
-                                     (accuracy_axes, "accuracy", "Accuracy (%)", "lower right")):
+    for axes, key, label, corner in (
+        (loss_axes, "loss", "Loss", "upper right"),
+        (accuracy_axes, "accuracy", "Accuracy (%)", "lower right"),
+    ):
         axes.plot(epochs, history[f"train_{key}"], marker="o", markersize=3, label="train")
         axes.plot(epochs, history[f"val_{key}"], marker="o", markersize=3, label="validation")
         axes.set_title(label, fontsize=10, y=1.0)  # a fixed place: automatic placement costs a third of the drawing
@@ -77,8 +85,16 @@ def plot_history(history: Dict[str, List[Any]], path: Path, *, title: Optional[s
     if best_epoch is not None:
         index = epochs.index(best_epoch)
         accuracy = history["val_accuracy"][index]
-        accuracy_axes.plot([best_epoch], [accuracy], marker="*", markersize=14, color="tab:red", linestyle="none",
-                           label=f"best {accuracy:.2f}% @{best_epoch}", zorder=5)
+        accuracy_axes.plot(
+            [best_epoch],
+            [accuracy],
+            marker="*",
+            markersize=14,
+            color="tab:red",
+            linestyle="none",
+            label=f"best {accuracy:.2f}% @{best_epoch}",
+            zorder=5,
+        )
         accuracy_axes.legend(loc="lower right")
         for axes in (loss_axes, accuracy_axes, lr_axes):
             axes.axvline(best_epoch, color="tab:red", alpha=0.25, linewidth=1)
@@ -106,5 +122,12 @@ def _mark_starts(all_axes, starts: Iterable[Mapping[str, Any]]) -> None:
         for axes in all_axes:
             axes.axvline(x, color=color, linestyle="--", linewidth=1.2)
         axes = all_axes[-1]  # the learning-rate panel has no legend to collide with
-        axes.annotate(text, xy=(x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -12),
-                      textcoords="offset points", fontsize=8, color=color)
+        axes.annotate(
+            text,
+            xy=(x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -12),
+            textcoords="offset points",
+            fontsize=8,
+            color=color,
+        )

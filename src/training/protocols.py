@@ -111,8 +111,9 @@ class LoaderAdapter:
         self.loader = loader
         self.position = 0
         self.stateful = isinstance(loader, _Stateful)
-        self._set_epoch = set_epoch if set_epoch is not None else \
-            loader.set_epoch if isinstance(loader, _EpochAware) else None
+        self._set_epoch = (
+            set_epoch if set_epoch is not None else loader.set_epoch if isinstance(loader, _EpochAware) else None
+        )
 
     def __iter__(self) -> Iterator[Any]:
         self.position = 0
@@ -153,20 +154,35 @@ class LoaderAdapter:
         from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
         loader = self.loader
-        if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset) \
-                or loader.batch_size is None:
+        if (
+            not isinstance(loader, DataLoader)
+            or isinstance(loader.dataset, IterableDataset)
+            or loader.batch_size is None
+        ):
             raise ConfigError(
                 f"Under torchrun the training loader must be the built-in one (dataset.get_dataloaders()) or a "
                 f"DataLoader over a sized dataset with a batch_size; a {type(loader).__name__} cannot be split "
                 f"across {world_size} processes."
             )
-        sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank,
-                                     shuffle=isinstance(loader.sampler, RandomSampler),
-                                     seed=int(torch.initial_seed()) % (2**63), drop_last=False)
-        sharded = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                             pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                             worker_init_fn=loader.worker_init_fn, generator=loader.generator)
+        sampler = DistributedSampler(
+            loader.dataset,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=isinstance(loader.sampler, RandomSampler),
+            seed=int(torch.initial_seed()) % (2**63),
+            drop_last=False,
+        )
+        sharded = DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=sampler,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            drop_last=loader.drop_last,
+            worker_init_fn=loader.worker_init_fn,
+            generator=loader.generator,
+        )
         return LoaderAdapter(sharded, set_epoch=sampler.set_epoch)
 
 

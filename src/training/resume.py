@@ -21,7 +21,13 @@ from .checkpoint import CheckpointError, CheckpointManager, LoadedCheckpoint
 from .early_stopping import EarlyStopping
 from .protocols import model_config as described_model_config
 from .experiment import (
-    CHECKPOINTS_DIR, LINEAGE_FILE, LOG_FILE, STATUS_FILE, ExperimentError, ExperimentManager, existing_experiment_dir,
+    CHECKPOINTS_DIR,
+    LINEAGE_FILE,
+    LOG_FILE,
+    STATUS_FILE,
+    ExperimentError,
+    ExperimentManager,
+    existing_experiment_dir,
     read_json_object,
 )
 from .history import METRICS_FILE, read_log, read_metrics_epochs, write_history_files
@@ -63,8 +69,10 @@ def check_compatible(payload: Dict[str, Any], model: nn.Module, what: str) -> No
 def _describe_fingerprint(fingerprint: Optional[Dict[str, Any]]) -> str:
     if not fingerprint:
         return "none recorded"
-    return (f"{fingerprint.get('train_samples')} train / {fingerprint.get('val_samples')} validation samples, "
-            f"sha256 {str(fingerprint.get('sha256'))[:12]}")
+    return (
+        f"{fingerprint.get('train_samples')} train / {fingerprint.get('val_samples')} validation samples, "
+        f"sha256 {str(fingerprint.get('sha256'))[:12]}"
+    )
 
 
 def check_same_data(saved: Optional[Dict[str, Any]], current: Optional[Dict[str, Any]], name: str, data_dir) -> None:
@@ -109,8 +117,12 @@ def unsaved_fork(runs_dir: Path, name: str) -> Optional[Dict[str, Any]]:
         lineage = read_json_object(directory / LINEAGE_FILE, "lineage")
     except (FileNotFoundError, ExperimentError):
         return None
-    if not isinstance(lineage.get("parent"), str) or not isinstance(lineage.get("sha256"), str) \
-            or not isinstance(lineage.get("epoch"), int) or recorded_progress(directory)[0] > lineage["epoch"]:
+    if (
+        not isinstance(lineage.get("parent"), str)
+        or not isinstance(lineage.get("sha256"), str)
+        or not isinstance(lineage.get("epoch"), int)
+        or recorded_progress(directory)[0] > lineage["epoch"]
+    ):
         return None
     existing_experiment_dir(runs_dir, lineage["parent"])  # a named error if the parent is gone
     return lineage
@@ -125,12 +137,16 @@ def finished_message(payload: Dict[str, Any], config: RunConfig, name: str) -> O
         stopper = EarlyStopping(config.patience)
         stopper.load_state_dict(payload[keys.EARLY_STOPPING])
         if stopper.should_stop:
-            return (f"{name} stopped early at epoch {epoch} (no improvement for {stopper.epochs_without_improvement} "
-                    f"epochs, best {stopper.best_value or 0:.2f}% at epoch {stopper.best_epoch}); nothing to do. "
-                    f"To go on, resume with a larger --patience (or 0): python train.py --resume {name} --patience N.")
+            return (
+                f"{name} stopped early at epoch {epoch} (no improvement for {stopper.epochs_without_improvement} "
+                f"epochs, best {stopper.best_value or 0:.2f}% at epoch {stopper.best_epoch}); nothing to do. "
+                f"To go on, resume with a larger --patience (or 0): python train.py --resume {name} --patience N."
+            )
     if epoch >= config.epochs:
-        return (f"{name} is complete at epoch {epoch} (--epochs {config.epochs}); nothing to do. "
-                f"To train further: python train.py --resume {name} --epochs N with N > {epoch}.")
+        return (
+            f"{name} is complete at epoch {epoch} (--epochs {config.epochs}); nothing to do. "
+            f"To train further: python train.py --resume {name} --epochs N with N > {epoch}."
+        )
     return None
 
 
@@ -151,7 +167,8 @@ def settle_finished_records(runs_dir: str, name: str, payload: Dict[str, Any], c
     epoch = int(payload[keys.EPOCH])
     # metrics.csv is written right after the log: a kill in between leaves it one epoch behind.
     log_lags = bool(history.get("epoch")) and (
-        logged != history or read_metrics_epochs(directory / METRICS_FILE) not in (None, history["epoch"]))
+        logged != history or read_metrics_epochs(directory / METRICS_FILE) not in (None, history["epoch"])
+    )
     if not log_lags and status.get("state") in ("completed", "stopped_early") and status.get("epoch") == epoch:
         return
     stopper = EarlyStopping(config.patience)
@@ -165,18 +182,30 @@ def settle_finished_records(runs_dir: str, name: str, payload: Dict[str, Any], c
         if log_lags:
             write_history_files(Path(experiment.log_file), history)
         if history.get("epoch"):
-            plot_history(history, Path(experiment.plot_file), title=run_title(name, config.to_dict()),
-                         best_epoch=stopper.best_epoch or None, starts=payload.get(keys.STARTS) or ())
-        experiment.write_status("stopped_early" if stopper.should_stop else "completed", epoch=epoch,
-                                global_step=int(payload.get(keys.GLOBAL_STEP, 0)),
-                                best_accuracy=stopper.best_value or 0.0, best_epoch=stopper.best_epoch)
+            plot_history(
+                history,
+                Path(experiment.plot_file),
+                title=run_title(name, config.to_dict()),
+                best_epoch=stopper.best_epoch or None,
+                starts=payload.get(keys.STARTS) or (),
+            )
+        experiment.write_status(
+            "stopped_early" if stopper.should_stop else "completed",
+            epoch=epoch,
+            global_step=int(payload.get(keys.GLOBAL_STEP, 0)),
+            best_accuracy=stopper.best_value or 0.0,
+            best_epoch=stopper.best_epoch,
+        )
     except OSError as exc:
         raise write_error(directory, exc, "bring the records up to date in") from None
     finally:
         experiment.release()
     was = status.get("state", "missing or damaged")
-    log(f"Warning: the records of {name} lagged its checkpoint at epoch {epoch} (status was {was!r}"
-        + (", the log was behind or damaged" if log_lags else "") + "); log, curves and status.json are brought up to date.")
+    log(
+        f"Warning: the records of {name} lagged its checkpoint at epoch {epoch} (status was {was!r}"
+        + (", the log was behind or damaged" if log_lags else "")
+        + "); log, curves and status.json are brought up to date."
+    )
 
 
 def check_schedule_extension(payload: Dict[str, Any], config: RunConfig, name: str) -> None:
@@ -225,19 +254,24 @@ def keep_longer_log(experiment: ExperimentManager, payload: Optional[Dict[str, A
             atomic_write_bytes(damaged, log_file.read_bytes())
         except OSError as error:
             raise write_error(damaged, error, "keep a copy of the damaged log as") from None
-        log(f"Warning: {exc} It is rewritten from the checkpoint's history; the damaged copy is kept as {damaged.name}.")
+        log(
+            f"Warning: {exc} It is rewritten from the checkpoint's history; the damaged copy is kept as {damaged.name}."
+        )
     if progress > epoch and log_file.exists():
         backup = log_file.with_name(f"{LOG_FILE}.until-epoch-{progress}")
         try:
             atomic_write_bytes(backup, log_file.read_bytes())
         except OSError as exc:
             raise write_error(backup, exc, "keep a copy of the log as") from None
-        log(f"Warning: the log records epoch {progress} but the newest valid checkpoint holds epoch {epoch}; "
-            f"epochs {epoch + 1}-{progress} are trained again. The old log is kept as {backup.name}.")
+        log(
+            f"Warning: the log records epoch {progress} but the newest valid checkpoint holds epoch {epoch}; "
+            f"epochs {epoch + 1}-{progress} are trained again. The old log is kept as {backup.name}."
+        )
 
 
-def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, config: RunConfig,
-               overrides: Dict[str, Any]) -> None:
+def load_fork(
+    trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, config: RunConfig, overrides: Dict[str, Any]
+) -> None:
     """Start the fork from the parent's state; explicit overrides win over the parent's.
 
     A ``cosine``, ``step`` or ``onecycle`` schedule is planned anew over the fork's
@@ -248,12 +282,15 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
     state = dict(payload)
     info = SchedulerRegistry.info(config.scheduler)  # replan_on_fork, plans_steps: see src/optim.py
     replan = info.get("replan_on_fork", info.get("planned", False)) and (
-        parent.scheduler != config.scheduler or parent.epochs != config.epochs)
+        parent.scheduler != config.scheduler or parent.epochs != config.epochs
+    )
     if parent.optimizer != config.optimizer:
         state[keys.OPTIMIZER] = None
     if parent.scheduler != config.scheduler or replan:
         state[keys.SCHEDULER] = None
-    other_data = parent.data_fingerprint and config.data_fingerprint and parent.data_fingerprint != config.data_fingerprint
+    other_data = (
+        parent.data_fingerprint and config.data_fingerprint and parent.data_fingerprint != config.data_fingerprint
+    )
     other_world = int(payload.get(keys.WORLD_SIZE) or 1) != trainer.dist.world_size
     if other_data or other_world or any(getattr(parent, k) != getattr(config, k) for k in DATA_KEYS):
         # A different data pipeline (or other data: --data-dir, or another number of processes)
@@ -268,8 +305,12 @@ def load_fork(trainer: Trainer, payload: Dict[str, Any], parent: RunConfig, conf
         if "weight_decay" in overrides:
             group["weight_decay"] = config.weight_decay
     needed = trainer.remaining_optimizer_steps(config.epochs)
-    if info.get("plans_steps") and not replan and needed is not None \
-            and schedule_steps_left(trainer.scheduler) != needed:
+    if (
+        info.get("plans_steps")
+        and not replan
+        and needed is not None
+        and schedule_steps_left(trainer.scheduler) != needed
+    ):
         # Another batch size, --grad-accum, data or process count changes the steps left:
         # the parent's cycle would end early or run out, so the fork plans its own.
         replan = True

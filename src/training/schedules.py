@@ -131,4 +131,3 @@ def check_schedule_plan(scheduler: Any, steps_needed: int, epochs: int, experime
             f"training to epoch {epochs} needs {steps_needed}; a one-cycle schedule cannot be extended. Fork to plan "
             f"a new schedule over the extra epochs: python train.py --fork {experiment} --epochs {epochs}."
         )
-

@@ -35,9 +35,13 @@ INSTALL_COMMAND = "pip install tensorboard==2.21.0"
 STEP_LOSS_TAG = "train/batch_loss"
 # The epoch record's keys (history.HISTORY_KEYS) and their tags.
 EPOCH_TAGS = {
-    "train_loss": "train/loss", "train_accuracy": "train/accuracy",
-    "val_loss": "val/loss", "val_accuracy": "val/accuracy",
-    "learning_rate": "learning_rate", "epoch_time": "epoch_time", "epoch": "epoch",
+    "train_loss": "train/loss",
+    "train_accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy",
+    "learning_rate": "learning_rate",
+    "epoch_time": "epoch_time",
+    "epoch": "epoch",
 }
 
 
@@ -75,18 +79,20 @@ def check_tensorboard(config: RunConfig, overrides: Dict[str, Any], experiment_d
             missing; the experiment's ``tensorboard`` entry is not a directory.
     """
     if "tensorboard_every" in overrides and not config.tensorboard:
-        raise ConfigError(f"--tensorboard-every {overrides['tensorboard_every']!r} has no effect while TensorBoard "
-                          "logging is off; add --tensorboard (tensorboard: true in a --config file).")
+        raise ConfigError(
+            f"--tensorboard-every {overrides['tensorboard_every']!r} has no effect while TensorBoard "
+            "logging is off; add --tensorboard (tensorboard: true in a --config file)."
+        )
     if not config.tensorboard:
         return
     if experiment_dir is None:
         require_tensorboard()
     else:
-
         path = Path(experiment_dir) / TENSORBOARD_DIR
         if path.exists() and not path.is_dir():
-            raise ConfigError(f"{path} is a file, not the directory of TensorBoard events; move it away and "
-                              "resume again.")
+            raise ConfigError(
+                f"{path} is a file, not the directory of TensorBoard events; move it away and resume again."
+            )
 
 
 _QUIET_THREADS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
@@ -210,4 +216,3 @@ class TensorBoardLogger:
         except OSError as exc:
             self.close()
             raise write_error(self.log_dir, exc, "write TensorBoard events to") from None
-

@@ -61,11 +61,23 @@ class Trainer:
         ValueError: an empty or missing validation (or training) loader, bad numbers.
     """
 
-    def __init__(self, model: nn.Module, train_loader, val_loader, criterion: nn.Module,
-                 optimizer: torch.optim.Optimizer, device: torch.device, experiment_manager: ExperimentLike,
-                 checkpoint_manager: Optional[CheckpointManager] = None, scheduler: Optional[Any] = None,
-                 dataset: Optional[Any] = None, patience: int = 0, *,
-                 options: Optional[TrainerOptions] = None, **keywords: Any):
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader,
+        val_loader,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        experiment_manager: ExperimentLike,
+        checkpoint_manager: Optional[CheckpointManager] = None,
+        scheduler: Optional[Any] = None,
+        dataset: Optional[Any] = None,
+        patience: int = 0,
+        *,
+        options: Optional[TrainerOptions] = None,
+        **keywords: Any,
+    ):
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             if loader is None:
                 raise ConfigError(f"{name} is None; the Trainer needs a {name.split('_')[0]}ing data loader.")
@@ -76,8 +88,7 @@ class Trainer:
         self.options = opts
         self.model, self.criterion, self.optimizer, self.scheduler = model, criterion, optimizer, scheduler
         self.device = torch.device(device)
-        self.dist = opts.distributed if opts.distributed is not None else \
-            Distributed.from_environment(str(self.device))
+        self.dist = opts.distributed if opts.distributed is not None else Distributed.from_environment(str(self.device))
         self._train = prepare_loader(train_loader, self.device, self.dist, whole_batches=False)
         self._val = prepare_loader(val_loader, self.device, self.dist, whole_batches=True)
         self.experiment_manager = experiment_manager
@@ -93,8 +104,9 @@ class Trainer:
         self.grad_accum_steps, self.grad_clip = opts.grad_accum_steps, float(opts.grad_clip)
         self._target_epochs: Optional[int] = None  # the epochs of the current train() call
         self.config = dict(opts.config or {})
-        self.show_progress = (sys.stderr.isatty() if opts.show_progress is None else opts.show_progress) \
-            and self.dist.is_main
+        self.show_progress = (
+            sys.stderr.isatty() if opts.show_progress is None else opts.show_progress
+        ) and self.dist.is_main
         self._history = empty_history()
         self.starts: list = []  # where this run was resumed or forked (drawn on the curves)
         self.epoch, self.global_step = 0, 0  # completed epochs, batches trained
@@ -248,7 +260,9 @@ class Trainer:
                     records.record_end(stopped_early)
                 except BaseException as exc:
                     generic = not isinstance(exc, (TrainingInterrupted, NonFiniteLossError))
-                    if generic and self.saver.writes.wait_quietly() is not None:  # a failed write under a second interrupt
+                    if (
+                        generic and self.saver.writes.wait_quietly() is not None
+                    ):  # a failed write under a second interrupt
                         self.saver.writes_failed()
                     records.record_failure(exc)
                     raise
@@ -258,9 +272,15 @@ class Trainer:
                 self._log(f"Warning: {problem}.")
             self.saver.writes.wait_quietly()  # (already waited for; never release the lock mid-write)
             em.release()  # a notebook's finished run does not block train.py --resume
-        return {"epochs_trained": self.epoch, "best_accuracy": self.best_accuracy,
-                "training_time": time.perf_counter() - started, "history": self.history,
-                "experiment_dir": em.experiment_dir, "stopped_early": stopped_early, "best_epoch": self.best_epoch}
+        return {
+            "epochs_trained": self.epoch,
+            "best_accuracy": self.best_accuracy,
+            "training_time": time.perf_counter() - started,
+            "history": self.history,
+            "experiment_dir": em.experiment_dir,
+            "stopped_early": stopped_early,
+            "best_epoch": self.best_epoch,
+        }
 
     def _run_epochs(self, start_epoch: int, epochs: int) -> bool:
         """The epochs of ``train``; returns True when early stopping ended them. Returns
@@ -277,9 +297,11 @@ class Trainer:
             signum = self.torchrun.agree_on_stop()
             if signum:
                 raise TrainingInterrupted(
-                    signum, saved=saver.save_start_if_unsaved(),
+                    signum,
+                    saved=saver.save_start_if_unsaved(),
                     message=f"Interrupted by {signal.Signals(signum).name} before training "
-                            f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.")
+                    f"started; {em.name} is unchanged at epoch {self.epoch}, resume to continue.",
+                )
             if self.tensorboard is not None:  # hides what a killed process logged after this step
                 self.tensorboard.open(self.global_step)
             stopped_early = False
@@ -290,8 +312,10 @@ class Trainer:
                     saver.wait_for_writes()
                     raise TrainingInterrupted(signum, saved=self.checkpoint_manager is not None)
                 if stopped_early:
-                    self._log(f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
-                              f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch}).")
+                    self._log(
+                        f"Early stopping: no improvement for {self.early_stopping.patience} epochs "
+                        f"(best {self.best_accuracy:.2f}% at epoch {self.best_epoch})."
+                    )
                     break
             saver.wait_for_writes()
             return stopped_early
@@ -325,18 +349,29 @@ class Trainer:
             self.dataset.reapply_transforms(epoch)
         record = {
             "epoch": epoch,
-            "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
-            "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
-            "learning_rate": learning_rate, "epoch_time": time.perf_counter() - started,
+            "train_loss": train_metrics["loss"],
+            "train_accuracy": train_metrics["accuracy"],
+            "val_loss": val_metrics["loss"],
+            "val_accuracy": val_metrics["accuracy"],
+            "learning_rate": learning_rate,
+            "epoch_time": time.perf_counter() - started,
         }
         append_epoch(self._history, record)
         if self.tensorboard is not None:  # before the checkpoint, which a resume would not log again
             self.tensorboard.log_epoch(self.global_step, record)
-        self.saver.commit_epoch(epoch, val_metrics, dict(
-            epoch=epoch, global_step=self.global_step, target_epochs=epochs,
-            best_accuracy=self.best_accuracy, best_epoch=self.best_epoch,
-            epochs_without_improvement=self.epochs_without_improvement, last_epoch_time=record["epoch_time"],
-        ))
+        self.saver.commit_epoch(
+            epoch,
+            val_metrics,
+            dict(
+                epoch=epoch,
+                global_step=self.global_step,
+                target_epochs=epochs,
+                best_accuracy=self.best_accuracy,
+                best_epoch=self.best_epoch,
+                epochs_without_improvement=self.epochs_without_improvement,
+                last_epoch_time=record["epoch_time"],
+            ),
+        )
         # The training thread moves on; the epoch counts as saved unless the write fails
         # (then writes_failed sets it back to the last epoch a checkpoint holds).
         self.epoch = epoch
@@ -369,16 +404,19 @@ class Trainer:
     def state_dict(self) -> Dict[str, Any]:
         """The complete training state, as stored in a checkpoint."""
         state = self._training_state()
-        state.update({
-            keys.EPOCH: self.epoch,
-            keys.MODEL: self.saved_model.state_dict(),
-            keys.OPTIMIZER: self.optimizer.state_dict(),
-            keys.MODEL_CONFIG: model_config(self.model),
-        })
+        state.update(
+            {
+                keys.EPOCH: self.epoch,
+                keys.MODEL: self.saved_model.state_dict(),
+                keys.OPTIMIZER: self.optimizer.state_dict(),
+                keys.MODEL_CONFIG: model_config(self.model),
+            }
+        )
         return state
 
-    def load_state_dict(self, state: Dict[str, Any], restore_optimizer: bool = True,
-                        start_kind: Optional[str] = "resume") -> None:
+    def load_state_dict(
+        self, state: Dict[str, Any], restore_optimizer: bool = True, start_kind: Optional[str] = "resume"
+    ) -> None:
         """Continue from a checkpoint dict: model, optimizer, scheduler, early stopping,
         history, RNG, data position and augmentation draw. A checkpoint with progress is
         recorded in ``starts`` as a ``start_kind`` point ("resume", "fork"; None: not).

@@ -27,8 +27,9 @@ def prepare_loader(loader, device: torch.device, dist: Distributed, whole_batche
     return as_resumable(loader.shard(dist.rank, dist.world_size, whole_batches=whole_batches))
 
 
-def build_models(model: nn.Module, device: torch.device, dist: Distributed,
-                 options: TrainerOptions) -> Tuple[nn.Module, nn.Module]:
+def build_models(
+    model: nn.Module, device: torch.device, dist: Distributed, options: TrainerOptions
+) -> Tuple[nn.Module, nn.Module]:
     """``(parallel model, forward model)``: DDP's wrapper under torchrun, and the compiled
     one with ``compile_model``. The compiled wrapper shares the model's parameters;
     checkpoints use the model itself, so their keys never carry torch.compile's
@@ -39,8 +40,11 @@ def build_models(model: nn.Module, device: torch.device, dist: Distributed,
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else None
+        ids = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else None
+        )
         parallel = DistributedDataParallel(model, device_ids=ids)
     return parallel, torch.compile(parallel) if options.compile_model else parallel
 

@@ -44,8 +44,11 @@ class TorchrunSteps:
         state = tracker.state_dict()
         loss_sum, correct, total = self.dist.sum_float64([state["loss_sum"], state["correct"], state["total_samples"]])
         total = int(total)
-        return {"loss": loss_sum / total if total else 0.0,
-                "accuracy": 100.0 * correct / total if total else 0.0, "total_samples": total}
+        return {
+            "loss": loss_sum / total if total else 0.0,
+            "accuracy": 100.0 * correct / total if total else 0.0,
+            "total_samples": total,
+        }
 
     def between_steps(self, epoch: int, tracker: MetricsTracker) -> None:
         """After an optimizer step (accumulated gradients are never saved): stop or save
@@ -86,8 +89,9 @@ class TorchrunSteps:
             return
         self._steps_since_agreement = 0
         trainer, stop = self.trainer, self.trainer.stop_request
-        signum, save, diverged = self.dist.agree([
-            stop.signum or 0, int(trainer.saver.mid_epoch_save_due() and self.dist.is_main), int(tracker.non_finite)])
+        signum, save, diverged = self.dist.agree(
+            [stop.signum or 0, int(trainer.saver.mid_epoch_save_due() and self.dist.is_main), int(tracker.non_finite)]
+        )
         if diverged:
             trainer._diverged("training", epoch, self.epoch_metrics(tracker)["loss"])
         if signum:
@@ -113,8 +117,9 @@ class TorchrunSteps:
             with trainer.precision.autocast():
                 outputs = forward(images)
                 loss = trainer.eval_criterion(outputs, labels)
-            kept.append((loader.batch_index, loss.detach().float(), (outputs.argmax(dim=1) == labels).sum(),
-                         labels.shape[0]))
+            kept.append(
+                (loader.batch_index, loss.detach().float(), (outputs.argmax(dim=1) == labels).sum(), labels.shape[0])
+            )
         records = torch.zeros(batches, 3, dtype=torch.float64)
         if kept:
             losses = torch.stack([loss for _, loss, _, _ in kept]).tolist()  # one read-back
@@ -145,7 +150,8 @@ class TorchrunSteps:
             except Exception as exc:  # re-raised below, after the others know
                 error = exc
         outcome = self.dist.broadcast_object(
-            ("error", type(error).__name__, str(error)) if error is not None else ("ok", result))
+            ("error", type(error).__name__, str(error)) if error is not None else ("ok", result)
+        )
         if error is not None:
             raise error
         if outcome[0] == "error":

@@ -20,34 +20,34 @@ from .tb_logger import TensorBoardLogger
 @dataclass
 class TrainerOptions:
     """Args:
-        config: the run configuration (a plain dict) stored in checkpoints.
-        show_progress: draw a progress bar (default: only when stderr is a terminal).
-        handle_signals: catch SIGINT/SIGTERM during ``train`` (main thread only).
-        amp: mixed precision, ``"bf16"`` or ``"fp16"`` (fp16 uses a grad scaler).
-        compile_model: run the forward pass through ``torch.compile``.
-        channels_last: use the channels-last memory format for model and inputs.
-        grad_accum_steps: batches per optimizer step (gradients are averaged).
-        grad_clip: clip the gradient norm to this value (0 disables).
-        plot_interval: redraw the curves at most every this many seconds, and always
-            after the last epoch (0 redraws every epoch). Drawing costs ~0.1 s.
-        checkpoint_interval: also refresh ``latest_checkpoint.pt`` mid-epoch at most
-            every this many seconds (0 disables; needs a loader with ``state_dict``).
-        eval_criterion: the validation loss (default: ``criterion``, without its label
-            smoothing when it is a smoothed ``CrossEntropyLoss``).
-        ema_decay: keep an exponential moving average of the weights with this decay
-            (0 < decay < 1; 0 disables); it is what ``validate`` evaluates and what
-            checkpoints hold as the model (see ``ema.py``).
-        warmup_epochs: scale the learning rate linearly up over the optimizer steps of
-            the first N epochs (see ``schedules.py``; needs a sized training loader).
-        tta_flip: evaluate on each image and its mirror image (averaged logits); only
-            for data whose images may be flipped horizontally.
-        distributed: the ranks of a torchrun job (default: joined from the environment;
-            a single process otherwise). With several ranks the model is wrapped in
-            ``DistributedDataParallel``, the built-in loaders are sharded, metrics are
-            reduced, and only rank 0 writes files and prints (``distributed.py``).
-        background_writes: write epoch-end checkpoints on a writer thread (not under torchrun).
-        tensorboard: a ``TensorBoardLogger`` (``tb_logger.py``) for the training loss
-            every ``tensorboard.every`` steps and each epoch's record; used on rank 0 only.
+    config: the run configuration (a plain dict) stored in checkpoints.
+    show_progress: draw a progress bar (default: only when stderr is a terminal).
+    handle_signals: catch SIGINT/SIGTERM during ``train`` (main thread only).
+    amp: mixed precision, ``"bf16"`` or ``"fp16"`` (fp16 uses a grad scaler).
+    compile_model: run the forward pass through ``torch.compile``.
+    channels_last: use the channels-last memory format for model and inputs.
+    grad_accum_steps: batches per optimizer step (gradients are averaged).
+    grad_clip: clip the gradient norm to this value (0 disables).
+    plot_interval: redraw the curves at most every this many seconds, and always
+        after the last epoch (0 redraws every epoch). Drawing costs ~0.1 s.
+    checkpoint_interval: also refresh ``latest_checkpoint.pt`` mid-epoch at most
+        every this many seconds (0 disables; needs a loader with ``state_dict``).
+    eval_criterion: the validation loss (default: ``criterion``, without its label
+        smoothing when it is a smoothed ``CrossEntropyLoss``).
+    ema_decay: keep an exponential moving average of the weights with this decay
+        (0 < decay < 1; 0 disables); it is what ``validate`` evaluates and what
+        checkpoints hold as the model (see ``ema.py``).
+    warmup_epochs: scale the learning rate linearly up over the optimizer steps of
+        the first N epochs (see ``schedules.py``; needs a sized training loader).
+    tta_flip: evaluate on each image and its mirror image (averaged logits); only
+        for data whose images may be flipped horizontally.
+    distributed: the ranks of a torchrun job (default: joined from the environment;
+        a single process otherwise). With several ranks the model is wrapped in
+        ``DistributedDataParallel``, the built-in loaders are sharded, metrics are
+        reduced, and only rank 0 writes files and prints (``distributed.py``).
+    background_writes: write epoch-end checkpoints on a writer thread (not under torchrun).
+    tensorboard: a ``TensorBoardLogger`` (``tb_logger.py``) for the training loss
+        every ``tensorboard.every`` steps and each epoch's record; used on rank 0 only.
     """
 
     config: Optional[Dict[str, Any]] = None
@@ -74,8 +74,10 @@ class TrainerOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(keywords) - known)
         if unknown:
-            raise TypeError(f"Trainer() got an unexpected keyword argument {unknown[0]!r}; "
-                            f"the options are {', '.join(sorted(known))}.")
+            raise TypeError(
+                f"Trainer() got an unexpected keyword argument {unknown[0]!r}; "
+                f"the options are {', '.join(sorted(known))}."
+            )
         return replace(options if options is not None else cls(), **keywords)
 
     def validate(self) -> None:

@@ -61,8 +61,13 @@ class RunRecords:
         path = Path(trainer.experiment_manager.plot_file)
         try:
             if trainer.dist.is_main:
-                plot_history(trainer.history, path, title=run_title(trainer.experiment_manager.name, trainer.config),
-                             best_epoch=trainer.best_epoch or None, starts=trainer.starts)
+                plot_history(
+                    trainer.history,
+                    path,
+                    title=run_title(trainer.experiment_manager.name, trainer.config),
+                    best_epoch=trainer.best_epoch or None,
+                    starts=trainer.starts,
+                )
         except OSError as exc:
             raise write_error(path, exc, "write the training curves") from None
         self.last_plot, self.plotted_epoch = time.monotonic(), trainer.epoch
@@ -94,8 +99,12 @@ class RunRecords:
         trainer = self.trainer
         self.plot_if_stale()
         trainer.experiment_manager.write_status(
-            "stopped_early" if stopped_early else "completed", epoch=trainer.epoch, global_step=trainer.global_step,
-            best_accuracy=trainer.best_accuracy, best_epoch=trainer.best_epoch)
+            "stopped_early" if stopped_early else "completed",
+            epoch=trainer.epoch,
+            global_step=trainer.global_step,
+            best_accuracy=trainer.best_accuracy,
+            best_epoch=trainer.best_epoch,
+        )
         stop = trainer.stop_request
         if stop.requested:
             self.log(f"{signal.Signals(stop.signum).name} arrived after the last epoch was saved; the run is complete.")
@@ -104,8 +113,9 @@ class RunRecords:
         """The status of a run that ``exc`` stopped (never masking ``exc``)."""
         if isinstance(exc, TrainingInterrupted):
             self.plot_if_stale(quiet=True)
-            self.record_status("interrupted", global_step=self.trainer.global_step,
-                               signal=signal.Signals(exc.signum).name)
+            self.record_status(
+                "interrupted", global_step=self.trainer.global_step, signal=signal.Signals(exc.signum).name
+            )
         elif isinstance(exc, NonFiniteLossError):
             self.plot_if_stale(quiet=True)
             self.record_status("failed", reason="non-finite loss", error=str(exc))
@@ -115,11 +125,15 @@ class RunRecords:
     def divergence(self, what: str, epoch: int, loss: float) -> NonFiniteLossError:
         """The error for a non-finite ``what`` loss in ``epoch`` (nothing of it is saved)."""
         trainer, name = self.trainer, self.trainer.experiment_manager.name
-        kept = (f"the last good checkpoint (epoch {trainer.epoch}) is kept; fork from it with a lower learning rate, "
-                f"e.g. python train.py --fork {name} --lr <smaller>" if trainer.epoch > 0 else
-                "no epoch finished, so there is nothing to keep; start again with a lower learning rate")
+        kept = (
+            f"the last good checkpoint (epoch {trainer.epoch}) is kept; fork from it with a lower learning rate, "
+            f"e.g. python train.py --fork {name} --lr <smaller>"
+            if trainer.epoch > 0
+            else "no epoch finished, so there is nothing to keep; start again with a lower learning rate"
+        )
         return NonFiniteLossError(
-            f"Training diverged: the {what} loss is {loss} in epoch {epoch} (by step {trainer.global_step}); {kept}.")
+            f"Training diverged: the {what} loss is {loss} in epoch {epoch} (by step {trainer.global_step}); {kept}."
+        )
 
     def refuse_unsaved_state(self, reason: Optional[str]) -> None:
         """Refuse to train on from a state that was not saved (``reason``: why not)."""
@@ -129,4 +143,5 @@ class RunRecords:
         raise ExptrainError(
             f"This Trainer stopped at epoch {epoch} of {name} because {reason}; its model and "
             f"optimizer have moved past what was saved, so it cannot continue. Resume from the saved checkpoints "
-            f"instead: python train.py --resume {name} (or a new Trainer with ExperimentManager(resume_exp={name!r})).")
+            f"instead: python train.py --resume {name} (or a new Trainer with ExperimentManager(resume_exp={name!r}))."
+        )

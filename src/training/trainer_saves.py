@@ -49,8 +49,11 @@ class Saver:
         frozen, inline = None, False
         if manager is not None and self.writes.enabled:
             try:
-                frozen = (FrozenState(trainer.saved_model), FrozenState(trainer.optimizer),
-                          freeze(trainer._training_state()))
+                frozen = (
+                    FrozenState(trainer.saved_model),
+                    FrozenState(trainer.optimizer),
+                    freeze(trainer._training_state()),
+                )
             except Exception:  # state that cannot be deep-copied (an exotic tensor type): save it here, as before
                 inline = True
 
@@ -58,8 +61,11 @@ class Saver:
             if frozen is not None:
                 manager.save_epoch_end(frozen[0], frozen[1], epoch, loss, accuracy, frozen[2])
             elif manager is not None:
-                trainer.torchrun.collective_write(lambda state: manager.save_epoch_end(
-                    trainer.saved_model, trainer.optimizer, epoch, loss, accuracy, state))
+                trainer.torchrun.collective_write(
+                    lambda state: manager.save_epoch_end(
+                        trainer.saved_model, trainer.optimizer, epoch, loss, accuracy, state
+                    )
+                )
             # Only now is the epoch complete: a failed save records the last saved epoch in
             # status.json, so a resume does not see progress that no checkpoint holds.
             self.committed_epoch = epoch
@@ -103,10 +109,17 @@ class Saver:
         if not math.isfinite(metrics["loss"]):
             trainer._diverged("training", epoch, metrics["loss"])
         self.wait_for_writes()
-        path = trainer.torchrun.collective_write(lambda state: manager.save_checkpoint(
-            trainer.saved_model, trainer.optimizer, trainer.epoch, metrics["loss"], metrics["accuracy"],
-            manager.latest_path, state,
-        ))
+        path = trainer.torchrun.collective_write(
+            lambda state: manager.save_checkpoint(
+                trainer.saved_model,
+                trainer.optimizer,
+                trainer.epoch,
+                metrics["loss"],
+                metrics["accuracy"],
+                manager.latest_path,
+                state,
+            )
+        )
         self.last_save = time.monotonic()
         return path
 
@@ -129,17 +142,24 @@ class Saver:
         # The same progress fields as at an epoch end, so a reader never sees them vanish mid-epoch.
         trainer = self.trainer
         trainer.experiment_manager.write_status(
-            "running", epoch=trainer.epoch, global_step=trainer.global_step, target_epochs=trainer._target_epochs,
-            best_accuracy=trainer.best_accuracy, best_epoch=trainer.best_epoch,
-            epochs_without_improvement=trainer.epochs_without_improvement, mid_epoch_checkpoint=True,
+            "running",
+            epoch=trainer.epoch,
+            global_step=trainer.global_step,
+            target_epochs=trainer._target_epochs,
+            best_accuracy=trainer.best_accuracy,
+            best_epoch=trainer.best_epoch,
+            epochs_without_improvement=trainer.epochs_without_improvement,
+            mid_epoch_checkpoint=True,
         )
 
     def interrupt_mid_epoch(self) -> None:
         trainer = self.trainer
         path = self.save_position(trainer.epoch + 1)
         if path is not None:
-            trainer._log(f"Saved {path} at step {trainer.global_step} (epoch {trainer.epoch + 1}, "
-                         f"batch {trainer._train.position}).")
+            trainer._log(
+                f"Saved {path} at step {trainer.global_step} (epoch {trainer.epoch + 1}, "
+                f"batch {trainer._train.position})."
+            )
         else:
             trainer._log("This loader cannot record its position; the last end-of-epoch checkpoint is kept.")
         raise TrainingInterrupted(trainer.stop_request.signum, path is not None)

@@ -27,8 +27,9 @@ def training_state(trainer: "Trainer") -> Dict[str, Any]:
     dist, optional = trainer.dist, _state_or_none
     ranks = None
     if dist.enabled:
-        ranks = dist.gather_object({keys.RNG: capture_rng_state(),
-                                    keys.TRAIN_TRACKER: trainer.train_tracker.state_dict()})
+        ranks = dist.gather_object(
+            {keys.RNG: capture_rng_state(), keys.TRAIN_TRACKER: trainer.train_tracker.state_dict()}
+        )
     return {
         keys.WORLD_SIZE: dist.world_size,
         keys.RANKS: ranks,
@@ -61,11 +62,13 @@ def check_format(state: Dict[str, Any]) -> None:
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise CheckpointError(
             f"The checkpoint has format version {version!r}, newer than the {FORMAT_VERSION} this exptrain reads; "
-            f"upgrade exptrain to load it.")
+            f"upgrade exptrain to load it."
+        )
 
 
-def load_training_state(trainer: "Trainer", state: Dict[str, Any], restore_optimizer: bool = True,
-                        start_kind: Optional[str] = "resume") -> None:
+def load_training_state(
+    trainer: "Trainer", state: Dict[str, Any], restore_optimizer: bool = True, start_kind: Optional[str] = "resume"
+) -> None:
     check_format(state)
     trainer.model.load_state_dict(state[keys.MODEL])
     if trainer.ema is not None:  # the checkpoint's model is the average; the trained weights come back
@@ -117,6 +120,10 @@ def history_from_log(trainer: "Trainer") -> int:
 
 def unsaved_reason(failed: BaseException) -> str:
     """Why a Trainer whose save failed (or whose loss diverged) cannot continue."""
-    return ("training diverged" if isinstance(failed, NonFiniteLossError)
-            else "a checkpoint could not be written" if isinstance(failed, CheckpointSaveError)
-            else "a file of the run could not be written")
+    return (
+        "training diverged"
+        if isinstance(failed, NonFiniteLossError)
+        else "a checkpoint could not be written"
+        if isinstance(failed, CheckpointSaveError)
+        else "a file of the run could not be written"
+    )

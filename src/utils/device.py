@@ -25,8 +25,11 @@ def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.de
     """
     if preferred is None or str(preferred) == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", _local_rank() % torch.cuda.device_count()) if _local_rank() is not None \
+            return (
+                torch.device("cuda", _local_rank() % torch.cuda.device_count())
+                if _local_rank() is not None
                 else torch.device("cuda")
+            )
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
@@ -34,14 +37,14 @@ def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.de
     try:
         device = torch.device(preferred)
     except (RuntimeError, TypeError):
-        raise ConfigError(
-            f"Unknown device {preferred!r}; use auto, cpu, cuda, cuda:N or mps."
-        ) from None
+        raise ConfigError(f"Unknown device {preferred!r}; use auto, cpu, cuda, cuda:N or mps.") from None
     if device.type == "cuda" and device.index is None and _local_rank() is not None and torch.cuda.is_available():
         device = torch.device("cuda", _local_rank() % torch.cuda.device_count())  # torchrun: this rank's GPU
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"Device {preferred!r} was requested but CUDA is not available here; use --device cpu or auto.")
+            raise ConfigError(
+                f"Device {preferred!r} was requested but CUDA is not available here; use --device cpu or auto."
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(
                 f"Device {preferred!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)."
@@ -49,7 +52,9 @@ def get_device(preferred: Optional[Union[str, torch.device]] = None) -> torch.de
     elif device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise ConfigError(f"Device {preferred!r} was requested but MPS is not available here; use --device cpu or auto.")
+            raise ConfigError(
+                f"Device {preferred!r} was requested but MPS is not available here; use --device cpu or auto."
+            )
     elif device.type != "cpu":
         raise ConfigError(f"Unsupported device {preferred!r}; use auto, cpu, cuda, cuda:N or mps.")
     return device

@@ -96,7 +96,7 @@ def remove_stale_temporaries(parent: Path, names: Sequence[str]) -> None:
     for entry in entries:
         for name in names:
             prefix = f".{name}{TEMP_MARKER}"
-            pid = entry.name[len(prefix):].split("-")[0] if entry.name.startswith(prefix) else ""
+            pid = entry.name[len(prefix) :].split("-")[0] if entry.name.startswith(prefix) else ""
             if pid.isdigit() and not pid_alive(int(pid)):
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)

@@ -43,8 +43,12 @@ def _main_waits_for_writer(caller: str) -> bool:
     """The main thread is blocked waiting for the writer (joining it, or on its event), in
     ``wait_quietly`` called by ``caller``."""
     names = _main_stack()
-    return bool(names) and names[0] in ("_wait_for_tstate_lock", "join", "wait") and "wait_quietly" in names \
+    return (
+        bool(names)
+        and names[0] in ("_wait_for_tstate_lock", "join", "wait")
+        and "wait_quietly" in names
         and names[names.index("wait_quietly") + 1] == caller
+    )
 
 
 def _poll(condition, timeout: float = 60.0) -> bool:
@@ -153,8 +157,10 @@ def test_ctrl_c_during_the_wait_never_returns_with_a_write_in_flight(tmp_path, m
         if _poll(lambda: _main_waits_for_writer("wait_for_writes")):
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         # A correct trainer now waits again (for the write to end); a broken one returns.
-        _poll(lambda: returned.is_set() or (_main_waits_for_writer("_run_epochs")
-                                            or _main_waits_for_writer("train")), timeout=20)
+        _poll(
+            lambda: returned.is_set() or (_main_waits_for_writer("_run_epochs") or _main_waits_for_writer("train")),
+            timeout=20,
+        )
         gate.set()
 
     helper = threading.Thread(target=interrupter, daemon=True)
@@ -205,13 +211,20 @@ trainer = make_trainer(Path(sys.argv[1]))
 trainer.stop_request.enabled = False
 trainer.train(epochs=3)
 """)
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "runs")], cwd=REPO_ROOT, env=cli_env(),
-                            capture_output=True, text=True, timeout=HANG_TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "runs")],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT,
+    )
     assert "KeyboardInterrupt" in result.stderr, result.stdout + result.stderr
     checkpoints = tmp_path / "runs" / "exp1" / "checkpoints"
     _, payload, problems = CheckpointManager(str(checkpoints), read_only=True).find_latest_valid()
-    assert payload is not None and payload["epoch"] == 1, \
+    assert payload is not None and payload["epoch"] == 1, (
         f"the process exited before the epoch-1 write finished: {sorted(p.name for p in checkpoints.iterdir())}"
+    )
 
 
 # -- FAILS ON MAIN: train() again after a failed background write -----------------------
@@ -257,8 +270,9 @@ def _signal_from_the_writer(monkeypatch, epoch_to_hold: int, signum: int, times:
             for _ in range(times):
                 signal.pthread_kill(threading.main_thread().ident, signum)
                 time.sleep(0.01)
-            held["waited"] = _poll(lambda: _main_waits_for_writer("wait_for_writes")
-                                   or _main_waits_for_writer("_run_epochs"), timeout=30)
+            held["waited"] = _poll(
+                lambda: _main_waits_for_writer("wait_for_writes") or _main_waits_for_writer("_run_epochs"), timeout=30
+            )
         return real_save(self, model, optimizer, epoch, *args, **kwargs)
 
     monkeypatch.setattr(CheckpointManager, "save_epoch_end", signalling)
@@ -425,9 +439,17 @@ def test_best_model_is_the_best_epoch_with_background_writes_and_after_a_resume(
     model = ModelRegistry.create("mlp", num_classes=4, input_size=8, hidden_sizes=[32])
     experiment = ExperimentManager(base_dir=str(tmp_path / "runs"), lock=False)
     manager = CheckpointManager(experiment.checkpoints_dir, save_frequency=0)
-    trainer = Trainer(model, train_loader, val_loader, torch.nn.CrossEntropyLoss(),
-                      torch.optim.SGD(model.parameters(), lr=0.5), torch.device("cpu"), experiment, manager,
-                      show_progress=False)
+    trainer = Trainer(
+        model,
+        train_loader,
+        val_loader,
+        torch.nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.5),
+        torch.device("cpu"),
+        experiment,
+        manager,
+        show_progress=False,
+    )
     trainer.train(epochs=6)
     accuracies = trainer.history["val_accuracy"]
     assert len(set(accuracies)) > 1, "the data must make the accuracy move"
@@ -476,9 +498,21 @@ def _recipe_trainer(runs: Path, amp) -> Trainer:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=4 * len(train_loader))
     experiment = ExperimentManager(base_dir=str(runs), lock=False)
-    return Trainer(model, train_loader, val_loader, torch.nn.CrossEntropyLoss(), optimizer, torch.device("cpu"),
-                   experiment, CheckpointManager(experiment.checkpoints_dir, save_frequency=1, keep_last=2),
-                   scheduler=scheduler, show_progress=False, ema_decay=0.9, amp=amp, checkpoint_interval=1e-6)
+    return Trainer(
+        model,
+        train_loader,
+        val_loader,
+        torch.nn.CrossEntropyLoss(),
+        optimizer,
+        torch.device("cpu"),
+        experiment,
+        CheckpointManager(experiment.checkpoints_dir, save_frequency=1, keep_last=2),
+        scheduler=scheduler,
+        show_progress=False,
+        ema_decay=0.9,
+        amp=amp,
+        checkpoint_interval=1e-6,
+    )
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

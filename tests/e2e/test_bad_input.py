@@ -20,7 +20,10 @@ from tests.helpers import tree_hashes
 
 TINY_MODEL = ("--model", "mlp", "--model-option", "hidden_sizes=[16]", "--quiet")
 SYNTHETIC = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--quiet")
-MLP, MYNET = ("--model", "mlp", "--model-option", "hidden_sizes=[16]"), ("--model", "mynet", "--model-option", "width=2")
+MLP, MYNET = (
+    ("--model", "mlp", "--model-option", "hidden_sizes=[16]"),
+    ("--model", "mynet", "--model-option", "width=2"),
+)
 IMAGE_HEADER, LABEL_HEADER = 16, 8  # IDX header bytes of the image and label files
 
 
@@ -60,6 +63,7 @@ def assert_no_experiment(runs: Path) -> None:
 
 # -- case 3: a label outside the class range ------------------------------------------
 
+
 def test_out_of_range_label_is_one_line_naming_file_count_and_index(tmp_path):
     data = mnist_copy(tmp_path / "data")
     labels = data / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
@@ -69,8 +73,9 @@ def test_out_of_range_label_is_one_line_naming_file_count_and_index(tmp_path):
         raw[LABEL_HEADER + 2000] = 10  # one past the last class counts too
 
     edit_idx(labels, damage)
-    result = run_cli("--dataset", "mnist", "--data-dir", str(data), "--epochs", "1", *TINY_MODEL,
-                     cwd=tmp_path, check=False)
+    result = run_cli(
+        "--dataset", "mnist", "--data-dir", str(data), "--epochs", "1", *TINY_MODEL, cwd=tmp_path, check=False
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     line = assert_one_clear_line(result, str(labels), "2 labels", "index 17", "0..9")
     assert line.startswith("Error:")
@@ -78,6 +83,7 @@ def test_out_of_range_label_is_one_line_naming_file_count_and_index(tmp_path):
 
 
 # -- case 4: a resume must train on the data it started with ---------------------------
+
 
 @pytest.mark.slow
 def test_resume_refuses_changed_data_fork_records_both_identical_copy_resumes(tmp_path):
@@ -107,8 +113,10 @@ def test_resume_refuses_changed_data_fork_records_both_identical_copy_resumes(tm
     assert lineage["parent"] == "exp1"
     assert lineage["parent_data_fingerprint"] == recorded
     assert lineage["data_fingerprint"]["sha256"] != recorded["sha256"]
-    assert lineage["data_fingerprint"] == json.loads((tmp_path / "runs" / "exp2" / "config.json").read_text())[
-        "data_fingerprint"]
+    assert (
+        lineage["data_fingerprint"]
+        == json.loads((tmp_path / "runs" / "exp2" / "config.json").read_text())["data_fingerprint"]
+    )
     assert tree_hashes(exp1) == before, "a fork changed its parent"
     assert line.count(lineage["data_fingerprint"]["sha256"][:12]) == 1
 
@@ -124,14 +132,22 @@ BAD_OPTIONS = {
     "width=-3": (("--model", "mynet", "--model-option", "width=-3"), ("width", ">= 1", "-3")),
     "width=0": (("--model", "mynet", "--model-option", "width=0"), ("width", ">= 1", "got 0")),
     "hidden_sizes=[-3]": (("--model", "mlp", "--model-option", "hidden_sizes=[-3]"), ("hidden_sizes", ">= 1", "[-3]")),
-    "hidden_sizes=abc": (("--model", "mlp", "--model-option", "hidden_sizes=abc"), ("hidden_sizes", "list of integers", "'abc'")),
+    "hidden_sizes=abc": (
+        ("--model", "mlp", "--model-option", "hidden_sizes=abc"),
+        ("hidden_sizes", "list of integers", "'abc'"),
+    ),
     "input_shape=[1,28,14]": ((*MLP, "--dataset-option", "input_shape=[1,28,14]"), ("mlp", "28x14", "square")),
     "num_samples=100.5": ((*MLP, "--dataset-option", "num_samples=100.5"), ("num_samples", ">= 1", "100.5")),
-    "num_samples=100000000": ((*MLP, "--dataset-option", "num_samples=100000000"), ("num_samples", "limit", "num_samples <=")),
+    "num_samples=100000000": (
+        (*MLP, "--dataset-option", "num_samples=100000000"),
+        ("num_samples", "limit", "num_samples <="),
+    ),
     "seed=2**64": ((*MLP, "--seed", "18446744073709551616"), ("seed", "2**63-1", "18446744073709551616")),
     "--threads 0": ((*MLP, "--threads", "0"), ("threads", "1 to 1024", "got 0")),
-    "--augment crop-flip --no-augment": ((*MLP, "--augment", "crop-flip", "--no-augment"),
-                                         ("--no-augment", "crop-flip", "contradict")),
+    "--augment crop-flip --no-augment": (
+        (*MLP, "--augment", "crop-flip", "--no-augment"),
+        ("--no-augment", "crop-flip", "contradict"),
+    ),
     "seed=-1": ((*MLP, "--seed", "-1"), ("seed", "non-negative", "-1")),
     # Beyond the issue's list: options that collide with what the run sets itself.
     "dataset seed": ((*MLP, "--dataset-option", "seed=5"), ("--dataset-option seed", "--seed")),
@@ -152,6 +168,7 @@ def test_bad_option_is_one_line_exit_2_and_no_experiment(tmp_path, args, needles
 
 # -- beyond the issue: a fork onto other data never continues the parent's data order ----
 
+
 def test_fork_of_a_mid_epoch_parent_onto_other_data_trains_a_whole_epoch_of_it(tmp_path, monkeypatch):
     """The parent stopped inside epoch 1 at batch 50 of 63 (4,000 images); the fork's
     --data-dir holds 2,000 (32 batches). The fork must train those 32 batches, not resume
@@ -161,10 +178,14 @@ def test_fork_of_a_mid_epoch_parent_onto_other_data_trains_a_whole_epoch_of_it(t
 
     mnist_copy(tmp_path / "A")
     smaller = mnist_copy(tmp_path / "B") / "MNIST" / "raw"
-    for name, header, size in (("train-images-idx3-ubyte.gz", IMAGE_HEADER, 784), ("train-labels-idx1-ubyte.gz", LABEL_HEADER, 1)):
+    for name, header, size in (
+        ("train-images-idx3-ubyte.gz", IMAGE_HEADER, 784),
+        ("train-labels-idx1-ubyte.gz", LABEL_HEADER, 1),
+    ):
+
         def keep_2000(raw: bytearray, header=header, size=size) -> None:
             raw[4:8] = (2000).to_bytes(4, "big")
-            del raw[header + 2000 * size:]
+            del raw[header + 2000 * size :]
 
         edit_idx(smaller / name, keep_2000)
     original, saves = Saver.save_mid_epoch, []
@@ -177,8 +198,15 @@ def test_fork_of_a_mid_epoch_parent_onto_other_data_trains_a_whole_epoch_of_it(t
 
     monkeypatch.setattr(Saver, "save_mid_epoch", save_then_crash)
     runs, quiet = str(tmp_path / "runs"), {"show_progress": False, "log": lambda *a: None}
-    overrides = {"dataset": "mnist", "data_dir": str(tmp_path / "A"), "model": "mlp", "model_options": {"hidden_sizes": [16]},
-                 "epochs": 1, "device": "cpu", "checkpoint_interval": 1e-9}
+    overrides = {
+        "dataset": "mnist",
+        "data_dir": str(tmp_path / "A"),
+        "model": "mlp",
+        "model_options": {"hidden_sizes": [16]},
+        "epochs": 1,
+        "device": "cpu",
+        "checkpoint_interval": 1e-9,
+    }
     with pytest.raises(RuntimeError, match="crash"):
         run_training(overrides, runs_dir=runs, **quiet)
     monkeypatch.setattr(Saver, "save_mid_epoch", original)

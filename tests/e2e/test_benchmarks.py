@@ -11,8 +11,14 @@ from tests.helpers import HANG_TIMEOUT, REPO_ROOT, cli_env
 
 
 def run_benchmark(name: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *args], cwd=REPO_ROOT,
-                            env=cli_env(), capture_output=True, text=True, timeout=HANG_TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / name), *args],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

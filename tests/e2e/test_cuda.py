@@ -22,9 +22,18 @@ def make(tmp_path, **options):
     train_loader, val_loader = data.get_dataloaders(batch_size=64, device=device)
     model = ModelRegistry.create("mynet", num_classes=4, input_size=16, width=8).to(device)
     experiment = ExperimentManager(base_dir=str(tmp_path), lock=False)
-    return Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(),
-                   torch.optim.AdamW(model.parameters(), lr=3e-3), device, experiment,
-                   CheckpointManager(experiment.checkpoints_dir, save_frequency=1), show_progress=False, **options)
+    return Trainer(
+        model,
+        train_loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        torch.optim.AdamW(model.parameters(), lr=3e-3),
+        device,
+        experiment,
+        CheckpointManager(experiment.checkpoints_dir, save_frequency=1),
+        show_progress=False,
+        **options,
+    )
 
 
 def test_get_device_prefers_cuda():
@@ -37,8 +46,17 @@ def test_loader_data_lives_on_the_gpu(tmp_path):
     assert images.is_cuda and labels.is_cuda and images.dtype == torch.float32
 
 
-@pytest.mark.parametrize("options", [{}, {"amp": "bf16"}, {"amp": "fp16"}, {"channels_last": True},
-                                     {"compile_model": True}, {"grad_accum_steps": 2, "grad_clip": 1.0}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"amp": "bf16"},
+        {"amp": "fp16"},
+        {"channels_last": True},
+        {"compile_model": True},
+        {"grad_accum_steps": 2, "grad_clip": 1.0},
+    ],
+)
 def test_trains_and_resumes_on_cuda(tmp_path, options):
     trainer = make(tmp_path / "a", **options)
     results = trainer.train(epochs=3)

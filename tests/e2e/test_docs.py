@@ -17,9 +17,21 @@ HANG_GUARD_S = 600  # mkdocs builds these pages in about a second; this only sto
 def test_manual_builds_strictly(tmp_path):
     site = tmp_path / "site"
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(REPO_ROOT / "mkdocs.yml"),
-         "--site-dir", str(site)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S,
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(REPO_ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}{result.stderr}"
     assert "WARNING" not in result.stderr, result.stderr

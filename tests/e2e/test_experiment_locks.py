@@ -98,6 +98,7 @@ def test_listing_never_takes_a_lock(real_runs, tmp_path, lock_holder, monkeypatc
 
     def refuse(*args, **kwargs):
         raise AssertionError("exptrain list called flock")
+
     monkeypatch.setattr(fcntl, "flock", refuse)
     monkeypatch.setattr(fcntl, "lockf", refuse)
     assert list_experiments(runs)[0]["state"] == "running"
@@ -112,8 +113,9 @@ def test_running_experiment_is_refused_unless_out_is_elsewhere(copy_runs, lock_h
     assert f"process {holder.pid} holds its lock" in err and "--out DIR" in err
     code, _, err = run_tool(capsys, "evaluate", "exp1", "--runs-dir", str(copy_runs), "--out", str(experiment / "x"))
     assert code == 2, "an --out inside the running experiment is refused too"
-    code, _, err = run_tool(capsys, "evaluate", "exp1", "--runs-dir", str(copy_runs), "--out", str(tmp_path / "ev"),
-                            "--mistakes", "2")
+    code, _, err = run_tool(
+        capsys, "evaluate", "exp1", "--runs-dir", str(copy_runs), "--out", str(tmp_path / "ev"), "--mistakes", "2"
+    )
     assert code == 0, err
     assert (tmp_path / "ev" / "evaluation.json").is_file()
     assert tree_hashes(experiment) == before
@@ -130,8 +132,13 @@ def test_eight_concurrent_creations_get_distinct_directories(tmp_path):
         runs = tmp_path / f"runs{round_number}"
         go = tmp_path / f"go{round_number}"
         processes = [
-            subprocess.Popen([sys.executable, "-c", _CREATE, str(runs), str(go)], cwd=REPO_ROOT,
-                             env=cli_env(), stdout=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [sys.executable, "-c", _CREATE, str(runs), str(go)],
+                cwd=REPO_ROOT,
+                env=cli_env(),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             for _ in range(8)
         ]
         assert all(p.stdout.readline().strip() == "ready" for p in processes)
@@ -145,8 +152,9 @@ def test_eight_concurrent_creations_get_distinct_directories(tmp_path):
 def test_second_resume_is_refused_and_a_dead_holder_does_not_block(tmp_path):
     runs = tmp_path / "runs"
     ExperimentManager(str(runs), lock=False)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(runs)], cwd=REPO_ROOT, env=cli_env(),
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(runs)], cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ExperimentError, match=rf"'exp1' is in use by process {holder.pid}"):

@@ -20,12 +20,29 @@ import pytest
 import torch
 
 from src.training.checkpoint import CheckpointManager, manifest_path
-from tests.helpers import (HANG_TIMEOUT, assert_same_final_state, load_checkpoint, log_epochs, run_cli,
-                           start_cli, wait_for_line)
+from tests.helpers import (
+    HANG_TIMEOUT,
+    assert_same_final_state,
+    load_checkpoint,
+    log_epochs,
+    run_cli,
+    start_cli,
+    wait_for_line,
+)
 
 # Augmentation, per-epoch redraws, a scheduler and early stopping all active.
-FULL = ("--dataset", "mnist-sample", "--reapply-transforms", "--scheduler", "cosine", "--patience", "10",
-        "--save-frequency", "1", "--quiet")
+FULL = (
+    "--dataset",
+    "mnist-sample",
+    "--reapply-transforms",
+    "--scheduler",
+    "cosine",
+    "--patience",
+    "10",
+    "--save-frequency",
+    "1",
+    "--quiet",
+)
 FAST = (*FULL, "--model", "mlp", "--batch-size", "16")
 SLOW = (*FULL, "--model", "lenet5", "--batch-size", "8")  # ~1 s epochs: room to land a signal mid-epoch
 # For runs extended with --epochs: a cosine schedule's length is fixed when the run starts.
@@ -37,7 +54,7 @@ def baselines(tmp_path_factory):
     """Uninterrupted reference runs, made once."""
     root = tmp_path_factory.mktemp("baselines")
     run_cli(*SLOW, "--epochs", "20", cwd=root)  # exp1
-    run_cli(*SLOW, "--epochs", "3", cwd=root)   # exp2
+    run_cli(*SLOW, "--epochs", "3", cwd=root)  # exp2
     run_cli(*EXTENDABLE, "--epochs", "4", cwd=root)  # exp3
     return {"slow20": root / "runs" / "exp1", "slow3": root / "runs" / "exp2", "fast4": root / "runs" / "exp3"}
 
@@ -176,7 +193,18 @@ def test_disk_full_during_save_stops_with_clear_error_and_keeps_older(tmp_path, 
 
 
 def test_patience_survives_resume(tmp_path):
-    args = ("--dataset", "mnist-sample", "--model", "mlp", "--no-augment", "--lr", "1e-12", "--patience", "3", "--quiet")
+    args = (
+        "--dataset",
+        "mnist-sample",
+        "--model",
+        "mlp",
+        "--no-augment",
+        "--lr",
+        "1e-12",
+        "--patience",
+        "3",
+        "--quiet",
+    )
     run_cli(*args, "--epochs", "3", cwd=tmp_path)  # epoch 1 best, then 2 epochs without improvement
     state = load_checkpoint(tmp_path / "runs" / "exp1" / "checkpoints" / "latest_checkpoint.pt")
     assert state["early_stopping"]["epochs_without_improvement"] == 2
@@ -212,8 +240,16 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path):
     _Payload.marker = marker
     torch.save({"model_state_dict": {}, "epoch": 99, "evil": _Payload()}, latest)
     data = latest.read_bytes()  # give it a matching manifest: only safe loading stands in the way
-    manifest_path(latest).write_text(json.dumps({"format_version": 1, "entries": [
-        {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "epoch": 99, "step": 10**6}]}))
+    manifest_path(latest).write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "entries": [
+                    {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "epoch": 99, "step": 10**6}
+                ],
+            }
+        )
+    )
     result = run_cli("--resume", "exp1", "--epochs", "3", cwd=tmp_path)
     assert "safe loading does not allow (posix.system)" in result.stdout or "(os.system)" in result.stdout
     assert "using epoch_2.pt" in result.stdout

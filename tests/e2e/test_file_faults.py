@@ -31,10 +31,28 @@ from src.training.checkpoint import CheckpointManager
 from tests.helpers import load_checkpoint, run_cli
 from tests.helpers import assert_same_final_state
 
-TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
-        "--model-option", "hidden_sizes=[16]", "--quiet")
-SMALL = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
-         "--model-option", "hidden_sizes=[2]", "--quiet")  # ~40 KB checkpoints, for the small disk
+TINY = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=64",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[16]",
+    "--quiet",
+)
+SMALL = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=64",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[2]",
+    "--quiet",
+)  # ~40 KB checkpoints, for the small disk
 PAGE = 4096
 
 
@@ -79,8 +97,11 @@ def log_records(experiment: Path):
 
 
 def tree_hashes(directory: Path):
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def non_finite_entries(value, where=""):
@@ -136,7 +157,7 @@ def test_divergence_after_good_epochs_stops_with_code_3_and_keeps_the_good_check
     assert f"Forked exp1 (epoch {bad_epoch - 1}" in forked.stdout
     child = tmp_path / "runs" / "exp2"
     assert [r["epoch"] for r in log_records(child)] == [1, 2, 3, 4]
-    assert [r["learning_rate"] for r in log_records(child)][bad_epoch - 1:] == [1e-3] * (5 - bad_epoch)
+    assert [r["learning_rate"] for r in log_records(child)][bad_epoch - 1 :] == [1e-3] * (5 - bad_epoch)
     assert_checkpoints_valid_and_finite(child / "checkpoints")
     assert tree_hashes(experiment) == parent, "the fork leaves the diverged parent as it was"
 
@@ -162,12 +183,25 @@ def test_divergence_in_the_first_epoch_saves_nothing(tmp_path, cli):
     assert not log.exists() or log_records(experiment) == []
 
 
-@pytest.mark.parametrize("args", [
-    ("--lr", "inf"), ("--lr", "nan"), ("--lr=-inf",), ("--lr", "1e400"), ("--grad-clip", "nan"),
-    ("--weight-decay", "inf"), ("--checkpoint-interval", "nan"), ("--dataset-option", "noise=NaN"),
-    ("--dataset-option", "noise=Infinity"), ("--dataset-option", "noise=-Infinity"), ("--dataset-option", "noise=1e999"),
-    ("--model-option", "dropout=NaN"), ("--model-option", "hidden_sizes=[16, NaN]"),
-], ids=lambda a: "_".join(a))
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--lr", "inf"),
+        ("--lr", "nan"),
+        ("--lr=-inf",),
+        ("--lr", "1e400"),
+        ("--grad-clip", "nan"),
+        ("--weight-decay", "inf"),
+        ("--checkpoint-interval", "nan"),
+        ("--dataset-option", "noise=NaN"),
+        ("--dataset-option", "noise=Infinity"),
+        ("--dataset-option", "noise=-Infinity"),
+        ("--dataset-option", "noise=1e999"),
+        ("--model-option", "dropout=NaN"),
+        ("--model-option", "hidden_sizes=[16, NaN]"),
+    ],
+    ids=lambda a: "_".join(a),
+)
 def test_non_finite_option_values_are_bad_input(tmp_path, cli, args):
     result = cli(*TINY, "--epochs", "1", *args)
     line = assert_one_line_error(result, 2)
@@ -186,6 +220,7 @@ def test_non_finite_override_on_a_fork_is_bad_input(tmp_path, cli):
 
 
 # -- 5: a full disk outside the checkpoint writer ---------------------------------------
+
 
 class SmallDisk:
     """The runs directory on a tiny tmpfs that fills up (another process writing) just
@@ -236,6 +271,7 @@ class SmallDisk:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 self.budget -= len(data)
             real_write(fd, data)
+
         return write
 
 
@@ -272,9 +308,16 @@ def small_disk(tmp_path, monkeypatch):
 
 
 def _kind(error: str) -> str:
-    for needle, kind in (("create a new experiment", "create"), ("create the runs directory", "create"),
-                         ("the status", "status"), ("save checkpoint", "checkpoint"), ("training log", "log"),
-                         ("training curves", "curves"), ("the configuration", "config"), ("Could not lock", "lock")):
+    for needle, kind in (
+        ("create a new experiment", "create"),
+        ("create the runs directory", "create"),
+        ("the status", "status"),
+        ("save checkpoint", "checkpoint"),
+        ("training log", "log"),
+        ("training curves", "curves"),
+        ("the configuration", "config"),
+        ("Could not lock", "lock"),
+    ):
         if needle in error:
             return kind
     return error
@@ -418,8 +461,10 @@ def test_fork_that_saved_no_checkpoint_restarts_from_its_parent(tmp_path, cli):
 
 # -- 6: resume after the checkpoints are gone --------------------------------------------
 
-@pytest.mark.parametrize("removed", ["pt files", "pt files and manifests", "checkpoints dir", "pt files and log",
-                                     "a fork's pt files"])
+
+@pytest.mark.parametrize(
+    "removed", ["pt files", "pt files and manifests", "checkpoints dir", "pt files and log", "a fork's pt files"]
+)
 def test_resume_without_checkpoints_is_refused_and_changes_nothing(tmp_path, cli, removed):
     name, epochs = "exp1", 2
     if removed.startswith("a fork"):  # a fork's own progress is not replaced by a restart from its parent
@@ -450,11 +495,16 @@ def test_resume_without_checkpoints_is_refused_and_changes_nothing(tmp_path, cli
 
 # -- 7: a manifest's claims are checked against the payload -----------------------------
 
-@pytest.mark.parametrize("target,claim,newest", [
-    ("epoch_1.pt", {"epoch": 99}, True), ("epoch_2.pt", {"epoch": 3, "step": 99}, True),
-    ("latest_checkpoint.pt", {"epoch": 99}, True),
-    ("latest_checkpoint.pt", {"epoch": 1, "step": 1}, False),  # an older claim: passed over, never used
-])
+
+@pytest.mark.parametrize(
+    "target,claim,newest",
+    [
+        ("epoch_1.pt", {"epoch": 99}, True),
+        ("epoch_2.pt", {"epoch": 3, "step": 99}, True),
+        ("latest_checkpoint.pt", {"epoch": 99}, True),
+        ("latest_checkpoint.pt", {"epoch": 1, "step": 1}, False),  # an older claim: passed over, never used
+    ],
+)
 def test_manifest_claim_that_disagrees_with_the_payload_is_damage(tmp_path, cli, target, claim, newest):
     assert cli(*TINY, "--epochs", "3", "--save-frequency", "1").returncode == 0
     checkpoints = tmp_path / "runs" / "exp1" / "checkpoints"
@@ -514,9 +564,16 @@ def test_best_model_accuracy_claim_the_file_does_not_back_never_blocks_a_better_
 
 # -- 8: valid JSON of the wrong shape, directories where files belong --------------------
 
-SHAPES = {"list": "[1, 2]", "null": "null", "string": '"hello"', "epochs_text": '{"epochs": "ten"}',
-          "text_for_number": '{"epoch": "2", "step": "x", "state": 5, "entries": [{"sha256": 1}]}',
-          "nan": '{"epoch": NaN, "lr": NaN, "state": NaN}', "empty": "", "directory": None}
+SHAPES = {
+    "list": "[1, 2]",
+    "null": "null",
+    "string": '"hello"',
+    "epochs_text": '{"epochs": "ten"}',
+    "text_for_number": '{"epoch": "2", "step": "x", "state": 5, "entries": [{"sha256": 1}]}',
+    "nan": '{"epoch": NaN, "lr": NaN, "state": NaN}',
+    "empty": "",
+    "directory": None,
+}
 
 
 @pytest.fixture(scope="module")
@@ -541,8 +598,16 @@ def _damage(path: Path, shape: str, log_line: bool = False) -> None:
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("target", ["config.json", "status.json", "lineage.json",
-                                    "checkpoints/latest_checkpoint.pt.manifest.json", "training_log.jsonl"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "config.json",
+        "status.json",
+        "lineage.json",
+        "checkpoints/latest_checkpoint.pt.manifest.json",
+        "training_log.jsonl",
+    ],
+)
 def test_wrong_shape_file_is_a_warning_or_one_clear_error(tmp_path, cli, shaped_template, target, shape):
     runs = tmp_path / "runs"
     shutil.copytree(shaped_template, runs)
@@ -575,8 +640,16 @@ def test_wrong_shape_file_is_a_warning_or_one_clear_error(tmp_path, cli, shaped_
     assert_checkpoints_valid_and_finite(experiment / "checkpoints")
 
 
-@pytest.mark.parametrize("target", ["training_curves.png", ".lock", "checkpoints/best_model.pt",
-                                    "checkpoints/latest_checkpoint.pt", "checkpoints/epoch_3.pt.manifest.json"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "training_curves.png",
+        ".lock",
+        "checkpoints/best_model.pt",
+        "checkpoints/latest_checkpoint.pt",
+        "checkpoints/epoch_3.pt.manifest.json",
+    ],
+)
 def test_directory_where_a_run_file_belongs_is_refused_before_training(tmp_path, cli, shaped_template, target):
     runs = tmp_path / "runs"
     shutil.copytree(shaped_template, runs)
@@ -602,11 +675,15 @@ def test_file_where_checkpoints_belong_is_one_clear_error(tmp_path, cli, shaped_
     assert tree_hashes(runs) == before and sorted(p.name for p in runs.iterdir()) == ["exp1", "exp2"]
 
 
-@pytest.mark.parametrize("record", [
-    '{"epoch": Infinity, "train_loss": 1, "train_accuracy": 1, "val_loss": 1, "val_accuracy": 1, "learning_rate": 1, "epoch_time": 1}',
-    '{"epoch": 2.5, "train_loss": 1, "train_accuracy": 1, "val_loss": 1, "val_accuracy": 1, "learning_rate": 1, "epoch_time": 1}',
-    '{"epoch": 2, "train_loss": NaN, "train_accuracy": 1, "val_loss": 1, "val_accuracy": 1, "learning_rate": 1, "epoch_time": 1}',
-], ids=["epoch_infinity", "epoch_fraction", "loss_nan"])
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"epoch": Infinity, "train_loss": 1, "train_accuracy": 1, "val_loss": 1, "val_accuracy": 1, "learning_rate": 1, "epoch_time": 1}',
+        '{"epoch": 2.5, "train_loss": 1, "train_accuracy": 1, "val_loss": 1, "val_accuracy": 1, "learning_rate": 1, "epoch_time": 1}',
+        '{"epoch": 2, "train_loss": NaN, "train_accuracy": 1, "val_loss": 1, "val_accuracy": 1, "learning_rate": 1, "epoch_time": 1}',
+    ],
+    ids=["epoch_infinity", "epoch_fraction", "loss_nan"],
+)
 def test_log_line_with_non_finite_or_fractional_numbers_is_damage(tmp_path, cli, shaped_template, record):
     runs = tmp_path / "runs"
     shutil.copytree(shaped_template, runs)
@@ -630,6 +707,7 @@ def test_stale_staging_directory_with_an_impossible_pid_does_not_block_new_runs(
 
 # -- 9: bad locations ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def read_only_dir(tmp_path, monkeypatch):
     """A directory nobody may write to: a read-only tmpfs, else a mode the user cannot
@@ -642,8 +720,13 @@ def read_only_dir(tmp_path, monkeypatch):
             target.chmod(0o555)
         else:
             real_access = os.access
-            monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p).resolve() == target.resolve()
-                                and mode & os.W_OK else real_access(p, mode, *a, **k))
+            monkeypatch.setattr(
+                os,
+                "access",
+                lambda p, mode, *a, **k: (
+                    False if Path(p).resolve() == target.resolve() and mode & os.W_OK else real_access(p, mode, *a, **k)
+                ),
+            )
     try:
         yield target
     finally:
@@ -658,9 +741,15 @@ def test_runs_dir_that_cannot_hold_experiments_is_refused_before_loading_data(tm
     os.symlink(tmp_path / "nowhere" / "dir", tmp_path / "dangling")
     os.symlink("loop", tmp_path / "loop")
     cases = {
-        "afile": "is a file, not a directory", "afile/x": "afile is a file", "afile/x/y": "afile is a file",
-        "ro": "is not writable", "ro/sub": "is not writable", "dangling": "broken symbolic link",
-        "dangling/x": "broken symbolic link", "loop/x": "broken symbolic link", "x" * 300: "File name too long",
+        "afile": "is a file, not a directory",
+        "afile/x": "afile is a file",
+        "afile/x/y": "afile is a file",
+        "ro": "is not writable",
+        "ro/sub": "is not writable",
+        "dangling": "broken symbolic link",
+        "dangling/x": "broken symbolic link",
+        "loop/x": "broken symbolic link",
+        "x" * 300: "File name too long",
     }
     for runs_dir, message in cases.items():
         for extra in ((), ("--resume", "exp1"), ("--fork", "exp1")):
@@ -669,8 +758,12 @@ def test_runs_dir_that_cannot_hold_experiments_is_refused_before_loading_data(tm
             if not extra:
                 assert message in line, (runs_dir, line)
             assert "Data:" not in result.stdout, (runs_dir, "refused before any data is loaded")
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == \
-        ["afile", "dangling", "loop", "ro"], "nothing was created"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "afile",
+        "dangling",
+        "loop",
+        "ro",
+    ], "nothing was created"
 
 
 def test_data_dir_that_is_a_file_is_refused_before_loading_data(tmp_path, cli, monkeypatch):
@@ -689,6 +782,7 @@ def test_data_dir_that_is_a_file_is_refused_before_loading_data(tmp_path, cli, m
 
 # -- 13: extending a finished schedule ---------------------------------------------------
 
+
 def _learning_rates(experiment: Path):
     return [r["learning_rate"] for r in log_records(experiment)]
 
@@ -706,13 +800,13 @@ def test_finished_schedule_is_refused_on_resume_and_replanned_by_fork(tmp_path, 
     assert cli("--fork", "exp1", "--epochs", 2 * epochs).returncode == 0
     rates = _learning_rates(tmp_path / "runs" / "exp2")
     assert rates[:epochs] == _learning_rates(experiment)
-    assert rates[epochs:epochs + 2] == pytest.approx(extended), rates
+    assert rates[epochs : epochs + 2] == pytest.approx(extended), rates
     assert all(rate > 0 for rate in rates) and rates[epochs] > rates[epochs - 1], "a new plan from the lr, never lr 0"
     if scheduler == "cosine":  # cosine over the 2 new epochs: lr * (1 + cos(pi * t / 2)) / 2
         assert rates[2:] == pytest.approx([1e-3 * (1 + math.cos(math.pi * t / 2)) / 2 for t in range(2)])
     forked = cli("--fork", "exp1", "--epochs", 2 * epochs, "--lr", "0.01")
     assert forked.returncode == 0
-    assert _learning_rates(tmp_path / "runs" / "exp3")[epochs:epochs + 2] == pytest.approx([10 * r for r in extended])
+    assert _learning_rates(tmp_path / "runs" / "exp3")[epochs : epochs + 2] == pytest.approx([10 * r for r in extended])
 
 
 def test_finished_onecycle_is_replanned_by_fork_over_the_steps_left(tmp_path, cli):

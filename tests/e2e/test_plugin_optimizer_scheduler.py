@@ -37,15 +37,30 @@ def plainsgd(parameters, lr, weight_decay):
 def decay(optimizer, epochs, steps_per_epoch):
     return Decay(optimizer, lambda step: 0.97 ** step)
 '''
-TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=96", "--model", "mlp",
-        "--model-option", "hidden_sizes=[8]", "--quiet", "--checkpoint-interval", "0", "--batch-size", "16")
+TINY = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=96",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[8]",
+    "--quiet",
+    "--checkpoint-interval",
+    "0",
+    "--batch-size",
+    "16",
+)
 
 
 @pytest.fixture
 def clean_optim_registries():
     """Undo the plug-in's registrations and imports (as if the next test ran in a new process)."""
-    saved = {registry: (dict(registry._entries), dict(registry._metadata))
-             for registry in (OptimizerRegistry, SchedulerRegistry)}
+    saved = {
+        registry: (dict(registry._entries), dict(registry._metadata))
+        for registry in (OptimizerRegistry, SchedulerRegistry)
+    }
     loaded, modules = dict(plugins._loaded), set(sys.modules)
     yield
     for registry, (entries, metadata) in saved.items():
@@ -78,7 +93,9 @@ def test_a_plugin_optimizer_and_scheduler_train_and_resume_exactly(tmp_path, mon
         assert torch.equal(value, b["model_state_dict"][key]), key
     # The scheduler was stepped after every optimizer step (per_step): 6 batches x 3 epochs.
     assert a["scheduler_state_dict"]["last_epoch"] == b["scheduler_state_dict"]["last_epoch"] == 18
-    assert a["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.97 ** 18)
-    logs = [[json.loads(line)["val_loss"] for line in (e / "training_log.jsonl").read_text().splitlines()]
-            for e in (straight, resumed)]
+    assert a["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.97**18)
+    logs = [
+        [json.loads(line)["val_loss"] for line in (e / "training_log.jsonl").read_text().splitlines()]
+        for e in (straight, resumed)
+    ]
     assert logs[0] == logs[1] and len(logs[0]) == 3

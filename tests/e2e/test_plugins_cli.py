@@ -15,17 +15,31 @@ QUIET = ("--quiet",)
 
 # -- end to end, as the README shows it --------------------------------------------------
 
+
 @pytest.mark.slow
 def test_readme_example_learns_and_resume_reimports_it_by_itself(tmp_path):
     runs = tmp_path / "runs"
-    first = run_cli("--import", "examples/plugin_example.py", "--model", "tiny_cnn", "--dataset", "stripes",
-                    "--epochs", "2", "--runs-dir", str(runs), *QUIET, cwd=REPO_ROOT)
+    first = run_cli(
+        "--import",
+        "examples/plugin_example.py",
+        "--model",
+        "tiny_cnn",
+        "--dataset",
+        "stripes",
+        "--epochs",
+        "2",
+        "--runs-dir",
+        str(runs),
+        *QUIET,
+        cwd=REPO_ROOT,
+    )
     experiment = runs / "exp1"
     assert "Model: tiny_cnn" in first.stdout and "Data: stripes" in first.stdout
     assert log_records(experiment)[-1]["val_accuracy"] > 90.0
     config = json.loads((experiment / "config.json").read_text())
-    assert config["imports"] == [{"module": "examples/plugin_example.py", "path": str(EXAMPLE.resolve()),
-                                  "sha256": sha256(EXAMPLE)}]
+    assert config["imports"] == [
+        {"module": "examples/plugin_example.py", "path": str(EXAMPLE.resolve()), "sha256": sha256(EXAMPLE)}
+    ]
 
     resumed = run_cli("--resume", "exp1", "--epochs", "3", "--runs-dir", str(runs), *QUIET, cwd=tmp_path)
     assert "Resuming exp1 from latest_checkpoint.pt at epoch 2" in resumed.stdout
@@ -39,5 +53,6 @@ def test_plugin_that_raises_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "Error: plug-in broken.py failed to import: KeyError: 'width' (broken.py, line 4); fix it and try again "
-        "(set EXPTRAIN_DEBUG=1 for the traceback).")
+        "(set EXPTRAIN_DEBUG=1 for the traceback)."
+    )
     assert not (tmp_path / "runs").exists()

@@ -67,8 +67,14 @@ def test_python_resume_never_overwrites_the_better_best_model(tmp_path):
     best_file = experiment / "checkpoints" / "best_model.pt"
     best_bytes = best_file.read_bytes()
     best_manifest = (experiment / "checkpoints" / "best_model.pt.manifest.json").read_bytes()
-    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT], cwd=tmp_path, env=cli_env(),
-                            capture_output=True, text=True, timeout=HANG_TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "-c", RESUME_SCRIPT],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = json.loads(result.stdout.split("RESULT ", 1)[1])
     assert out["known_best"] == first["best_accuracy"], "CheckpointManager must read the best so far from its files"
@@ -84,8 +90,20 @@ def test_python_resume_never_overwrites_the_better_best_model(tmp_path):
 
 
 def test_bare_cli_fork_of_a_finished_parent_trains_its_budget_again(tmp_path):
-    run_cli("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
-            "--model-option", "hidden_sizes=[16]", "--quiet", "--epochs", "2", cwd=tmp_path)
+    run_cli(
+        "--dataset",
+        "synthetic",
+        "--dataset-option",
+        "num_samples=64",
+        "--model",
+        "mlp",
+        "--model-option",
+        "hidden_sizes=[16]",
+        "--quiet",
+        "--epochs",
+        "2",
+        cwd=tmp_path,
+    )
     before = tree_hashes(tmp_path / "runs" / "exp1")
     forked = run_cli("--fork", "exp1", cwd=tmp_path)
     assert "Epoch 3/4" in forked.stdout and "Epoch 4/4" in forked.stdout and "Done: 4 epochs" in forked.stdout
@@ -105,12 +123,25 @@ def test_python_run_has_the_cli_config_schema_and_resumes_and_forks_from_train_p
     assert python_config["dataset"] == "mnist-sample" and python_config["model"] == "mlp"
     assert python_config["model_options"] == {"hidden_sizes": [16], "dropout": 0.0} and python_config["epochs"] == 2
 
-    run_cli("--dataset", "mnist-sample", "--model", "mlp", "--model-option", "hidden_sizes=[16]", "--quiet",
-            "--epochs", "1", "--runs-dir", str(tmp_path / "cli_runs"), cwd=tmp_path)
+    run_cli(
+        "--dataset",
+        "mnist-sample",
+        "--model",
+        "mlp",
+        "--model-option",
+        "hidden_sizes=[16]",
+        "--quiet",
+        "--epochs",
+        "1",
+        "--runs-dir",
+        str(tmp_path / "cli_runs"),
+        cwd=tmp_path,
+    )
     cli_config = json.loads((tmp_path / "cli_runs" / "exp1" / "config.json").read_text())
     assert set(python_config) == set(cli_config)
     assert {k: type(v) for k, v in python_config.items() if v is not None} == {
-        k: type(cli_config[k]) for k, v in python_config.items() if v is not None}
+        k: type(cli_config[k]) for k, v in python_config.items() if v is not None
+    }
 
     # Forks from the checkpoint the Python run wrote (no --epochs: the parent's budget again).
     forked = run_cli("--fork", "exp1", "--lr", "1e-4", cwd=tmp_path)

@@ -27,7 +27,11 @@ def test_quickstart_runs_and_returns_every_key(tmp_path, shared_data):
     assert "epochs=2)" in code
     code += "\nimport json\nprint('RESULTS', json.dumps({k: v for k, v in results.items() if k != 'history'}))\n"
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_TIMEOUT,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT,
         env=cli_env(EXPTRAIN_DATA_DIR=str(shared_data)),
     )
     assert result.returncode == 0, result.stderr
@@ -35,7 +39,14 @@ def test_quickstart_runs_and_returns_every_key(tmp_path, shared_data):
     import json
 
     results = json.loads(result.stdout.split("RESULTS ", 1)[1])
-    assert set(results) == {"epochs_trained", "best_accuracy", "training_time", "experiment_dir", "stopped_early", "best_epoch"}
+    assert set(results) == {
+        "epochs_trained",
+        "best_accuracy",
+        "training_time",
+        "experiment_dir",
+        "stopped_early",
+        "best_epoch",
+    }
     assert results["epochs_trained"] == 2 and results["best_accuracy"] > 90 and not results["stopped_early"]
     experiment = tmp_path / "runs" / "exp1"
     assert (experiment / "checkpoints" / "epoch_1.pt").exists() and (experiment / "checkpoints" / "epoch_2.pt").exists()

@@ -27,12 +27,39 @@ from src.training import CheckpointManager, ExperimentManager, Trainer
 from src.training.evaluation import evaluation_forward
 from tests.helpers import REPO_ROOT, assert_same_final_state, assert_same_weights, load_checkpoint
 
-DATA = ("--dataset", "synthetic", "--dataset-option", "num_samples=192", "--dataset-option", "num_classes=4",
-        "--dataset-option", "input_shape=[3,12,12]", "--batch-size", "16", "--quiet")
+DATA = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=192",
+    "--dataset-option",
+    "num_classes=4",
+    "--dataset-option",
+    "input_shape=[3,12,12]",
+    "--batch-size",
+    "16",
+    "--quiet",
+)
 MLP = ("--model", "mlp", "--model-option", "hidden_sizes=[32]")
 # Every recipe option at once, on colour images (crop-flip: flips allowed).
-RECIPE = (*DATA, *MLP, "--augment", "crop-flip", "--reapply-transforms", "--label-smoothing", "0.1",
-          "--ema", "0.9", "--scheduler", "onecycle", "--warmup-epochs", "2", "--tta-flip", "--lr", "3e-3")
+RECIPE = (
+    *DATA,
+    *MLP,
+    "--augment",
+    "crop-flip",
+    "--reapply-transforms",
+    "--label-smoothing",
+    "0.1",
+    "--ema",
+    "0.9",
+    "--scheduler",
+    "onecycle",
+    "--warmup-epochs",
+    "2",
+    "--tta-flip",
+    "--lr",
+    "3e-3",
+)
 OLD_EXPERIMENT = REPO_ROOT / "tests" / "data" / "mynet_v1_experiment"
 
 
@@ -72,16 +99,36 @@ def make_trainer(tmp_path, **options):
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=4 * len(train_loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=options.pop("label_smoothing", 0.0))
     experiment = ExperimentManager(base_dir=str(tmp_path / "runs"), lock=False)
-    return Trainer(model, train_loader, val_loader, criterion, optimizer, torch.device("cpu"), experiment,
-                   CheckpointManager(experiment.checkpoints_dir), scheduler=scheduler, show_progress=False,
-                   handle_signals=False, **options)
+    return Trainer(
+        model,
+        train_loader,
+        val_loader,
+        criterion,
+        optimizer,
+        torch.device("cpu"),
+        experiment,
+        CheckpointManager(experiment.checkpoints_dir),
+        scheduler=scheduler,
+        show_progress=False,
+        handle_signals=False,
+        **options,
+    )
 
 
 # -- they learn --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options", [
-    {"label_smoothing": 0.2}, {"ema_decay": 0.9}, {"scheduler": "onecycle"}, {"warmup_epochs": 2}, {"tta_flip": True},
-], ids=["label-smoothing", "ema", "onecycle", "warmup", "tta-flip"])
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"label_smoothing": 0.2},
+        {"ema_decay": 0.9},
+        {"scheduler": "onecycle"},
+        {"warmup_epochs": 2},
+        {"tta_flip": True},
+    ],
+    ids=["label-smoothing", "ema", "onecycle", "warmup", "tta-flip"],
+)
 def test_each_option_learns(tmp_path, options):
     trainer = make_trainer(tmp_path, **options)
     results = trainer.train(epochs=4)
@@ -125,7 +172,9 @@ def test_all_recipe_options_resume_bit_exact_after_a_mid_epoch_signal(tmp_path, 
     assert_same_weights(mine["ema_state_dict"]["training_model"], theirs["ema_state_dict"]["training_model"])
     assert mine["ema_state_dict"]["updates"] == theirs["ema_state_dict"]["updates"] == 3 * steps_per_epoch
     assert mine["warmup"] == theirs["warmup"]
-    assert history(stopped) == [{**r, "epoch_time": h["epoch_time"]} for r, h in zip(history(straight), history(stopped))]
+    assert history(stopped) == [
+        {**r, "epoch_time": h["epoch_time"]} for r, h in zip(history(straight), history(stopped))
+    ]
     best = load_checkpoint(stopped / "exp1" / "checkpoints" / "best_model.pt")
     assert "ema_state_dict" in best and best["accuracy"] == max(r["val_accuracy"] for r in history(straight))
 
@@ -144,14 +193,30 @@ def test_new_runs_record_mynet_version_2_and_old_experiments_resume_exactly(tmp_
     resumed, reference = latest(runs), load_checkpoint(OLD_EXPERIMENT / "reference_epoch2.pt")
     assert resumed["model_config"] == reference["model_config"] and resumed["epoch"] == 2
     assert {k: v.shape for k, v in resumed["model_state_dict"].items()} == {
-        k: v.shape for k, v in reference["model_state_dict"].items()}
+        k: v.shape for k, v in reference["model_state_dict"].items()
+    }
     assert cli(runs, "--resume", "exp1", "--epochs", "3", "--quiet") == 0
     assert_same_final_state(runs / "exp1", straight / "exp1")
     assert "version" not in latest(runs)["model_config"]
     assert json.loads((runs / "exp1" / "config.json").read_text())["amp"] is None  # stays float32
     # a new run of the same configuration is version 2, and says which precision it uses
-    assert cli(runs, "--dataset", "synthetic", "--dataset-option", "num_samples=96", "--model-option", "width=2",
-               "--batch-size", "32", "--epochs", "1", "--quiet") == 0
+    assert (
+        cli(
+            runs,
+            "--dataset",
+            "synthetic",
+            "--dataset-option",
+            "num_samples=96",
+            "--model-option",
+            "width=2",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--quiet",
+        )
+        == 0
+    )
     config = json.loads((runs / "exp2" / "config.json").read_text())
     assert config["model_options"] == {"width": 2, "version": 2} and config["amp"] == "auto"
     assert latest(runs, "exp2")["model_config"]["version"] == 2
@@ -164,9 +229,23 @@ def test_new_runs_record_mynet_version_2_and_old_experiments_resume_exactly(tmp_
 
 
 def test_mynet_version_3_learns_and_resumes_bit_exact_after_a_mid_epoch_signal(tmp_path, monkeypatch):
-    recipe = (*DATA, "--dataset-option", "input_shape=[1,16,16]", "--model-option", "version=3",
-              "--model-option", "width=4", "--model-option", "hidden=16", "--scheduler", "onecycle",
-              "--lr", "1e-2", "--epochs", "3")
+    recipe = (
+        *DATA,
+        "--dataset-option",
+        "input_shape=[1,16,16]",
+        "--model-option",
+        "version=3",
+        "--model-option",
+        "width=4",
+        "--model-option",
+        "hidden=16",
+        "--scheduler",
+        "onecycle",
+        "--lr",
+        "1e-2",
+        "--epochs",
+        "3",
+    )
     straight, stopped = tmp_path / "a", tmp_path / "b"
     assert cli(straight, *recipe) == 0
     assert latest(straight)["model_config"]["version"] == 3

@@ -21,7 +21,23 @@ from tests.helpers import HANG_TIMEOUT, REPO_ROOT
 SCRIPTS = ("run", "test", "scripts/ensure-venv", ".ci/run")
 # What the set-up runs besides Python; the scratch PATH holds only these (and the shims),
 # so no Python of this machine is found by accident.
-TOOLS = ("sh", "bash", "dirname", "cat", "mkdir", "rm", "df", "awk", "sed", "grep", "head", "tail", "cksum", "flock", "cp")
+TOOLS = (
+    "sh",
+    "bash",
+    "dirname",
+    "cat",
+    "mkdir",
+    "rm",
+    "df",
+    "awk",
+    "sed",
+    "grep",
+    "head",
+    "tail",
+    "cksum",
+    "flock",
+    "cp",
+)
 
 # A venv's python: records its arguments, answers pip (FAKE_PIP_RC, FAKE_PIP_OUTPUT), and
 # runs everything else with the real interpreter.
@@ -97,12 +113,24 @@ def repo(tmp_path):
             self.env["FAKE_VERSION"] = version
 
         def __init__(self):
-            self.env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "SHIM_LOG": str(log),
-                        "FAKE_VENV_PYTHON": str(venv_python), "TMPDIR": str(tmp_path)}
+            self.env = {
+                "PATH": str(bin_dir),
+                "HOME": str(tmp_path),
+                "SHIM_LOG": str(log),
+                "FAKE_VENV_PYTHON": str(venv_python),
+                "TMPDIR": str(tmp_path),
+            }
 
         def __call__(self, *cmd: str, **env: str) -> subprocess.CompletedProcess:
-            return subprocess.run([str(root / cmd[0]), *cmd[1:]], cwd=root, env={**self.env, **env},
-                                  capture_output=True, text=True, timeout=HANG_TIMEOUT, stdin=subprocess.DEVNULL)
+            return subprocess.run(
+                [str(root / cmd[0]), *cmd[1:]],
+                cwd=root,
+                env={**self.env, **env},
+                capture_output=True,
+                text=True,
+                timeout=HANG_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
         def pip_calls(self) -> list[str]:
             return [line for line in log.read_text().splitlines() if line.startswith("-m pip")]
@@ -208,14 +236,24 @@ def test_not_enough_disk_space_is_one_clear_error_before_installing(repo):
     assert repo.pip_calls() == []
 
 
-@pytest.mark.parametrize("output, expected", [
-    (OFFLINE_PIP, "could not install torch==2.13.0: no network to the package index and no wheel of it on disk"),
-    ("ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device",
-     "not enough disk space"),
-    ("ERROR: No matching distribution found for torch==2.13.0",
-     "could not install torch==2.13.0: neither the package index nor the wheels on disk have it"),
-    ("some output\nERROR: Failed building editable for exptrain", "installing the dependencies failed: ERROR: Failed building"),
-])
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        (OFFLINE_PIP, "could not install torch==2.13.0: no network to the package index and no wheel of it on disk"),
+        (
+            "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device",
+            "not enough disk space",
+        ),
+        (
+            "ERROR: No matching distribution found for torch==2.13.0",
+            "could not install torch==2.13.0: neither the package index nor the wheels on disk have it",
+        ),
+        (
+            "some output\nERROR: Failed building editable for exptrain",
+            "installing the dependencies failed: ERROR: Failed building",
+        ),
+    ],
+)
 def test_failed_install_is_one_clear_error_and_retried_next_time(repo, output, expected):
     repo.make_venv()
     line = one_error(repo("test", FAKE_PIP_RC="1", FAKE_PIP_OUTPUT=output))

@@ -32,14 +32,43 @@ from src.training.manifest import MANIFEST_SUFFIX, read_manifest
 from tests.helpers import HANG_TIMEOUT, REPO_ROOT, assert_same_weights, cli_env, load_checkpoint, run_cli, start_cli
 from tests.helpers import assert_same_final_state, log_epochs, wait_for_line
 
-TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
-        "--model-option", "hidden_sizes=[16]", "--quiet")
+TINY = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=64",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[16]",
+    "--quiet",
+)
 # 70 MB checkpoints: a save takes long enough that a second process often meets one in flight.
-BIG = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
-       "--model-option", "hidden_sizes=[2048,2048]", "--quiet")
+BIG = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=64",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[2048,2048]",
+    "--quiet",
+)
 # 500 steps per epoch (~1-3 s): room to observe a mid-epoch save and act inside the epoch.
-LONG = ("--dataset", "mnist-sample", "--model", "lenet5", "--batch-size", "8", "--checkpoint-interval", "0.2",
-        "--save-frequency", "1", "--quiet")
+LONG = (
+    "--dataset",
+    "mnist-sample",
+    "--model",
+    "lenet5",
+    "--batch-size",
+    "8",
+    "--checkpoint-interval",
+    "0.2",
+    "--save-frequency",
+    "1",
+    "--quiet",
+)
 LONG_STEPS = 500
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LATEST = "latest_checkpoint.pt"
@@ -48,8 +77,15 @@ LATEST = "latest_checkpoint.pt"
 # -- helpers ---------------------------------------------------------------------------
 def start(*args: str, cwd: Path) -> subprocess.Popen:
     """``train.py ARGS`` with stdout and stderr as separate pipes (stderr is read at the end)."""
-    return subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=cwd, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
 
 
 def status_of(experiment: Path) -> dict:
@@ -111,8 +147,12 @@ def latest_mid_epoch(checkpoints: Path, epoch: int, before_position: int):
     batch below ``before_position`` (so most of the epoch is still ahead), else None."""
     found = CheckpointManager(checkpoints, read_only=True).latest_valid()
     payload = found.payload
-    if (payload is not None and payload.get("mid_epoch") and payload["epoch"] == epoch
-            and 0 < payload["train_loader"]["position"] < before_position):
+    if (
+        payload is not None
+        and payload.get("mid_epoch")
+        and payload["epoch"] == epoch
+        and 0 < payload["train_loader"]["position"] < before_position
+    ):
         return found
     return None
 
@@ -216,8 +256,12 @@ class ParentWatcher(threading.Thread):
 def wait_for_transitional_manifest(latest: Path, process: subprocess.Popen) -> tuple:
     """Wait for the moment inside a save when the manifest lists the old and the new content
     (the new file is about to be renamed over the old one); returns the new (epoch, step)."""
-    entries = wait_until(lambda: (e := read_manifest(latest)[0]) and len(e) == 2 and e, process,
-                         "a save of latest_checkpoint.pt", pause=0.0005)
+    entries = wait_until(
+        lambda: (e := read_manifest(latest)[0]) and len(e) == 2 and e,
+        process,
+        "a save of latest_checkpoint.pt",
+        pause=0.0005,
+    )
     return max((e["epoch"], e["step"]) for e in entries)
 
 
@@ -278,10 +322,25 @@ def test_second_processes_never_damage_a_running_run(tmp_path):
 
         # Two forks (at lr 1e-30 their weights cannot move; patience 1 ends each after two
         # epochs) and two resumes, all at once, next to the running run.
-        fork = ("--fork", "exp1", "--epochs", "1000000", "--lr", "1e-30", "--weight-decay", "0", "--patience", "1",
-                "--save-frequency", "0", "--quiet")
+        fork = (
+            "--fork",
+            "exp1",
+            "--epochs",
+            "1000000",
+            "--lr",
+            "1e-30",
+            "--weight-decay",
+            "0",
+            "--patience",
+            "1",
+            "--save-frequency",
+            "0",
+            "--quiet",
+        )
         *forks, plain, shortened = run_concurrently(
-            fork, fork, ("--resume", "exp1"),
+            fork,
+            fork,
+            ("--resume", "exp1"),
             ("--resume", "exp1", "--epochs", "1"),  # at or below the running epoch: still refused
             cwd=tmp_path,
         )
@@ -333,8 +392,10 @@ def send_until_exit(process: subprocess.Popen, signum: int, repeat: bool):
         process.send_signal(signum)
         return process.communicate(timeout=HANG_TIMEOUT)
     output = {}
-    readers = [threading.Thread(target=lambda name=name: output.update({name: getattr(process, name).read()}))
-               for name in ("stdout", "stderr")]
+    readers = [
+        threading.Thread(target=lambda name=name: output.update({name: getattr(process, name).read()}))
+        for name in ("stdout", "stderr")
+    ]
     for reader in readers:
         reader.start()
     deadline = time.monotonic() + 180  # a failure bound only
@@ -407,8 +468,12 @@ def test_sighup_mid_epoch_is_handled_like_sigterm(tmp_path, long_baseline):
     experiment = tmp_path / "runs" / "exp1"
     process = start_cli(*LONG, "--epochs", "2", cwd=tmp_path)
     wait_for_line(process, "Experiment:")
-    observed = wait_until(lambda: latest_mid_epoch(experiment / "checkpoints", 0, LONG_STEPS // 2), process,
-                          "a mid-epoch save in the first half of epoch 1", pause=0.01)
+    observed = wait_until(
+        lambda: latest_mid_epoch(experiment / "checkpoints", 0, LONG_STEPS // 2),
+        process,
+        "a mid-epoch save in the first half of epoch 1",
+        pause=0.01,
+    )
     process.send_signal(signal.SIGHUP)
     output = process.communicate(timeout=HANG_TIMEOUT)[0]
     assert process.returncode == 128 + signal.SIGHUP, output
@@ -496,6 +561,7 @@ def test_signal_between_experiment_creation_and_first_step_records_interrupted(t
     """A signal the moment runs/exp1 appears (created, its trainer not yet stepping): exit
     128+N, status interrupted (never "running"), config.json present, resumable to the end.
     (SIGTERM and SIGHUP are the signals of the other tests; SIGINT here.)"""
+
     def one(signum):
         root = tmp_path / signal.Signals(signum).name
         root.mkdir()
@@ -525,8 +591,20 @@ def test_fork_stopped_before_its_first_step_resumes_although_its_parent_moved_on
     try:
         wait_for_line(parent, "Epoch 2/100000")
         drain(parent)
-        fork = start("--fork", "exp1", "--epochs", "1000000", "--lr", "1e-30", "--weight-decay", "0",
-                     "--patience", "1", "--quiet", cwd=tmp_path)
+        fork = start(
+            "--fork",
+            "exp1",
+            "--epochs",
+            "1000000",
+            "--lr",
+            "1e-30",
+            "--weight-decay",
+            "0",
+            "--patience",
+            "1",
+            "--quiet",
+            cwd=tmp_path,
+        )
         wait_until(lambda: (runs / "exp2").is_dir(), fork, "the fork's directory", pause=0.0005)
         fork.send_signal(signal.SIGTERM)
         out, err = fork.communicate(timeout=HANG_TIMEOUT)
@@ -536,8 +614,14 @@ def test_fork_stopped_before_its_first_step_resumes_although_its_parent_moved_on
         assert status["state"] == "interrupted" and status["signal"] == "SIGTERM", status
         assert (runs / "exp2" / "config.json").is_file()
         lineage = json.loads((runs / "exp2" / "lineage.json").read_text())
-        wait_until(lambda: CheckpointManager(runs / "exp1" / "checkpoints", read_only=True).latest_valid()
-                   .entry["sha256"] != lineage["sha256"], parent, "the parent to save past the fork point")
+        wait_until(
+            lambda: (
+                CheckpointManager(runs / "exp1" / "checkpoints", read_only=True).latest_valid().entry["sha256"]
+                != lineage["sha256"]
+            ),
+            parent,
+            "the parent to save past the fork point",
+        )
         resumed = run_cli("--resume", "exp2", cwd=tmp_path)
     finally:
         parent.send_signal(signal.SIGTERM)
@@ -574,15 +658,27 @@ def test_progress_is_visible_and_a_kill_loses_at_most_the_checkpoint_interval(tm
         wait_for_line(process, "Epoch 1/2")
         # The epoch's line is printed as its save is handed to the background writer; the
         # status follows once the checkpoint is committed.
-        status = wait_until(lambda: (s := status_of(experiment)).get("epoch", 0) >= 1 and s, process,
-                            "the status of epoch 1", pause=0.005)
+        status = wait_until(
+            lambda: (s := status_of(experiment)).get("epoch", 0) >= 1 and s,
+            process,
+            "the status of epoch 1",
+            pause=0.005,
+        )
         assert_status_matches_log(experiment, status, 2)
         # The mid-epoch saves of epoch 2 keep the progress fields (they used to vanish).
-        status = wait_until(lambda: (s := status_of(experiment)).get("mid_epoch_checkpoint") and s, process,
-                            "a mid-epoch status in epoch 2", pause=0.005)
+        status = wait_until(
+            lambda: (s := status_of(experiment)).get("mid_epoch_checkpoint") and s,
+            process,
+            "a mid-epoch status in epoch 2",
+            pause=0.005,
+        )
         assert_status_matches_log(experiment, status, 2)
-        observed = wait_until(lambda: latest_mid_epoch(experiment / "checkpoints", 1, LONG_STEPS // 2), process,
-                              "a mid-epoch save in the first half of epoch 2", pause=0.01)
+        observed = wait_until(
+            lambda: latest_mid_epoch(experiment / "checkpoints", 1, LONG_STEPS // 2),
+            process,
+            "a mid-epoch save in the first half of epoch 2",
+            pause=0.01,
+        )
     finally:
         process.kill()
         process.communicate()

@@ -25,18 +25,35 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 TRAIN = str(REPO_ROOT / "train.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-FAST = ("--dataset", "mnist-sample", "--model", "mlp", "--model-option", "hidden_sizes=[32]", "--quiet",
-        "--device", "cpu")
+FAST = (
+    "--dataset",
+    "mnist-sample",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[32]",
+    "--quiet",
+    "--device",
+    "cpu",
+)
 
 
 def torchrun(*args: str, cwd: Path, timeout: float = HANG_TIMEOUT, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*TORCHRUN, *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*TORCHRUN, *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start_torchrun(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([*TORCHRUN, *args], cwd=cwd, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    return subprocess.Popen(
+        [*TORCHRUN, *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
 
 
 def read_until(process: subprocess.Popen, text: str, seen: list, timeout: float = HANG_TIMEOUT) -> None:
@@ -103,10 +120,14 @@ WORKER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("options", [
-    {},
-    pytest.param({"grad_accum_steps": 2, "grad_clip": 0.5, "amp": "bf16"}, marks=pytest.mark.slow),
-], ids=["plain", "accumulation+clipping+bf16"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        pytest.param({"grad_accum_steps": 2, "grad_clip": 0.5, "amp": "bf16"}, marks=pytest.mark.slow),
+    ],
+    ids=["plain", "accumulation+clipping+bf16"],
+)
 def test_python_api_under_torchrun_ranks_agree_and_two_ranks_of_b_equal_one_process_of_2b(tmp_path, options):
     from src.datasets import DatasetRegistry
     from src.models import ModelRegistry
@@ -129,9 +150,17 @@ def test_python_api_under_torchrun_ranks_agree_and_two_ranks_of_b_equal_one_proc
     train_loader, val_loader = data.get_dataloaders(batch_size=32, val_batch_size=64)
     model = ModelRegistry.create("mlp", num_classes=4, in_channels=1, input_size=8, hidden_sizes=[16])
     experiment = ExperimentManager(base_dir=str(tmp_path / "single"))
-    trainer = Trainer(model=model, train_loader=train_loader, val_loader=val_loader, criterion=nn.CrossEntropyLoss(),
-                      optimizer=torch.optim.SGD(model.parameters(), lr=0.05), device="cpu",
-                      experiment_manager=experiment, show_progress=False, **options)
+    trainer = Trainer(
+        model=model,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        criterion=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+        device="cpu",
+        experiment_manager=experiment,
+        show_progress=False,
+        **options,
+    )
     trainer.train(epochs=3)
     experiment.release()
     # bf16 autocast rounds activations to 8 bits of mantissa: the two runs agree to its precision.
@@ -186,8 +215,9 @@ def test_torchrun_cli_sigterm_to_one_rank_stops_both_and_resume_is_bit_identical
     b = load_checkpoint(broken / "runs" / "exp1" / "checkpoints" / "latest_checkpoint.pt")
     assert a["epoch"] == b["epoch"] == 3
     assert_same_weights(a["model_state_dict"], b["model_state_dict"])
-    assert [r["val_accuracy"] for r in log_of(straight / "runs" / "exp1")] == \
-        [r["val_accuracy"] for r in log_of(broken / "runs" / "exp1")]
+    assert [r["val_accuracy"] for r in log_of(straight / "runs" / "exp1")] == [
+        r["val_accuracy"] for r in log_of(broken / "runs" / "exp1")
+    ]
 
     # The checkpoint is the plain model: it loads in one process with strict=True, and its
     # validation accuracy there equals the one the 2-process run logged.
@@ -231,5 +261,6 @@ def test_a_killed_rank_makes_the_other_stop_with_a_clear_error(tmp_path):
     assert status["state"] == "failed" and "another process of this torchrun job stopped" in status["error"], status
     text = "".join(seen) + output
     assert "Error: Rank 0 of 2: another process of this torchrun job stopped" in text, text
-    assert f'File "{REPO_ROOT / "src"}' not in text and f'File "{REPO_ROOT / "train.py"}' not in text, \
+    assert f'File "{REPO_ROOT / "src"}' not in text and f'File "{REPO_ROOT / "train.py"}' not in text, (
         "no traceback from the workers (torchrun prints its own)"
+    )

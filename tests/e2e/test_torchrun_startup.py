@@ -25,8 +25,15 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 def torchrun(*args: str, cwd: Path, timeout: float, **env: str):
     """Run torchrun; on a hang kill the whole process group and return None."""
-    process = subprocess.Popen([*TORCHRUN, *args], cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [*TORCHRUN, *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -59,8 +66,17 @@ def test_torchrun_resume_of_finished_run_with_lagging_status_does_not_hang(tmp_p
     status = json.loads(status_file.read_text())
     status.update(state="interrupted", signal="SIGINT")
     status_file.write_text(json.dumps(status))
-    code, out = torchrun(TRAIN, "--resume", "exp1", "--runs-dir", "runs", "--quiet", cwd=tmp_path, timeout=HANG_TIMEOUT,
-                         EXPTRAIN_DIST_TIMEOUT="10")
+    code, out = torchrun(
+        TRAIN,
+        "--resume",
+        "exp1",
+        "--runs-dir",
+        "runs",
+        "--quiet",
+        cwd=tmp_path,
+        timeout=HANG_TIMEOUT,
+        EXPTRAIN_DIST_TIMEOUT="10",
+    )
     assert code is not None, f"torchrun --resume of a finished run hung:\n{out[-3000:]}"
     assert code == 0, out[-3000:]
     assert json.loads(status_file.read_text())["state"] == "completed"
@@ -70,8 +86,16 @@ def test_torchrun_resume_of_finished_run_with_lagging_status_does_not_hang(tmp_p
 def test_torchrun_bad_input_is_reported_once(tmp_path):
     # README: rank 0 prints, "the others print nothing". Every rank prints the error today
     # (16 copies on 2 nodes x 8 GPUs).
-    code, out = torchrun(TRAIN, "--dataset", str(tmp_path / "no such folder" / "x"), *MLP, "--runs-dir", "runs",
-                         cwd=tmp_path, timeout=HANG_TIMEOUT)
+    code, out = torchrun(
+        TRAIN,
+        "--dataset",
+        str(tmp_path / "no such folder" / "x"),
+        *MLP,
+        "--runs-dir",
+        "runs",
+        cwd=tmp_path,
+        timeout=HANG_TIMEOUT,
+    )
     assert code not in (None, 0), out[-3000:]
     assert sum(line.startswith("Error:") for line in out.splitlines()) == 1, out[-3000:]
 
@@ -89,11 +113,23 @@ def test_sigint_while_waiting_for_peers_exits_promptly(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = cli_env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                  EXPTRAIN_DIST_TIMEOUT="40")
-    process = subprocess.Popen([sys.executable, TRAIN, "--dataset", "mnist-sample", *MLP, "--epochs", "1",
-                                "--runs-dir", "runs"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env = cli_env(
+        WORLD_SIZE="2",
+        RANK="0",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        EXPTRAIN_DIST_TIMEOUT="40",
+    )
+    process = subprocess.Popen(
+        [sys.executable, TRAIN, "--dataset", "mnist-sample", *MLP, "--epochs", "1", "--runs-dir", "runs"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not _listening(port) and process.poll() is None and time.monotonic() < deadline:

@@ -19,16 +19,54 @@ def log_records(experiment: Path):
 
 def test_help_documents_every_flag():
     result = run_cli("--help", cwd=REPO_ROOT)
-    for flag in ("--dataset", "--model", "--epochs", "--batch-size", "--lr", "--weight-decay", "--optimizer",
-                 "--scheduler", "--patience", "--save-frequency", "--keep-last", "--seed", "--device", "--data-dir",
-                 "--runs-dir", "--resume", "--fork", "--reapply-transforms", "--no-augment", "--quiet", "--amp",
-                 "--compile", "--channels-last", "--grad-accum", "--grad-clip", "--tensorboard", "--no-tensorboard",
-                 "--tensorboard-every", "--threads"):
+    for flag in (
+        "--dataset",
+        "--model",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--weight-decay",
+        "--optimizer",
+        "--scheduler",
+        "--patience",
+        "--save-frequency",
+        "--keep-last",
+        "--seed",
+        "--device",
+        "--data-dir",
+        "--runs-dir",
+        "--resume",
+        "--fork",
+        "--reapply-transforms",
+        "--no-augment",
+        "--quiet",
+        "--amp",
+        "--compile",
+        "--channels-last",
+        "--grad-accum",
+        "--grad-clip",
+        "--tensorboard",
+        "--no-tensorboard",
+        "--tensorboard-every",
+        "--threads",
+    ):
         assert flag in result.stdout
     options_page = (REPO_ROOT / "docs" / "training-options.md").read_text()  # the manual's flag table
-    for flag in ("--keep-last", "--reapply-transforms", "--no-augment", "--runs-dir", "--amp", "--compile",
-                 "--channels-last", "--grad-accum", "--grad-clip", "--tensorboard", "--no-tensorboard",
-                 "--tensorboard-every", "--threads"):
+    for flag in (
+        "--keep-last",
+        "--reapply-transforms",
+        "--no-augment",
+        "--runs-dir",
+        "--amp",
+        "--compile",
+        "--channels-last",
+        "--grad-accum",
+        "--grad-clip",
+        "--tensorboard",
+        "--no-tensorboard",
+        "--tensorboard-every",
+        "--threads",
+    ):
         assert f"`{flag}" in options_page, f"docs/training-options.md's flag table lacks {flag}"
 
 
@@ -88,8 +126,10 @@ def test_patience_stops_early(tmp_path):
 
 
 def fingerprints(experiment: Path, epochs):
-    return [load_checkpoint(experiment / "checkpoints" / f"epoch_{e}.pt")["dataset"]["augmentation_fingerprint"]
-            for e in epochs]
+    return [
+        load_checkpoint(experiment / "checkpoints" / f"epoch_{e}.pt")["dataset"]["augmentation_fingerprint"]
+        for e in epochs
+    ]
 
 
 def test_reapply_transforms_new_draw_each_epoch_and_same_after_resume(tmp_path):
@@ -106,26 +146,31 @@ def test_reapply_transforms_new_draw_each_epoch_and_same_after_resume(tmp_path):
     assert state["dataset"] is None
 
 
-@pytest.mark.parametrize("args,message", [
-    (("--dataset", "imagenet"), "Unknown dataset 'imagenet'; choose one of: "),
-    (("--model", "gpt5"), "Unknown model 'gpt5'; choose one of: "),
-    (("--epochs", "0"), "epochs must be a positive integer, got 0"),
-    (("--batch-size", "-3"), "batch_size must be a positive integer, got -3"),
-    (("--optimizer", "lion"), "Unknown optimizer 'lion'"),
-    (("--grad-accum", "0"), "grad_accum must be a positive integer, got 0"),
-    (("--grad-clip", "-1"), "grad_clip must be a non-negative finite number"),
-    (("--resume", "exp7"), "'exp7' does not exist"),
-    (("--resume", "../../etc"), "Invalid experiment name '../../etc'"),
-    (("--fork", "/tmp"), "Invalid experiment name '/tmp'"),
-    (("--dataset", "mnist", "--data-dir", "BROKEN"), "truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--dataset", "imagenet"), "Unknown dataset 'imagenet'; choose one of: "),
+        (("--model", "gpt5"), "Unknown model 'gpt5'; choose one of: "),
+        (("--epochs", "0"), "epochs must be a positive integer, got 0"),
+        (("--batch-size", "-3"), "batch_size must be a positive integer, got -3"),
+        (("--optimizer", "lion"), "Unknown optimizer 'lion'"),
+        (("--grad-accum", "0"), "grad_accum must be a positive integer, got 0"),
+        (("--grad-clip", "-1"), "grad_clip must be a non-negative finite number"),
+        (("--resume", "exp7"), "'exp7' does not exist"),
+        (("--resume", "../../etc"), "Invalid experiment name '../../etc'"),
+        (("--fork", "/tmp"), "Invalid experiment name '/tmp'"),
+        (("--dataset", "mnist", "--data-dir", "BROKEN"), "truncated or corrupt"),
+    ],
+)
 def test_bad_input_is_one_clear_error(tmp_path, args, message):
     broken = tmp_path / "BROKEN" / "MNIST" / "raw"
     broken.mkdir(parents=True)
     from src.datasets.idx import IDX_FILES
 
     for name in IDX_FILES:
-        (broken / name[:-3]).write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x00" * 10)
+        (broken / name[:-3]).write_bytes(
+            b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x00" * 10
+        )
     result = run_cli(*FAST, *args, cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr

@@ -26,15 +26,26 @@ OPTIONS = {
 
 def make(tmp_path, model="mynet", batch_size=32, lr=3e-3, optimizer="adamw", **options):
     torch.manual_seed(0)
-    data = DatasetRegistry.create("synthetic", num_samples=320, num_classes=4, input_shape=(1, 12, 12), seed=0,
-                                  noise=90.0)
+    data = DatasetRegistry.create(
+        "synthetic", num_samples=320, num_classes=4, input_shape=(1, 12, 12), seed=0, noise=90.0
+    )
     train_loader, val_loader = data.get_dataloaders(batch_size=batch_size)
     kwargs = {"width": 8} if model == "mynet" else {"hidden_sizes": [32]}
     net = ModelRegistry.create(model, num_classes=4, input_size=12, **kwargs)
     opt = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.SGD)(net.parameters(), lr=lr)
     experiment = ExperimentManager(base_dir=str(tmp_path), lock=False)
-    return Trainer(net, train_loader, val_loader, nn.CrossEntropyLoss(), opt, torch.device("cpu"), experiment,
-                   CheckpointManager(experiment.checkpoints_dir, save_frequency=1), show_progress=False, **options)
+    return Trainer(
+        net,
+        train_loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        opt,
+        torch.device("cpu"),
+        experiment,
+        CheckpointManager(experiment.checkpoints_dir, save_frequency=1),
+        show_progress=False,
+        **options,
+    )
 
 
 @pytest.mark.parametrize("name", OPTIONS)

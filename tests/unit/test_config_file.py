@@ -14,8 +14,19 @@ from src.config_file import CONFIG_FILE_KEYS, check_config_values, merge_config_
 from src.run_names import name_problem, resolve_experiment
 from tests.helpers import REPO_ROOT
 
-TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
-        "--model-option", "hidden_sizes=[8]", "--quiet", "--checkpoint-interval", "0")
+TINY = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=64",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[8]",
+    "--quiet",
+    "--checkpoint-interval",
+    "0",
+)
 RECIPES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 
 
@@ -66,12 +77,22 @@ def test_every_recipe_parses_and_validates(recipe):
 
 def test_fashion_recipe_matches_the_documented_command():
     values = read_config_file(REPO_ROOT / "configs" / "fashion-mnist.yaml")
-    assert values == {"dataset": "fashion_mnist", "model": "mynet", "model_options": {"version": 3, "width": 16},
-                      "augment": False, "batch_size": 128, "lr": 6e-3,
-                      "scheduler": "onecycle", "epochs": 3, "save_frequency": 0}
+    assert values == {
+        "dataset": "fashion_mnist",
+        "model": "mynet",
+        "model_options": {"version": 3, "width": 16},
+        "augment": False,
+        "batch_size": 128,
+        "lr": 6e-3,
+        "scheduler": "onecycle",
+        "epochs": 3,
+        "save_frequency": 0,
+    }
     performance = " ".join((REPO_ROOT / "docs" / "performance.md").read_text().split())  # line breaks as spaces
-    assert ("fashion91 (`--model-option version=3 --model-option width=16 --no-augment --batch-size 128 --lr 6e-3 "
-            "--scheduler onecycle --epochs 3`)") in performance
+    assert (
+        "fashion91 (`--model-option version=3 --model-option width=16 --no-augment --batch-size 128 --lr 6e-3 "
+        "--scheduler onecycle --epochs 3`)"
+    ) in performance
 
 
 # -- one source of truth -------------------------------------------------------------
@@ -85,12 +106,20 @@ def test_file_keys_are_exactly_the_options_the_flags_set():
 
 # -- reading a file ---------------------------------------------------------------------
 def test_yaml_and_json_read_the_same(tmp_path):
-    yaml_values = read_config_file(write(tmp_path / "a.yaml", "epochs: 3\nlr: 1e-3\nmodel_options: {width: 8}\n"
-                                                              "imports: [x.py]\nname: base\n"))
-    json_values = read_config_file(write(tmp_path / "a.json", json.dumps(
-        {"epochs": 3, "lr": 0.001, "model_options": {"width": 8}, "imports": ["x.py"], "name": "base"})))
-    assert yaml_values == json_values == {"epochs": 3, "lr": 1e-3, "model_options": {"width": 8},
-                                          "imports": ["x.py"], "name": "base"}
+    yaml_values = read_config_file(
+        write(tmp_path / "a.yaml", "epochs: 3\nlr: 1e-3\nmodel_options: {width: 8}\nimports: [x.py]\nname: base\n")
+    )
+    json_values = read_config_file(
+        write(
+            tmp_path / "a.json",
+            json.dumps({"epochs": 3, "lr": 0.001, "model_options": {"width": 8}, "imports": ["x.py"], "name": "base"}),
+        )
+    )
+    assert (
+        yaml_values
+        == json_values
+        == {"epochs": 3, "lr": 1e-3, "model_options": {"width": 8}, "imports": ["x.py"], "name": "base"}
+    )
     assert read_config_file(write(tmp_path / "empty.yaml", "# only a comment\n")) == {}
 
 
@@ -103,15 +132,18 @@ def test_unknown_keys_are_named_with_the_valid_ones(tmp_path):
     assert str(path) in message and "known keys: " in message and "weight_decay" in message
 
 
-@pytest.mark.parametrize("text, named", [
-    ("lr: fast\n", "lr must be a finite number, got 'fast'"),
-    ("epochs: 2.5\n", "epochs must be a whole number, got 2.5"),
-    ("augment: 'yes'\n", "augment must be true or false"),
-    ("amp: off\n", "quote it"),
-    ("model_options: [1, 2]\n", "model_options must be a mapping"),
-    ("imports: 7\n", "imports must be a list"),
-    ("lr: .nan\n", "lr must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("lr: fast\n", "lr must be a finite number, got 'fast'"),
+        ("epochs: 2.5\n", "epochs must be a whole number, got 2.5"),
+        ("augment: 'yes'\n", "augment must be true or false"),
+        ("amp: off\n", "quote it"),
+        ("model_options: [1, 2]\n", "model_options must be a mapping"),
+        ("imports: 7\n", "imports must be a list"),
+        ("lr: .nan\n", "lr must be a finite number"),
+    ],
+)
 def test_a_value_of_the_wrong_type_names_file_and_key(tmp_path, text, named):
     path = write(tmp_path / "c.yaml", text)
     with pytest.raises(ConfigError) as caught:
@@ -119,14 +151,17 @@ def test_a_value_of_the_wrong_type_names_file_and_key(tmp_path, text, named):
     assert named in str(caught.value) and str(path) in str(caught.value)
 
 
-@pytest.mark.parametrize("text, named", [
-    ("epochs: 0\n", "epochs: epochs must be a positive integer"),
-    ("lr: -1\n", "lr: lr must be a positive"),
-    ("optimizer: lbfgs\n", "optimizer: Unknown optimizer 'lbfgs'"),
-    ("model: nosuchnet\n", "model: Unknown model"),
-    ("name: exp4\n", "name: Name 'exp4' looks like an experiment directory"),
-    ("dataset: ./missing-folder\n", "dataset: --dataset ./missing-folder: no such directory"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("epochs: 0\n", "epochs: epochs must be a positive integer"),
+        ("lr: -1\n", "lr: lr must be a positive"),
+        ("optimizer: lbfgs\n", "optimizer: Unknown optimizer 'lbfgs'"),
+        ("model: nosuchnet\n", "model: Unknown model"),
+        ("name: exp4\n", "name: Name 'exp4' looks like an experiment directory"),
+        ("dataset: ./missing-folder\n", "dataset: --dataset ./missing-folder: no such directory"),
+    ],
+)
 def test_a_bad_value_names_file_and_key(tmp_path, text, named):
     path = write(tmp_path / "c.yaml", text)
     with pytest.raises(ConfigError) as caught:
@@ -134,14 +169,17 @@ def test_a_bad_value_names_file_and_key(tmp_path, text, named):
     assert str(caught.value).startswith(f"--config {path}: ") and named in str(caught.value), str(caught.value)
 
 
-@pytest.mark.parametrize("name, text, expected", [
-    ("list.yaml", "- epochs\n- 3\n", "must hold a mapping"),
-    ("bad.yaml", "epochs: [3\n", "is not valid YAML at line"),
-    ("bad.json", '{"epochs": 3,}', "is not valid JSON"),
-    ("keys.yaml", "1: 2\n", "are not option names"),
-    ("binary.yaml", None, "is not UTF-8 text"),
-    ("alias.yaml", "a: &x [1, 2]\nmodel_options: {w: *x}\n", "uses YAML aliases"),
-])
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("list.yaml", "- epochs\n- 3\n", "must hold a mapping"),
+        ("bad.yaml", "epochs: [3\n", "is not valid YAML at line"),
+        ("bad.json", '{"epochs": 3,}', "is not valid JSON"),
+        ("keys.yaml", "1: 2\n", "are not option names"),
+        ("binary.yaml", None, "is not UTF-8 text"),
+        ("alias.yaml", "a: &x [1, 2]\nmodel_options: {w: *x}\n", "uses YAML aliases"),
+    ],
+)
 def test_damaged_files_are_one_error(tmp_path, name, text, expected):
     path = tmp_path / name
     path.write_bytes(b"\xff\xfe\x00junk" if text is None else text.encode())
@@ -159,17 +197,30 @@ def test_missing_file_and_directory(tmp_path):
 def test_flags_win_and_option_mappings_merge_key_by_key():
     merged = merge_config_values(
         {"lr": 0.1, "epochs": 9, "model_options": {"width": 8, "dropout": 0.1}, "imports": ["x.py"]},
-        {"lr": 0.5, "model_options": {"width": 16}})
+        {"lr": 0.5, "model_options": {"width": 16}},
+    )
     assert merged == {"lr": 0.5, "epochs": 9, "model_options": {"width": 16, "dropout": 0.1}}
 
 
 # -- end to end, in process -----------------------------------------------------------------
 def test_config_file_run_records_the_resolved_configuration(cli, tmp_path):
-    write(tmp_path / "run.yaml", "dataset: synthetic\ndataset_options: {num_samples: 64}\nmodel: mlp\n"
-                                 "model_options: {hidden_sizes: [8]}\nepochs: 5\nlr: 2e-3\nseed: 7\n"
-                                 "name: small\nnotes: from a file\n")
-    result = cli("--config", "run.yaml", "--epochs", "1", "--model-option", "hidden_sizes=[4]",
-                 "--quiet", "--checkpoint-interval", "0")
+    write(
+        tmp_path / "run.yaml",
+        "dataset: synthetic\ndataset_options: {num_samples: 64}\nmodel: mlp\n"
+        "model_options: {hidden_sizes: [8]}\nepochs: 5\nlr: 2e-3\nseed: 7\n"
+        "name: small\nnotes: from a file\n",
+    )
+    result = cli(
+        "--config",
+        "run.yaml",
+        "--epochs",
+        "1",
+        "--model-option",
+        "hidden_sizes=[4]",
+        "--quiet",
+        "--checkpoint-interval",
+        "0",
+    )
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "runs" / "exp1" / "config.json").read_text())
     assert config["epochs"] == 1 and config["lr"] == 2e-3 and config["seed"] == 7  # the flag wins, the file fills in
@@ -177,8 +228,19 @@ def test_config_file_run_records_the_resolved_configuration(cli, tmp_path):
     assert config["name"] == "small" and config["notes"] == "from a file"
 
     # The same command resumes: unchanged values are no change.
-    again = cli("--config", "run.yaml", "--resume", "small", "--epochs", "2", "--model-option", "hidden_sizes=[4]",
-                "--quiet", "--notes", "second look")
+    again = cli(
+        "--config",
+        "run.yaml",
+        "--resume",
+        "small",
+        "--epochs",
+        "2",
+        "--model-option",
+        "hidden_sizes=[4]",
+        "--quiet",
+        "--notes",
+        "second look",
+    )
     assert again.returncode == 0 and "Resuming exp1" in again.stdout, again.stderr
     config = json.loads((tmp_path / "runs" / "exp1" / "config.json").read_text())
     assert config["epochs"] == 2 and config["notes"] == "second look" and config["name"] == "small"

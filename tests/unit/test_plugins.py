@@ -22,14 +22,19 @@ from src.plugins import check_records, check_resume_imports, import_plugins, mer
 from tests.helpers import REPO_ROOT, sha256
 
 EXAMPLE = REPO_ROOT / "examples" / "plugin_example.py"
+
+
 def log_records(experiment: Path):
     return [json.loads(line) for line in (experiment / "training_log.jsonl").read_text().splitlines()]
 
 
 def snapshot(directory: Path):
     """Every file's bytes and modification time (a refused command must change neither)."""
-    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 # -- in process: the Python API ------------------------------------------------------------
@@ -102,8 +107,9 @@ def test_changed_plugin_refuses_resume_and_fork_records_the_new_hash(tmp_path, c
     assert code == 0, err
     assert f"Warning: plug-in plugin_example.py changed since exp1 recorded it (sha256 {old_hash[:12]}" in out
     assert json.loads((tmp_path / "runs" / "exp2" / "config.json").read_text())["imports"] == [
-        {"module": "plugin_example.py", "path": str(plugin.resolve()), "sha256": new_hash}]
-    assert snapshot(tmp_path / "runs" / "exp1") == {k[len("exp1/"):]: v for k, v in before.items()}
+        {"module": "plugin_example.py", "path": str(plugin.resolve()), "sha256": new_hash}
+    ]
+    assert snapshot(tmp_path / "runs" / "exp1") == {k[len("exp1/") :]: v for k, v in before.items()}
 
     plugin.rename(tmp_path / "moved.py")
     before = snapshot(tmp_path / "runs")
@@ -112,7 +118,8 @@ def test_changed_plugin_refuses_resume_and_fork_records_the_new_hash(tmp_path, c
         assert code == 2
         assert err.strip() == (
             f"Error: plug-in plugin_example.py is missing: exp2 imports {plugin.resolve()}, which no longer exists; "
-            "restore it there (--resume and --fork import the plug-ins a run recorded).")
+            "restore it there (--resume and --fork import the plug-ins a run recorded)."
+        )
     assert snapshot(tmp_path / "runs") == before
 
 
@@ -123,24 +130,48 @@ def test_module_form_from_the_current_directory_resumes_from_elsewhere(tmp_path,
     (package / "models.py").write_bytes(EXAMPLE.read_bytes())
     assert cli("--import", "mypkg.models", *SMALL, "--epochs", "1")[0] == 0
     config = json.loads((tmp_path / "runs" / "exp1" / "config.json").read_text())
-    assert config["imports"] == [{"module": "mypkg.models", "path": str((package / "models.py").resolve()),
-                                  "sha256": sha256(EXAMPLE)}]
+    assert config["imports"] == [
+        {"module": "mypkg.models", "path": str((package / "models.py").resolve()), "sha256": sha256(EXAMPLE)}
+    ]
     # From another directory the package is found where the run recorded it; naming the
     # run's own plug-in again (here by its path) is harmless, adding another is refused.
     monkeypatch.chdir(tmp_path / "mypkg")
-    code, out, err = cli("--resume", "exp1", "--epochs", "2", "--runs-dir", tmp_path / "runs",
-                         "--import", package / "models.py", "--quiet")
+    code, out, err = cli(
+        "--resume",
+        "exp1",
+        "--epochs",
+        "2",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--import",
+        package / "models.py",
+        "--quiet",
+    )
     assert code == 0, err
     assert "Resuming exp1" in out and [r["epoch"] for r in log_records(tmp_path / "runs" / "exp1")] == [1, 2]
     write_plugin(tmp_path / "extra.py")
-    code, _, err = cli("--resume", "exp1", "--epochs", "3", "--runs-dir", tmp_path / "runs",
-                       "--import", tmp_path / "extra.py", "--quiet")
-    assert code == 2 and f"--resume exp1 cannot add plug-in {tmp_path / 'extra.py'} (the run imports: mypkg.models)" in err
-    code, _, err = cli("--fork", "exp1", "--epochs", "3", "--runs-dir", tmp_path / "runs",
-                       "--import", tmp_path / "extra.py", "--quiet")
+    code, _, err = cli(
+        "--resume",
+        "exp1",
+        "--epochs",
+        "3",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--import",
+        tmp_path / "extra.py",
+        "--quiet",
+    )
+    assert (
+        code == 2 and f"--resume exp1 cannot add plug-in {tmp_path / 'extra.py'} (the run imports: mypkg.models)" in err
+    )
+    code, _, err = cli(
+        "--fork", "exp1", "--epochs", "3", "--runs-dir", tmp_path / "runs", "--import", tmp_path / "extra.py", "--quiet"
+    )
     assert code == 0, err
     assert [r["module"] for r in json.loads((tmp_path / "runs" / "exp2" / "config.json").read_text())["imports"]] == [
-        "mypkg.models", str(tmp_path / "extra.py")]
+        "mypkg.models",
+        str(tmp_path / "extra.py"),
+    ]
 
 
 PLUGIN = """
@@ -198,8 +229,10 @@ def test_failed_import_is_undone_and_can_be_retried(tmp_path, clean_registries):
     with pytest.raises(ConfigError) as error:
         import_plugins([str(plugin)])
     line = len(source.splitlines())
-    assert str(error.value) == (f"plug-in {plugin} failed to import: RuntimeError: not yet (half.py, line {line}); "
-                                "fix it and try again (set EXPTRAIN_DEBUG=1 for the traceback).")
+    assert str(error.value) == (
+        f"plug-in {plugin} failed to import: RuntimeError: not yet (half.py, line {line}); "
+        "fix it and try again (set EXPTRAIN_DEBUG=1 for the traceback)."
+    )
     assert "\n" not in str(error.value)
     assert "plugin_half" not in ModelRegistry and "exptrain_plugin_half" not in sys.modules
     write_plugin(plugin, name="plugin_half")
@@ -207,12 +240,18 @@ def test_failed_import_is_undone_and_can_be_retried(tmp_path, clean_registries):
     assert "plugin_half" in ModelRegistry
 
 
-@pytest.mark.parametrize("source, message", [
-    ("def f(:\n", r"SyntaxError: .* \(bad\.py, line 1\)"),
-    ("import sys\nsys.exit(4)\n", r"called sys.exit\(4\) while being imported"),
-    ("import not_a_module_anywhere\n", r"ModuleNotFoundError: No module named 'not_a_module_anywhere' \(bad.py, line 1\)"),
-    (PLUGIN.format(name="mynet", version=1), r"registers the model name 'mynet', which is already taken"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def f(:\n", r"SyntaxError: .* \(bad\.py, line 1\)"),
+        ("import sys\nsys.exit(4)\n", r"called sys.exit\(4\) while being imported"),
+        (
+            "import not_a_module_anywhere\n",
+            r"ModuleNotFoundError: No module named 'not_a_module_anywhere' \(bad.py, line 1\)",
+        ),
+        (PLUGIN.format(name="mynet", version=1), r"registers the model name 'mynet', which is already taken"),
+    ],
+)
 def test_plugin_errors_name_the_plugin(tmp_path, clean_registries, source, message):
     (tmp_path / "bad.py").write_text(source)
     before = ModelRegistry.names()
@@ -229,15 +268,18 @@ def test_clash_between_two_plugins_keeps_the_first(tmp_path, clean_registries):
     assert ModelRegistry.get("plugin_twice").version == 1
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("nope.py", r"--import nope\.py: no such file"),
-    ("data/", r"--import data/ is a directory"),
-    ("notes.txt", r"--import notes\.txt is not a \.py file"),
-    ("no_such_package_xyz.models", r"no module named 'no_such_package_xyz' in the current directory"),
-    ("two words", r"neither a path to a \.py file nor a module name"),
-    ("", r"expects a module name or a path"),
-    (None, r"expects a module name or a path"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nope.py", r"--import nope\.py: no such file"),
+        ("data/", r"--import data/ is a directory"),
+        ("notes.txt", r"--import notes\.txt is not a \.py file"),
+        ("no_such_package_xyz.models", r"no module named 'no_such_package_xyz' in the current directory"),
+        ("two words", r"neither a path to a \.py file nor a module name"),
+        ("", r"expects a module name or a path"),
+        (None, r"expects a module name or a path"),
+    ],
+)
 def test_bad_specs(tmp_path, monkeypatch, clean_registries, spec, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
@@ -253,8 +295,11 @@ def test_module_form_and_shadowing_checked_on_reimport(tmp_path, monkeypatch, cl
     write_plugin(package / "mod.py", name="plugin_module_form")
     monkeypatch.chdir(tmp_path)
     [record] = import_plugins(["pluginpkg_xyz.mod"])
-    assert record == {"module": "pluginpkg_xyz.mod", "path": str((package / "mod.py").resolve()),
-                      "sha256": sha256(package / "mod.py")}
+    assert record == {
+        "module": "pluginpkg_xyz.mod",
+        "path": str((package / "mod.py").resolve()),
+        "sha256": sha256(package / "mod.py"),
+    }
     assert "plugin_module_form" in ModelRegistry
     assert import_plugins(["pluginpkg_xyz.mod"]) == [record]
     monkeypatch.chdir(REPO_ROOT)
@@ -267,8 +312,15 @@ def test_module_form_and_shadowing_checked_on_reimport(tmp_path, monkeypatch, cl
 
 def test_damaged_records_are_refused(tmp_path, clean_registries):
     good = {"module": "x.py", "path": str(tmp_path / "x.py"), "sha256": "0" * 64}
-    for bad in ("x.py", ["x.py"], [{**good, "extra": 1}], [{**good, "path": "x.py"}], [{**good, "sha256": "abc"}],
-                [{**good, "module": 5}], {"module": "x"}):
+    for bad in (
+        "x.py",
+        ["x.py"],
+        [{**good, "extra": 1}],
+        [{**good, "path": "x.py"}],
+        [{**good, "sha256": "abc"}],
+        [{**good, "module": 5}],
+        {"module": "x"},
+    ):
         with pytest.raises(ConfigError, match="imports in"):
             check_records(bad)
         with pytest.raises(ConfigError):

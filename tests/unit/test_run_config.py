@@ -11,27 +11,69 @@ import pytest
 import train
 from src.cli.train import finite_float_flags
 from src.config import (
-    DATA_KEYS, FIELDS, LEGACY_DEFAULTS, LOCATION_OPTIONS, RECORDED_KEYS, RESUME_MUTABLE_KEYS, ConfigError, RunConfig,
+    DATA_KEYS,
+    FIELDS,
+    LEGACY_DEFAULTS,
+    LOCATION_OPTIONS,
+    RECORDED_KEYS,
+    RESUME_MUTABLE_KEYS,
+    ConfigError,
+    RunConfig,
     trainer_options,
 )
 from src.config_file import CONFIG_FILE_KEYS, check_config_values, read_config_file
 from src.training.run import run_training
 
-TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
-        "--model-option", "hidden_sizes=[8]", "--quiet", "--checkpoint-interval", "0")
+TINY = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=64",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[8]",
+    "--quiet",
+    "--checkpoint-interval",
+    "0",
+)
 
 
 # -- the lists generated from the metadata are the ones written out before ----------------
 def test_generated_key_lists_are_the_hand_written_ones():
-    assert RESUME_MUTABLE_KEYS == {"epochs", "patience", "save_frequency", "keep_last", "device", "data_dir", "compile",
-                                   "checkpoint_interval", "notes", "threads", "tensorboard", "tensorboard_every"}
-    assert set(DATA_KEYS) == {"dataset", "batch_size", "seed", "augment", "augmentation", "reapply_transforms",
-                              "dataset_options"}
+    assert RESUME_MUTABLE_KEYS == {
+        "epochs",
+        "patience",
+        "save_frequency",
+        "keep_last",
+        "device",
+        "data_dir",
+        "compile",
+        "checkpoint_interval",
+        "notes",
+        "threads",
+        "tensorboard",
+        "tensorboard_every",
+    }
+    assert set(DATA_KEYS) == {
+        "dataset",
+        "batch_size",
+        "seed",
+        "augment",
+        "augmentation",
+        "reapply_transforms",
+        "dataset_options",
+    }
     assert RECORDED_KEYS == {"data_fingerprint"} and LEGACY_DEFAULTS == {"amp": None}
     assert LOCATION_OPTIONS == {"root", "cache_dir", "workers", "progress", "memory_budget_mb", "download", "mirrors"}
-    assert finite_float_flags() == {"lr": "--lr", "weight_decay": "--weight-decay", "grad_clip": "--grad-clip",
-                                    "checkpoint_interval": "--checkpoint-interval",
-                                    "label_smoothing": "--label-smoothing", "ema_decay": "--ema"}
+    assert finite_float_flags() == {
+        "lr": "--lr",
+        "weight_decay": "--weight-decay",
+        "grad_clip": "--grad-clip",
+        "checkpoint_interval": "--checkpoint-interval",
+        "label_smoothing": "--label-smoothing",
+        "ema_decay": "--ema",
+    }
 
 
 def test_every_option_a_user_chooses_has_a_flag_and_a_file_key():
@@ -58,8 +100,15 @@ def test_help_shows_each_default_from_the_field():
 def test_trainer_options_are_the_fields_passed_to_the_trainer_as_they_are():
     config = RunConfig(grad_accum=2, ema_decay=0.5, warmup_epochs=1)
     assert trainer_options(config) == {
-        "patience": 0, "compile_model": False, "grad_accum_steps": 2, "grad_clip": 0.0, "checkpoint_interval": 300.0,
-        "ema_decay": 0.5, "warmup_epochs": 1, "tta_flip": False}
+        "patience": 0,
+        "compile_model": False,
+        "grad_accum_steps": 2,
+        "grad_clip": 0.0,
+        "checkpoint_interval": 300.0,
+        "ema_decay": 0.5,
+        "warmup_epochs": 1,
+        "tta_flip": False,
+    }
 
 
 def test_a_validation_error_names_its_field():
@@ -112,8 +161,11 @@ def test_run_training_refuses_augment_off_with_a_policy_like_the_cli(tmp_path, m
     assert train.main([*TINY, "--no-augment", "--augment", "crop-flip"]) == 2
     cli_message = capsys.readouterr().err.strip()
     with pytest.raises(ConfigError) as caught:
-        run_training({"dataset": "synthetic", "model": "mlp", "augment": False, "augmentation": "crop-flip"},
-                     runs_dir=str(tmp_path / "runs"), show_progress=False)
+        run_training(
+            {"dataset": "synthetic", "model": "mlp", "augment": False, "augmentation": "crop-flip"},
+            runs_dir=str(tmp_path / "runs"),
+            show_progress=False,
+        )
     assert cli_message == f"Error: {caught.value}"
     assert "contradict" in cli_message and "crop-flip" in cli_message
     assert not (tmp_path / "runs").exists()

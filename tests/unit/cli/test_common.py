@@ -44,6 +44,7 @@ def test_class_names():
 
     class WithNames:
         class_names = ("cat", "dog")
+
     assert class_names_for("anything", 2, WithNames) == ["cat", "dog"]
     assert class_names_for("anything", 3, WithNames) == ["0", "1", "2"], "names of the wrong length are not used"
 

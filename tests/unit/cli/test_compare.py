@@ -28,7 +28,9 @@ def test_fork_curve_starts_at_the_branch_point(real_runs):
     assert [r["epoch"] for r in fork_log] == [1, 2, 3], "a fork's log holds its parent's epochs"
     shown = branch_records(fork_log, fork["branch_epoch"])
     assert [r["epoch"] for r in shown] == [2, 3]
-    assert shown[0]["val_accuracy"] == log_records(real_runs / "exp1")[1]["val_accuracy"], "it leaves the parent's curve"
+    assert shown[0]["val_accuracy"] == log_records(real_runs / "exp1")[1]["val_accuracy"], (
+        "it leaves the parent's curve"
+    )
     assert [r["epoch"] for r in branch_records(comparison["logs"][0], None)] == [1, 2]
 
 
@@ -36,13 +38,16 @@ def test_all_keys_and_flattened_options():
     assert flatten({"a": 1, "opts": {"x": {"y": 2}}, "empty": {}}) == {"a": 1, "opts.x.y": 2}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["exp1"], "at least two experiments"),
-    (["exp1", "exp1"], "exp1 is named twice"),
-    (["exp1", "exp9"], "'exp9' does not exist"),
-    (["exp1", "../exp2"], "Invalid experiment name"),
-    (["exp1", "exp2", "--plot", "out.jpg"], "must end in .png"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["exp1"], "at least two experiments"),
+        (["exp1", "exp1"], "exp1 is named twice"),
+        (["exp1", "exp9"], "'exp9' does not exist"),
+        (["exp1", "../exp2"], "Invalid experiment name"),
+        (["exp1", "exp2", "--plot", "out.jpg"], "must end in .png"),
+    ],
+)
 def test_bad_input(argv, message, real_runs, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_tool(capsys, "compare", *argv, "--runs-dir", str(real_runs))
@@ -57,5 +62,7 @@ def test_damaged_config_is_named(real_runs, tmp_path, capsys):
     for name in ("exp1", "exp2"):
         shutil.copytree(real_runs / name, runs / name, ignore=shutil.ignore_patterns("checkpoints"))
     (runs / "exp2" / "config.json").write_text("{oops")
-    code, _, err = run_tool(capsys, "compare", "exp1", "exp2", "--runs-dir", str(runs), "--plot", str(tmp_path / "c.png"))
+    code, _, err = run_tool(
+        capsys, "compare", "exp1", "exp2", "--runs-dir", str(runs), "--plot", str(tmp_path / "c.png")
+    )
     assert code == 2 and "exp2/config.json is not valid JSON" in err

@@ -44,13 +44,19 @@ def test_flip_tta_is_recorded(copy_runs):
     assert (copy_runs / "exp1" / "evaluation" / "latest-test-tta" / "evaluation.json").is_file()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["exp1", "--checkpoint", "worst"], "Unknown checkpoint 'worst'"),
-    (["exp1", "--checkpoint", "epoch_7"], "has no epoch_7.pt; available checkpoints: best, latest, epoch_1, epoch_2"),
-    (["exp9"], "'exp9' does not exist"),
-    (["exp1", "--mistakes", "-1"], "--mistakes must be"),
-    (["exp1", "--device", "tpu"], "tpu"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["exp1", "--checkpoint", "worst"], "Unknown checkpoint 'worst'"),
+        (
+            ["exp1", "--checkpoint", "epoch_7"],
+            "has no epoch_7.pt; available checkpoints: best, latest, epoch_1, epoch_2",
+        ),
+        (["exp9"], "'exp9' does not exist"),
+        (["exp1", "--mistakes", "-1"], "--mistakes must be"),
+        (["exp1", "--device", "tpu"], "tpu"),
+    ],
+)
 def test_bad_input(argv, message, real_runs, capsys):
     before = tree_hashes(real_runs)
     code, out, err = run_tool(capsys, "evaluate", *argv, "--runs-dir", str(real_runs))
@@ -67,8 +73,9 @@ def test_damaged_checkpoint_is_one_line(copy_runs, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "best_model.pt is corrupt (checksum mismatch)" in err
     assert not (copy_runs / "exp1" / "evaluation").exists()
     # latest passes over damaged files: here the damaged one is best, latest is intact
-    code, _, err = run_tool(capsys, "evaluate", "exp1", "--runs-dir", str(copy_runs), "--checkpoint", "latest",
-                            "--mistakes", "0")
+    code, _, err = run_tool(
+        capsys, "evaluate", "exp1", "--runs-dir", str(copy_runs), "--checkpoint", "latest", "--mistakes", "0"
+    )
     assert code == 0, err
 
 

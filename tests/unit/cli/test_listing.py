@@ -17,7 +17,9 @@ def test_lists_real_runs_with_every_column(real_runs, capsys):
     header = out.splitlines()[0].split()
     assert header[:5] == ["NAME", "STATUS", "DATA", "MODEL", "EPOCHS"] and "PARENT" in header and "STARTED" in header
     exp1, exp2 = row_of(out, "exp1"), row_of(out, "exp2")
-    best1 = max(json.loads(line)["val_accuracy"] for line in (real_runs / "exp1/training_log.jsonl").read_text().splitlines())
+    best1 = max(
+        json.loads(line)["val_accuracy"] for line in (real_runs / "exp1/training_log.jsonl").read_text().splitlines()
+    )
     assert exp1.split()[1:5] == ["completed", "mnist-sample", "mlp", "2/2"]
     assert f"{best1:.2f}% @2" in exp1
     assert exp2.split()[1:5] == ["completed", "mnist-sample", "mlp", "3/3"] and "exp1@2" in exp2
@@ -47,17 +49,23 @@ def test_sort_and_json(real_runs, capsys):
 
 
 def test_sort_puts_missing_values_last():
-    rows = [{"name": "exp1", "best_accuracy": None}, {"name": "exp2", "best_accuracy": 50.0},
-            {"name": "exp3", "best_accuracy": 70.0}]
+    rows = [
+        {"name": "exp1", "best_accuracy": None},
+        {"name": "exp2", "best_accuracy": 50.0},
+        {"name": "exp3", "best_accuracy": 70.0},
+    ]
     assert [r["name"] for r in sort_rows(rows, "best")] == ["exp3", "exp2", "exp1"]
     assert [r["name"] for r in sort_rows(rows, "best", reverse=True)] == ["exp2", "exp3", "exp1"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--sort", "speed"], "Unknown --sort column 'speed'; choose one of: name, status"),
-    (["--runs-dir", "nowhere"], "does not exist"),
-    (["--runs-dir", " "], "--runs-dir must name a directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sort", "speed"], "Unknown --sort column 'speed'; choose one of: name, status"),
+        (["--runs-dir", "nowhere"], "does not exist"),
+        (["--runs-dir", " "], "--runs-dir must name a directory"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()

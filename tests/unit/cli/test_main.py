@@ -30,10 +30,14 @@ def test_unexpected_errors_are_one_line(monkeypatch, capsys):
 
     def explode(args):
         raise RuntimeError("boom\nsecond line")
+
     monkeypatch.setattr(listing, "run", explode)
     monkeypatch.delenv("EXPTRAIN_DEBUG", raising=False)
     assert main(["list"]) == 1
-    assert capsys.readouterr().err == "Error: unexpected error (a bug): RuntimeError: boom (set EXPTRAIN_DEBUG=1 for the traceback).\n"
+    assert (
+        capsys.readouterr().err
+        == "Error: unexpected error (a bug): RuntimeError: boom (set EXPTRAIN_DEBUG=1 for the traceback).\n"
+    )
 
 
 def test_parser_defaults():
@@ -50,6 +54,7 @@ def test_a_library_value_error_is_a_bug_not_bad_input(monkeypatch, capsys, error
 
     def explode(args):
         raise error
+
     monkeypatch.setattr(listing, "run", explode)
     monkeypatch.delenv("EXPTRAIN_DEBUG", raising=False)
     assert main(["list"]) == 1

@@ -50,18 +50,23 @@ def test_rgb_and_other_sizes_are_converted(real_runs, confident_digit, tmp_path)
     assert again[0]["predictions"][0]["name"] == label, "--invert turns dark ink on white back into MNIST's look"
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: d / "missing.png", "missing.png does not exist"),
-    (lambda d: d, "does not exist (it is a directory)"),
-    (lambda d: (d / "notes.png").write_text("not an image") and d / "notes.png", "cannot be read as an image"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.png", "missing.png does not exist"),
+        (lambda d: d, "does not exist (it is a directory)"),
+        (lambda d: (d / "notes.png").write_text("not an image") and d / "notes.png", "cannot be read as an image"),
+    ],
+)
 def test_bad_images_are_one_line(make, message, real_runs, tmp_path, capsys):
     code, out, err = run_tool(capsys, "predict", "exp2", str(make(tmp_path)), "--runs-dir", str(real_runs))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err
 
 
 def test_top_k_must_be_positive(real_runs, confident_digit, capsys):
-    code, _, err = run_tool(capsys, "predict", "exp2", str(confident_digit[0]), "--top-k", "0", "--runs-dir", str(real_runs))
+    code, _, err = run_tool(
+        capsys, "predict", "exp2", str(confident_digit[0]), "--top-k", "0", "--runs-dir", str(real_runs)
+    )
     assert code == 2 and "--top-k must be a whole number >= 1" in err
 
 

@@ -9,9 +9,25 @@ import pytest
 
 import train
 
-DATA = ("--dataset", "synthetic", "--dataset-option", "num_samples=80", "--dataset-option", "num_classes=4",
-        "--dataset-option", "input_shape=[1,8,8]", "--batch-size", "8", "--model", "mlp",
-        "--model-option", "hidden_sizes=[16]", "--quiet", "--device", "cpu")
+DATA = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=80",
+    "--dataset-option",
+    "num_classes=4",
+    "--dataset-option",
+    "input_shape=[1,8,8]",
+    "--batch-size",
+    "8",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[16]",
+    "--quiet",
+    "--device",
+    "cpu",
+)
 
 
 def cli(runs: Path, *args: str) -> int:
@@ -30,10 +46,14 @@ def test_no_tensorboard_flag_overrides_a_config_file_that_logs(tmp_path, capsys)
     assert not (runs / "exp1" / "tensorboard").exists()
 
 
-@pytest.mark.parametrize("recipe, flags", [
-    ("augment: false\n", ("--augment", "affine")),
-    ("augment: false\naugmentation: affine\n", ()),
-], ids=["flag-vs-file", "within-the-file"])
+@pytest.mark.parametrize(
+    "recipe, flags",
+    [
+        ("augment: false\n", ("--augment", "affine")),
+        ("augment: false\naugmentation: affine\n", ()),
+    ],
+    ids=["flag-vs-file", "within-the-file"],
+)
 def test_augment_policy_is_never_dropped_silently_by_a_config_file(tmp_path, capsys, recipe, flags):
     """FAILS ON MAIN: c465228 refuses ``--augment affine --no-augment``, but the same
     contradiction through a ``--config`` file (``augment: false``) trains with

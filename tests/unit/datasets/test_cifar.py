@@ -28,6 +28,7 @@ CIFAR100_NAMES = [f"class_{i:02d}" for i in range(100)]
 CIFAR100_FILES = ["train", "test", "meta"]
 # -- writing the official format (Python 2 pickles, CIFAR-10: tests/fake_data.py) -----
 
+
 def write_cifar100(root: Path, seed: int = 1) -> dict:
     """A tiny ``cifar-100-python``: 100 train and 20 test images, fine and coarse labels."""
     rng = np.random.default_rng(seed)
@@ -37,12 +38,19 @@ def write_cifar100(root: Path, seed: int = 1) -> dict:
     for name, count in (("train", 100), ("test", PER_BATCH)):
         data = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
         fine = [int(v) for v in rng.integers(0, 100, count)]
-        batch = {b"filenames": [f"{name}_{i}.png".encode() for i in range(count)], b"batch_label": name.encode(),
-                 b"fine_labels": fine, b"coarse_labels": [v // 5 for v in fine], b"data": data}
+        batch = {
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(count)],
+            b"batch_label": name.encode(),
+            b"fine_labels": fine,
+            b"coarse_labels": [v // 5 for v in fine],
+            b"data": data,
+        }
         (folder / name).write_bytes(py2_pickle(batch))
         written[name] = (data, fine)
-    meta = {b"fine_label_names": [n.encode() for n in CIFAR100_NAMES],
-            b"coarse_label_names": [f"super_{i}".encode() for i in range(20)]}
+    meta = {
+        b"fine_label_names": [n.encode() for n in CIFAR100_NAMES],
+        b"coarse_label_names": [f"super_{i}".encode() for i in range(20)],
+    }
     (folder / "meta").write_bytes(py2_pickle(meta))
     return written
 
@@ -58,6 +66,7 @@ def listing(folder: Path) -> list:
 
 
 # -- loading ---------------------------------------------------------------------------
+
 
 def test_fixture_is_the_python2_format(tmp_path):
     write_cifar10(tmp_path)
@@ -108,6 +117,7 @@ def test_python3_pickles_with_str_or_bytes_keys_load(tmp_path):
 
 # -- hostile pickles ---------------------------------------------------------------------
 
+
 class _CreatesFile:
     def __init__(self, path):
         self.path = path
@@ -129,22 +139,30 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path):
     assert not victim.exists()
 
 
-@pytest.mark.parametrize("payload, asks_for", [
-    (b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.", "os.system"),
-    (b"\x80\x02c__builtin__\neval\nX\x01\x00\x00\x001\x85R.", "__builtin__.eval"),
-    (b"\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.", "builtins.eval"),
-    (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00bX\x06\x00\x00\x00latin1\x86R.", "_codecs.encode"),
-    (b"\x80\x04\x8c\x05numpy\x8c\x04load\x93.", "numpy.load"),
-    (b"\x80\x02cnumpy\nndarray\nJ\x00\xca\x9a;\x85R.", "calls numpy.ndarray directly"),  # a 1 GB array
-    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\xca\x9a;\x85U\x01b\x87R.",
-     "unusual arguments"),
-    (b"\x80\x02cnumpy\ndtype\nU\x01OK\x00K\x01\x87R.", "non-numeric|numpy.dtype 'O'"),
-    (b"\x80\x02U\x01xQ.", "a persistent object"),
-    # a uint8 dtype given fields by BUILD: it still compares equal to numpy.uint8
-    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R(K\x01K\x01\x85cnumpy\n"
-     b"dtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|N(U\x01at}U\x01a(cnumpy\ndtype\nU\x02u1K\x00K\x01\x87RK\x00tsK\x01"
-     b"K\x01K\x00tb\x89U\x01\x07tb.", "altered type"),
-])
+@pytest.mark.parametrize(
+    "payload, asks_for",
+    [
+        (b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.", "os.system"),
+        (b"\x80\x02c__builtin__\neval\nX\x01\x00\x00\x001\x85R.", "__builtin__.eval"),
+        (b"\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.", "builtins.eval"),
+        (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00bX\x06\x00\x00\x00latin1\x86R.", "_codecs.encode"),
+        (b"\x80\x04\x8c\x05numpy\x8c\x04load\x93.", "numpy.load"),
+        (b"\x80\x02cnumpy\nndarray\nJ\x00\xca\x9a;\x85R.", "calls numpy.ndarray directly"),  # a 1 GB array
+        (
+            b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\xca\x9a;\x85U\x01b\x87R.",
+            "unusual arguments",
+        ),
+        (b"\x80\x02cnumpy\ndtype\nU\x01OK\x00K\x01\x87R.", "non-numeric|numpy.dtype 'O'"),
+        (b"\x80\x02U\x01xQ.", "a persistent object"),
+        # a uint8 dtype given fields by BUILD: it still compares equal to numpy.uint8
+        (
+            b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R(K\x01K\x01\x85cnumpy\n"
+            b"dtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|N(U\x01at}U\x01a(cnumpy\ndtype\nU\x02u1K\x00K\x01\x87RK\x00tsK\x01"
+            b"K\x01K\x00tb\x89U\x01\x07tb.",
+            "altered type",
+        ),
+    ],
+)
 def test_other_globals_are_refused(tmp_path, payload, asks_for):
     path = tmp_path / "batch"
     path.write_bytes(payload)
@@ -154,19 +172,22 @@ def test_other_globals_are_refused(tmp_path, payload, asks_for):
     assert any(part in str(error.value) for part in asks_for.split("|"))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda b: b.__setitem__(b"labels", b.pop(b"labels")[:-1]), "not one integer per image"),
-    (lambda b: b[b"labels"].__setitem__(3, 10), r"has 1 label outside 0\.\.9 \(first at index 3: 10\)"),
-    (lambda b: b[b"labels"].__setitem__(0, -1), "outside 0..9"),
-    (lambda b: b[b"labels"].__setitem__(0, "cat"), "not one integer per image"),
-    (lambda b: b[b"labels"].__setitem__(0, 2**70), "not one integer per image"),
-    (lambda b: b.pop(b"labels"), "has no 'labels' entry"),
-    (lambda b: b.pop(b"data"), "has no 'data' entry"),
-    (lambda b: b.__setitem__(b"data", b[b"data"].astype(np.float32)), "float32 array"),
-    (lambda b: b.__setitem__(b"data", b[b"data"][:, :3000]), r"shape \(20, 3000\)"),
-    (lambda b: b.__setitem__(b"data", b[b"data"].reshape(20, 3, 32, 32)), "not uint8 images"),
-    (lambda b: b.__setitem__(b"data", b"raw bytes"), "holds 'data' as a str"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b.__setitem__(b"labels", b.pop(b"labels")[:-1]), "not one integer per image"),
+        (lambda b: b[b"labels"].__setitem__(3, 10), r"has 1 label outside 0\.\.9 \(first at index 3: 10\)"),
+        (lambda b: b[b"labels"].__setitem__(0, -1), "outside 0..9"),
+        (lambda b: b[b"labels"].__setitem__(0, "cat"), "not one integer per image"),
+        (lambda b: b[b"labels"].__setitem__(0, 2**70), "not one integer per image"),
+        (lambda b: b.pop(b"labels"), "has no 'labels' entry"),
+        (lambda b: b.pop(b"data"), "has no 'data' entry"),
+        (lambda b: b.__setitem__(b"data", b[b"data"].astype(np.float32)), "float32 array"),
+        (lambda b: b.__setitem__(b"data", b[b"data"][:, :3000]), r"shape \(20, 3000\)"),
+        (lambda b: b.__setitem__(b"data", b[b"data"].reshape(20, 3, 32, 32)), "not uint8 images"),
+        (lambda b: b.__setitem__(b"data", b"raw bytes"), "holds 'data' as a str"),
+    ],
+)
 def test_damaged_batches_name_the_file(tmp_path, damage, message):
     write_cifar10(tmp_path)
     path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
@@ -190,10 +211,17 @@ def test_truncated_and_foreign_files(tmp_path):
         read_batch(path, "labels", 10)
 
 
-@pytest.mark.parametrize("names, ok", [
-    (CIFAR10_NAMES, True), (CIFAR10_NAMES[:9], False), (CIFAR10_NAMES[:9] + ["cat"], False),
-    (CIFAR10_NAMES[:9] + [""], False), (CIFAR10_NAMES[:9] + [7], False), ("airplane", False),
-])
+@pytest.mark.parametrize(
+    "names, ok",
+    [
+        (CIFAR10_NAMES, True),
+        (CIFAR10_NAMES[:9], False),
+        (CIFAR10_NAMES[:9] + ["cat"], False),
+        (CIFAR10_NAMES[:9] + [""], False),
+        (CIFAR10_NAMES[:9] + [7], False),
+        ("airplane", False),
+    ],
+)
 def test_class_names_are_checked(tmp_path, names, ok):
     path = tmp_path / "batches.meta"
     path.write_bytes(py2_pickle({"label_names": names}))
@@ -205,6 +233,7 @@ def test_class_names_are_checked(tmp_path, names, ok):
 
 
 # -- safe extraction -------------------------------------------------------------------
+
 
 def hostile_tar(path: Path, member: tarfile.TarInfo, data: bytes = b"evil") -> Path:
     """A tar holding one good file of the expected folder, then ``member``."""
@@ -226,15 +255,18 @@ def _member(name, kind=tarfile.REGTYPE, linkname=""):
     return member
 
 
-@pytest.mark.parametrize("member, refusal", [
-    (_member("cifar-10-batches-py/../../evil"), "'..'"),
-    (_member("../evil"), "'..'"),
-    (_member("/ABSOLUTE/evil"), "absolute path"),
-    (_member("cifar-10-batches-py/link", tarfile.SYMTYPE, "../../outside"), "a link"),
-    (_member("cifar-10-batches-py/hard", tarfile.LNKTYPE, "/etc/passwd"), "a link"),
-    (_member("cifar-10-batches-py/dev", tarfile.CHRTYPE), "device"),
-    (_member("cifar-10-batches-py/fifo", tarfile.FIFOTYPE), "device"),
-])
+@pytest.mark.parametrize(
+    "member, refusal",
+    [
+        (_member("cifar-10-batches-py/../../evil"), "'..'"),
+        (_member("../evil"), "'..'"),
+        (_member("/ABSOLUTE/evil"), "absolute path"),
+        (_member("cifar-10-batches-py/link", tarfile.SYMTYPE, "../../outside"), "a link"),
+        (_member("cifar-10-batches-py/hard", tarfile.LNKTYPE, "/etc/passwd"), "a link"),
+        (_member("cifar-10-batches-py/dev", tarfile.CHRTYPE), "device"),
+        (_member("cifar-10-batches-py/fifo", tarfile.FIFOTYPE), "device"),
+    ],
+)
 def test_unsafe_archive_members_are_refused(tmp_path, member, refusal):
     if member.name.startswith("/ABSOLUTE"):
         member.name = str(tmp_path / "evil")
@@ -284,11 +316,14 @@ def test_extraction_fills_a_partial_folder_and_keeps_present_files(tmp_path):
     (folder / "data_batch_2").unlink()
     extract_folder(archive, folder, CIFAR10_FILES)
     assert (folder / "data_batch_1").read_bytes() == kept
-    assert (folder / "data_batch_2").read_bytes() == (tmp_path / "src" / "cifar-10-batches-py" / "data_batch_2").read_bytes()
+    assert (folder / "data_batch_2").read_bytes() == (
+        tmp_path / "src" / "cifar-10-batches-py" / "data_batch_2"
+    ).read_bytes()
     assert sorted(os.listdir(tmp_path / "data")) == ["cifar-10-batches-py"], "no staging folder left"
 
 
 # -- download ----------------------------------------------------------------------------
+
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
@@ -303,7 +338,10 @@ def served(tmp_path):
     write_cifar10(source)
     write_cifar100(source)
     md5s = {}
-    for folder, name in (("cifar-10-batches-py", "cifar-10-python.tar.gz"), ("cifar-100-python", "cifar-100-python.tar.gz")):
+    for folder, name in (
+        ("cifar-10-batches-py", "cifar-10-python.tar.gz"),
+        ("cifar-100-python", "cifar-100-python.tar.gz"),
+    ):
         md5s[name] = hashlib.md5(make_archive(source, folder, site / name).read_bytes()).hexdigest()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(site)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -313,10 +351,13 @@ def served(tmp_path):
     server.server_close()
 
 
-@pytest.mark.parametrize("name, cls, archive, files", [
-    ("cifar10", CIFAR10, "cifar-10-python.tar.gz", CIFAR10_FILES),
-    ("cifar100", CIFAR100, "cifar-100-python.tar.gz", CIFAR100_FILES),
-])
+@pytest.mark.parametrize(
+    "name, cls, archive, files",
+    [
+        ("cifar10", CIFAR10, "cifar-10-python.tar.gz", CIFAR10_FILES),
+        ("cifar100", CIFAR100, "cifar-100-python.tar.gz", CIFAR100_FILES),
+    ],
+)
 def test_download_with_the_right_md5(tmp_path, served, monkeypatch, name, cls, archive, files):
     url, md5s = served
     monkeypatch.setattr(cls, "md5", md5s[archive])
@@ -327,7 +368,9 @@ def test_download_with_the_right_md5(tmp_path, served, monkeypatch, name, cls, a
     assert sorted(os.listdir(root / cls.folder_name)) == sorted(files)
     # the kept archive is reused when files go missing, without the network
     shutil.rmtree(root / cls.folder_name)
-    again = DatasetRegistry.create(name, data_dir=str(root), mirrors=["http://127.0.0.1:9/"], augment=False, progress=False)
+    again = DatasetRegistry.create(
+        name, data_dir=str(root), mirrors=["http://127.0.0.1:9/"], augment=False, progress=False
+    )
     assert again.train_labels.tolist() == dataset.train_labels.tolist()
 
 
@@ -365,8 +408,9 @@ def _dead_url() -> str:
 def test_offline_is_one_error_naming_folder_and_files(tmp_path, download):
     folder = tmp_path / "cifar-100-python"
     with pytest.raises(DataError) as error:
-        DatasetRegistry.create("cifar100", data_dir=str(tmp_path), download=download, mirrors=[_dead_url()],
-                               progress=False)
+        DatasetRegistry.create(
+            "cifar100", data_dir=str(tmp_path), download=download, mirrors=[_dead_url()], progress=False
+        )
     message = str(error.value)
     assert str(folder) in message and all(name in message for name in CIFAR100_FILES)
     assert "cifar-100-python.tar.gz" in message and "\n" not in message
@@ -374,9 +418,16 @@ def test_offline_is_one_error_naming_folder_and_files(tmp_path, download):
     assert listing(tmp_path) == []
 
 
-@pytest.mark.parametrize("option, value", [
-    ("download", "no"), ("progress", 1), ("mirrors", "http://x/"), ("mirrors", []), ("mirrors", [""]),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("download", "no"),
+        ("progress", 1),
+        ("mirrors", "http://x/"),
+        ("mirrors", []),
+        ("mirrors", [""]),
+    ],
+)
 def test_bad_option_types(tmp_path, option, value):
     from src.config import ConfigError
 
@@ -404,6 +455,7 @@ def test_data_dir_that_is_a_file(tmp_path):
 
 # -- the data set API and the command line ----------------------------------------------
 
+
 def test_dataset_defaults_crop_flip_and_per_channel_normalisation(tmp_path):
     written = write_cifar10(tmp_path)
     dataset = DatasetRegistry.create("cifar10", data_dir=str(tmp_path), download=False)
@@ -414,10 +466,9 @@ def test_dataset_defaults_crop_flip_and_per_channel_normalisation(tmp_path):
     train_loader, val_loader = dataset.get_dataloaders(batch_size=32)
     images, labels = next(iter(val_loader))
     assert images.shape == (PER_BATCH, 3, 32, 32) and labels.tolist() == written["test_batch"][1]
-    expected = (written["test_batch"][0].reshape(-1, 3, 32, 32) / 255.0 - np.array(dataset.mean)[:, None, None]) \
-        / np.array(dataset.std)[:, None, None]
+    expected = (
+        written["test_batch"][0].reshape(-1, 3, 32, 32) / 255.0 - np.array(dataset.mean)[:, None, None]
+    ) / np.array(dataset.std)[:, None, None]
     np.testing.assert_allclose(images.numpy(), expected, atol=1e-5)
     plain = DatasetRegistry.create("cifar10", data_dir=str(tmp_path), download=False, augmentation="none")
     assert plain.augmentation_policy == "none"
-
-

@@ -45,7 +45,9 @@ def test_loader_batches_normalised_and_complete():
     seen = torch.cat([b[1] for b in batches])
     assert torch.equal(torch.sort(seen).values, torch.sort(dataset.train_labels).values)
     expected = (dataset.test_images.float() / 255 - dataset.mean) / dataset.std
-    assert torch.allclose(torch.cat([b[0] for b in val]), expected, atol=1e-6), "validation is unshuffled and normalised"
+    assert torch.allclose(torch.cat([b[0] for b in val]), expected, atol=1e-6), (
+        "validation is unshuffled and normalised"
+    )
 
 
 def test_shuffle_depends_only_on_seed_and_epoch():

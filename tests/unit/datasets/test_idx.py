@@ -88,8 +88,9 @@ def test_dataset_downloads_when_missing(tmp_path, http_server, shared_data, monk
     raw = shared_data / "FashionMNIST" / "raw"
     monkeypatch.setattr(FashionMNIST, "md5s", {name: md5_of(raw / name) for name in IDX_FILES})
     monkeypatch.setattr(FashionMNIST, "system_folders", ())
-    dataset = DatasetRegistry.create("fashion_mnist", data_dir=str(tmp_path), mirrors=[http_server],
-                                     augment=False, progress=False)
+    dataset = DatasetRegistry.create(
+        "fashion_mnist", data_dir=str(tmp_path), mirrors=[http_server], augment=False, progress=False
+    )
     assert len(dataset) == 60000 and dataset.num_classes == 10
     assert (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").is_file()
 

@@ -24,6 +24,7 @@ from src.models import ModelRegistry
 from src.training import ExperimentManager, Trainer
 from tests.fake_data import CLASSES, make_folder
 
+
 def create(root: Path, **options):
     options.setdefault("workers", 1)
     options.setdefault("progress", False)
@@ -31,6 +32,7 @@ def create(root: Path, **options):
 
 
 # -- layout, classes, shapes --------------------------------------------------------------
+
 
 def test_mixed_formats_and_sizes_load_with_image_size(folder):
     root = folder("mixed")
@@ -48,6 +50,7 @@ def test_mixed_formats_and_sizes_load_with_image_size(folder):
     assert data.mean == pytest.approx(meta["mean"]) and len(data.std) == 3
     # The cache's mean/std and content hash are what the base class would compute itself.
     from src.datasets import channel_statistics
+
     mean, std = channel_statistics(data.train_images)
     assert data.mean == pytest.approx(mean, abs=1e-12) and data.std == pytest.approx(std, abs=1e-12)
     assert data.fingerprint()["sha256"] == data._hash_content() == meta["content_sha256"]
@@ -83,12 +86,15 @@ LAYOUT_ERRORS = {
     "no train": (lambda root: shutil.rmtree(root / "train"), "has no train/ folder"),
     "no val or test": (lambda root: shutil.rmtree(root / "val"), "has no val/ or test/ folder"),
     "val is a file": (lambda root: (shutil.rmtree(root / "val"), (root / "val").write_text("x")), "is a file where"),
-    "unknown class in val": (lambda root: (root / "val" / "square").rename(root / "val" / "hexagon"),
-                             "class folder 'hexagon' that"),
+    "unknown class in val": (
+        lambda root: (root / "val" / "square").rename(root / "val" / "hexagon"),
+        "class folder 'hexagon' that",
+    ),
     "empty class folder": (lambda root: (root / "train" / "zebra").mkdir(), "zebra holds no images"),
-    "only non-images in a class": (lambda root: ((root / "train" / "zebra").mkdir(),
-                                                 (root / "train" / "zebra" / "a.txt").write_text("x")),
-                                   "zebra holds no images"),
+    "only non-images in a class": (
+        lambda root: ((root / "train" / "zebra").mkdir(), (root / "train" / "zebra" / "a.txt").write_text("x")),
+        "zebra holds no images",
+    ),
     "file in train": (lambda root: (root / "train" / "labels.csv").write_text("x"), "'labels.csv' where only class"),
     "no class folders": (lambda root: [shutil.rmtree(p) for p in (root / "train").iterdir()], "holds no class folders"),
     "no val images": (lambda root: [shutil.rmtree(p) for p in (root / "val").iterdir()], "holds no images"),
@@ -165,6 +171,7 @@ def test_non_image_files_are_ignored_with_one_warning(folder):
 
 # -- decoding policies -----------------------------------------------------------------------
 
+
 def test_transparency_is_composited_on_black_and_16_bit_grey_is_scaled(tmp_path):
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[..., :3] = 255
@@ -203,6 +210,7 @@ def test_resize_shorter_side_then_centre_crop(tmp_path):
 
 # -- the cache --------------------------------------------------------------------------------
 
+
 class Decoded(BaseException):
     """Raised by a forbidden decode (a BaseException: decoding errors are caught as bad images)."""
 
@@ -210,6 +218,7 @@ class Decoded(BaseException):
 def forbid_decoding(monkeypatch):
     def refuse(*args, **kwargs):
         raise Decoded("decoded although the cache was valid")
+
     monkeypatch.setattr(image_cache, "decode_image", refuse)
     monkeypatch.setattr(image_cache, "read_header", refuse)
 
@@ -256,7 +265,9 @@ DAMAGE = {
     "bad meta.json": lambda cache: (cache / "meta.json").write_text("{not json"),
     "meta.json missing": lambda cache: (cache / "meta.json").unlink(),
     "labels changed": lambda cache: np.save(cache / "train_labels.npy", np.zeros(36, dtype=np.int64)),
-    "wrong shape in meta": lambda cache: edit_meta(cache, lambda meta: meta["splits"]["test"].update(shape=[12, 3, 25, 24])),
+    "wrong shape in meta": lambda cache: edit_meta(
+        cache, lambda meta: meta["splits"]["test"].update(shape=[12, 3, 25, 24])
+    ),
     "mean missing": lambda cache: edit_meta(cache, lambda meta: meta.pop("mean")),
     "meta is a list": lambda cache: (cache / "meta.json").write_text("[]"),
 }
@@ -288,6 +299,7 @@ def test_a_killed_build_leaves_no_cache_and_its_leftovers_are_removed(folder, mo
         if len(calls) == 20:
             raise KeyboardInterrupt
         return real(*args)
+
     real = image_cache.decode_image
     monkeypatch.setattr(image_cache, "decode_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -311,6 +323,7 @@ def test_two_builders_at_once_both_end_with_the_first_cache(folder, monkeypatch)
             started.append(True)
             others.append(create(root))
         real_write(path, text)
+
     monkeypatch.setattr(image_cache, "atomic_write_text", slow_meta_write)
     data = create(root)
     assert others[0].cache_path == data.cache_path and data.fingerprint() == others[0].fingerprint()
@@ -341,6 +354,7 @@ def test_a_full_disk_is_refused_before_and_reported_during_the_build(folder, mon
 
     def full(*args):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(WriteError, match="Could not write the image cache in .*: No space left on device; free"):
         create(root)
@@ -356,6 +370,7 @@ def test_parallel_decoding_equals_serial(folder, monkeypatch):
 
 
 # -- bad images and mixed sizes -----------------------------------------------------------------
+
 
 def damage_images(root: Path) -> None:
     png = root / "train" / "circle" / "003.png"
@@ -411,6 +426,7 @@ def test_a_file_changed_during_the_build_is_caught(folder, monkeypatch):
         if path.endswith("circle/005.png"):
             os.utime(path, ns=(0, 10**9))
         return real(path, *args)
+
     monkeypatch.setattr(image_cache, "decode_image", touching)
     with pytest.raises(DataError, match="005.png changed while the image cache was built; run again"):
         create(root)
@@ -418,6 +434,7 @@ def test_a_file_changed_during_the_build_is_caught(folder, monkeypatch):
 
 
 # -- memory mapping and training ----------------------------------------------------------------
+
 
 def test_memory_mapped_data_equals_in_memory(folder):
     root = folder("mixed")
@@ -438,8 +455,19 @@ def train(data, tmp_path: Path, name: str, epochs: int) -> tuple:
     model = ModelRegistry.create("mlp", num_classes=3, in_channels=3, input_size=16, hidden_sizes=[32])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     experiment = ExperimentManager(base_dir=str(tmp_path / name), lock=False)
-    trainer = Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"),
-                      experiment, None, dataset=data, show_progress=False, plot_interval=3600)
+    trainer = Trainer(
+        model,
+        train_loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        torch.device("cpu"),
+        experiment,
+        None,
+        dataset=data,
+        show_progress=False,
+        plot_interval=3600,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results = trainer.train(epochs=epochs)
@@ -476,10 +504,19 @@ def test_mid_epoch_resume_on_a_memory_mapped_folder_with_crop_flip_redraws_is_bi
         train_loader, val_loader = data.get_dataloaders(batch_size=16)
         model = ModelRegistry.create("mlp", num_classes=3, in_channels=3, input_size=16, hidden_sizes=[16])
         manager = ExperimentManager(base_dir=str(tmp_path / name), **experiment)
-        trainer = Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(),
-                          torch.optim.AdamW(model.parameters(), lr=3e-3), torch.device("cpu"), manager,
-                          CheckpointManager(manager.checkpoints_dir), dataset=data, show_progress=False,
-                          plot_interval=3600)
+        trainer = Trainer(
+            model,
+            train_loader,
+            val_loader,
+            nn.CrossEntropyLoss(),
+            torch.optim.AdamW(model.parameters(), lr=3e-3),
+            torch.device("cpu"),
+            manager,
+            CheckpointManager(manager.checkpoints_dir),
+            dataset=data,
+            show_progress=False,
+            plot_interval=3600,
+        )
         return trainer, manager, model
 
     trainer, manager, straight = build("straight")
@@ -495,6 +532,7 @@ def test_mid_epoch_resume_on_a_memory_mapped_folder_with_crop_flip_redraws_is_bi
         step()
         if trainer.global_step == stop_at:
             trainer.stop_request.signum = signal.SIGTERM  # what the handler records
+
     trainer._optimizer_step = step_then_signal
     from src.training.interrupts import TrainingInterrupted
 

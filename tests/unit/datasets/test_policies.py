@@ -21,8 +21,12 @@ from src.datasets.transforms import CropFlipAugmentation, POLICIES
 
 def arrays(shape=(3, 16, 16), train=120, test=30, classes=4, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (train, *shape), dtype=np.uint8), rng.integers(0, classes, train),
-            rng.integers(0, 256, (test, *shape), dtype=np.uint8), rng.integers(0, classes, test))
+    return (
+        rng.integers(0, 256, (train, *shape), dtype=np.uint8),
+        rng.integers(0, classes, train),
+        rng.integers(0, 256, (test, *shape), dtype=np.uint8),
+        rng.integers(0, classes, test),
+    )
 
 
 def mapped(tmp_path: Path, *data):
@@ -101,9 +105,17 @@ def test_training_on_memory_mapped_data_is_bit_identical_to_in_memory(tmp_path):
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
         train_loader, val_loader = dataset.get_dataloaders(batch_size=32)
         experiment = ExperimentManager(base_dir=str(runs))
-        trainer = Trainer(model=model, train_loader=train_loader, val_loader=val_loader,
-                          criterion=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                          device="cpu", experiment_manager=experiment, dataset=dataset, show_progress=False)
+        trainer = Trainer(
+            model=model,
+            train_loader=train_loader,
+            val_loader=val_loader,
+            criterion=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            device="cpu",
+            experiment_manager=experiment,
+            dataset=dataset,
+            show_progress=False,
+        )
         try:
             trainer.train(epochs=3)
         finally:
@@ -163,8 +175,9 @@ def test_per_channel_normalisation_is_computed_from_the_training_split_and_finge
     train[:, 0] = 255
     train[:5, 1] = 255
     test = np.full((4, 3, 4, 4), 128, dtype=np.uint8)
-    dataset = ArrayDataset(train, np.zeros(10, dtype=np.int64), test, np.zeros(4, dtype=np.int64),
-                           class_names=["only"], augment=False)
+    dataset = ArrayDataset(
+        train, np.zeros(10, dtype=np.int64), test, np.zeros(4, dtype=np.int64), class_names=["only"], augment=False
+    )
     assert dataset.mean == pytest.approx([1.0, 0.5, 0.0])
     assert dataset.std == pytest.approx([1.0, 0.5, 1.0]), "a constant channel gets std 1, never 0"
     assert channel_statistics(dataset.train_images) == (dataset.mean, dataset.std)
@@ -215,8 +228,16 @@ def test_reading_a_memory_mapped_data_set_keeps_its_resident_pages_bounded(tmp_p
 
     def read_all(budget: int) -> int:
         """Peak growth of the resident file pages (KiB) over one epoch with a page budget."""
-        dataset = ArrayDataset(np.load(tmp_path / "train.npy", mmap_mode="r"), labels, test, labels[:8],
-                               num_classes=1, mean=0.5, std=0.5, augment=False)
+        dataset = ArrayDataset(
+            np.load(tmp_path / "train.npy", mmap_mode="r"),
+            labels,
+            test,
+            labels[:8],
+            num_classes=1,
+            mean=0.5,
+            std=0.5,
+            augment=False,
+        )
         dataset.page_budget_bytes = budget
         loader, _ = dataset.get_dataloaders(batch_size=64)
         start, peak = _resident_file_kib(), 0

@@ -66,13 +66,16 @@ def test_memory_budget_is_the_smaller_of_1_gib_and_a_quarter_of_ram():
     assert 0 < budget <= 1 << 30
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"input_shape": [1, 28, 14]},  # non-square is a legal data set
-    {"input_shape": (3, 5, 7), "num_classes": 2},
-    {"noise": 0},
-    {"noise": 1e6},
-    {"num_samples": 1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"input_shape": [1, 28, 14]},  # non-square is a legal data set
+        {"input_shape": (3, 5, 7), "num_classes": 2},
+        {"noise": 0},
+        {"noise": 1e6},
+        {"num_samples": 1},
+    ],
+)
 def test_good_options(kwargs):
     dataset = DatasetRegistry.create("synthetic", **{"num_samples": 16, **kwargs})
     shape = tuple(kwargs.get("input_shape", (1, 28, 28)))
@@ -94,14 +97,19 @@ def reference_synthetic(num_samples, num_classes, input_shape, noise, seed):
     return make(num_samples) + make(max(1, num_samples // 4))
 
 
-@pytest.mark.parametrize("num_samples,num_classes,shape,noise,seed", [
-    (2048, 10, (1, 28, 28), 60.0, 42),
-    (333, 3, (3, 9, 5), 200, 7),
-])
+@pytest.mark.parametrize(
+    "num_samples,num_classes,shape,noise,seed",
+    [
+        (2048, 10, (1, 28, 28), 60.0, 42),
+        (333, 3, (3, 9, 5), 200, 7),
+    ],
+)
 def test_generated_data_is_unchanged(num_samples, num_classes, shape, noise, seed):
-    dataset = DatasetRegistry.create("synthetic", num_samples=num_samples, num_classes=num_classes,
-                                     input_shape=shape, noise=noise, seed=seed)
+    dataset = DatasetRegistry.create(
+        "synthetic", num_samples=num_samples, num_classes=num_classes, input_shape=shape, noise=noise, seed=seed
+    )
     train_images, train_labels, test_images, test_labels = reference_synthetic(
-        num_samples, num_classes, shape, noise, seed)
+        num_samples, num_classes, shape, noise, seed
+    )
     assert torch.equal(dataset.train_images, train_images) and torch.equal(dataset.train_labels, train_labels)
     assert torch.equal(dataset.test_images, test_images) and torch.equal(dataset.test_labels, test_labels)

@@ -142,8 +142,9 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("name,arguments,option,fragment", BAD_ARGUMENTS,
-                         ids=[f"{b[0]}-{b[1]!r}" for b in BAD_ARGUMENTS])
+@pytest.mark.parametrize(
+    "name,arguments,option,fragment", BAD_ARGUMENTS, ids=[f"{b[0]}-{b[1]!r}" for b in BAD_ARGUMENTS]
+)
 def test_bad_arguments_are_one_clear_config_error(name, arguments, option, fragment):
     from src.config import ConfigError
 
@@ -154,21 +155,24 @@ def test_bad_arguments_are_one_clear_config_error(name, arguments, option, fragm
     assert "\n" not in message and message.endswith(".")
 
 
-@pytest.mark.parametrize("name,arguments", [
-    ("mlp", {"hidden_sizes": []}),  # a linear model, as documented
-    ("mlp", {"hidden_sizes": (8, 4), "dropout": 0.5}),
-    ("lenet5", {"input_size": 16}),
-    ("lenet5", {"input_size": 32, "in_channels": 3}),
-    ("mynet", {"input_size": 8, "width": 1, "dropout": 0}),
-    ("mynet", {"input_size": 4, "width": 1, "dropout": 0, "version": 1}),
-    ("mynet", {"num_classes": 1}),
-    ("resnet18", {"input_size": 8, "width": 1, "num_classes": 1}),
-    ("resnet20", {"input_size": 4, "width": 1, "in_channels": 2}),
-    ("resnet56", {"input_size": 4, "width": 1}),
-    ("resnet20", {"input_size": 33, "width": 2}),
-    ("fastnet", {"input_size": 9, "widths": [1, 1, 1], "in_channels": 1}),
-    ("fastnet", {"input_size": 31, "widths": (4, 2, 8), "num_classes": 1}),
-])
+@pytest.mark.parametrize(
+    "name,arguments",
+    [
+        ("mlp", {"hidden_sizes": []}),  # a linear model, as documented
+        ("mlp", {"hidden_sizes": (8, 4), "dropout": 0.5}),
+        ("lenet5", {"input_size": 16}),
+        ("lenet5", {"input_size": 32, "in_channels": 3}),
+        ("mynet", {"input_size": 8, "width": 1, "dropout": 0}),
+        ("mynet", {"input_size": 4, "width": 1, "dropout": 0, "version": 1}),
+        ("mynet", {"num_classes": 1}),
+        ("resnet18", {"input_size": 8, "width": 1, "num_classes": 1}),
+        ("resnet20", {"input_size": 4, "width": 1, "in_channels": 2}),
+        ("resnet56", {"input_size": 4, "width": 1}),
+        ("resnet20", {"input_size": 33, "width": 2}),
+        ("fastnet", {"input_size": 9, "widths": [1, 1, 1], "in_channels": 1}),
+        ("fastnet", {"input_size": 31, "widths": (4, 2, 8), "num_classes": 1}),
+    ],
+)
 def test_edge_arguments_build_a_working_model(name, arguments):
     model = ModelRegistry.create(name, **arguments)
     config = model.model_config
@@ -177,18 +181,21 @@ def test_edge_arguments_build_a_working_model(name, arguments):
     assert build_model(config).model_config == config
 
 
-@pytest.mark.parametrize("name,arguments", [
-    ("mlp", {"hidden_sizes": [32, 16], "num_classes": 7, "in_channels": 3, "input_size": 9}),
-    ("mlp", {"hidden_sizes": []}),
-    ("mynet", {"width": 8, "in_channels": 2, "input_size": 13, "num_classes": 5}),
-    ("lenet5", {"input_size": 28}),
-    ("lenet5", {"input_size": 37, "in_channels": 3, "num_classes": 4}),
-    ("resnet18", {"width": 8, "num_classes": 7, "in_channels": 1}),
-    ("resnet20", {}),
-    ("resnet56", {"width": 4, "in_channels": 5, "num_classes": 2}),
-    ("fastnet", {}),
-    ("fastnet", {"widths": [3, 5, 7], "in_channels": 2, "num_classes": 3}),
-])
+@pytest.mark.parametrize(
+    "name,arguments",
+    [
+        ("mlp", {"hidden_sizes": [32, 16], "num_classes": 7, "in_channels": 3, "input_size": 9}),
+        ("mlp", {"hidden_sizes": []}),
+        ("mynet", {"width": 8, "in_channels": 2, "input_size": 13, "num_classes": 5}),
+        ("lenet5", {"input_size": 28}),
+        ("lenet5", {"input_size": 37, "in_channels": 3, "num_classes": 4}),
+        ("resnet18", {"width": 8, "num_classes": 7, "in_channels": 1}),
+        ("resnet20", {}),
+        ("resnet56", {"width": 4, "in_channels": 5, "num_classes": 2}),
+        ("fastnet", {}),
+        ("fastnet", {"widths": [3, 5, 7], "in_channels": 2, "num_classes": 3}),
+    ],
+)
 def test_parameter_budget_counts_exactly(monkeypatch, name, arguments):
     """The size check counts parameters before allocating them; the count must be exact."""
     from src.config import ConfigError
@@ -258,20 +265,26 @@ def test_create_model_for_on_a_real_non_square_data_set():
     assert "fastnet, resnet18, resnet20, resnet56" in message and message.endswith(".")
 
 
-@pytest.mark.parametrize("data,options,fragment", [
-    (FakeData(num_classes=10, input_shape=(3, 4, 4)), {}, "resnet18's input_size must be an integer >= 8"),
-    (FakeData(num_classes=10, input_shape=(3, 32, 32)), {"num_classes": 5}, "takes num_classes for model"),
-    (FakeData(num_classes=10, input_shape=(3, 32, 32)), {"input_size": 5, "in_channels": 1},
-     "takes in_channels, input_size for model 'resnet18' from the data set; do not pass them"),
-    (FakeData(num_classes=10, input_shape=(3, 32, 32)), {"depth": 3}, "no option depth; its options: width"),
-    (FakeData(num_classes=10, input_shape=(3, 32, 32)), {"width": 0}, "got 0"),
-    (FakeData(num_classes=10, input_shape=(3, 32)), {}, "got (3, 32) from FakeData"),
-    (FakeData(num_classes=10, input_shape=(3, 32, 32.0)), {}, "got (3, 32, 32.0)"),
-    (FakeData(num_classes=10, input_shape="3x32x32"), {}, "got '3x32x32'"),
-    (FakeData(num_classes=10), {}, "got None from FakeData"),
-    (FakeData(input_shape=(3, 32, 32)), {}, "needs a data set with num_classes; FakeData has none"),
-    (FakeData(num_classes=0, input_shape=(3, 32, 32)), {}, "resnet18's num_classes must be an integer >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "data,options,fragment",
+    [
+        (FakeData(num_classes=10, input_shape=(3, 4, 4)), {}, "resnet18's input_size must be an integer >= 8"),
+        (FakeData(num_classes=10, input_shape=(3, 32, 32)), {"num_classes": 5}, "takes num_classes for model"),
+        (
+            FakeData(num_classes=10, input_shape=(3, 32, 32)),
+            {"input_size": 5, "in_channels": 1},
+            "takes in_channels, input_size for model 'resnet18' from the data set; do not pass them",
+        ),
+        (FakeData(num_classes=10, input_shape=(3, 32, 32)), {"depth": 3}, "no option depth; its options: width"),
+        (FakeData(num_classes=10, input_shape=(3, 32, 32)), {"width": 0}, "got 0"),
+        (FakeData(num_classes=10, input_shape=(3, 32)), {}, "got (3, 32) from FakeData"),
+        (FakeData(num_classes=10, input_shape=(3, 32, 32.0)), {}, "got (3, 32, 32.0)"),
+        (FakeData(num_classes=10, input_shape="3x32x32"), {}, "got '3x32x32'"),
+        (FakeData(num_classes=10), {}, "got None from FakeData"),
+        (FakeData(input_shape=(3, 32, 32)), {}, "needs a data set with num_classes; FakeData has none"),
+        (FakeData(num_classes=0, input_shape=(3, 32, 32)), {}, "resnet18's num_classes must be an integer >= 1, got 0"),
+    ],
+)
 def test_create_model_for_refuses_clearly(data, options, fragment):
     with pytest.raises(ConfigError) as error:
         create_model_for("resnet18", data, **options)

@@ -9,8 +9,14 @@ import pytest
 
 from src.run import run_training
 
-TINY = {"dataset": "synthetic", "dataset_options": {"num_samples": 64}, "model": "mlp",
-        "model_options": {"hidden_sizes": [16]}, "device": "cpu", "save_frequency": 1}
+TINY = {
+    "dataset": "synthetic",
+    "dataset_options": {"num_samples": 64},
+    "model": "mlp",
+    "model_options": {"hidden_sizes": [16]},
+    "device": "cpu",
+    "save_frequency": 1,
+}
 
 
 def train(runs: Path, **options) -> None:

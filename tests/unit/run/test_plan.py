@@ -42,8 +42,15 @@ def tree(root: Path) -> Dict[str, object]:
 
 
 def plan(runs: Path, overrides=None, resume=None, fork=None, dist=None, lines=None):
-    return make_plan(dist or Distributed.from_environment("cpu"), dict(overrides or {}), str(runs), resume, fork,
-                     log=(lines.append if lines is not None else lambda *a: None), progress=False)
+    return make_plan(
+        dist or Distributed.from_environment("cpu"),
+        dict(overrides or {}),
+        str(runs),
+        resume,
+        fork,
+        log=(lines.append if lines is not None else lambda *a: None),
+        progress=False,
+    )
 
 
 def refused(runs: Path, error, match: str, overrides=None, resume=None, fork=None, watch=None, **kwargs) -> str:
@@ -62,6 +69,7 @@ def edit_config(runs: Path, experiment: str, **changes) -> None:
 
 
 # -- the runs directory and the experiment names ------------------------------------------
+
 
 def test_runs_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "runs").write_text("not a directory")
@@ -106,22 +114,28 @@ def test_running_experiment_is_refused(runs):
 
 # -- the configuration --------------------------------------------------------------------
 
-@pytest.mark.parametrize("options, match", [
-    ({"dataset": "imagenet"}, "Unknown dataset 'imagenet'; choose one of: "),
-    ({"model": "gpt5"}, "Unknown model 'gpt5'; choose one of: "),
-    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
-    ({"batch_size": -3}, "batch_size must be a positive integer, got -3"),
-    ({"optimizer": "lion"}, "Unknown optimizer 'lion'"),
-    ({"grad_accum": 0}, "grad_accum must be a positive integer, got 0"),
-    ({"grad_clip": -1.0}, "grad_clip must be a non-negative finite number"),
-], ids=["dataset", "model", "epochs", "batch-size", "optimizer", "grad-accum", "grad-clip"])
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"dataset": "imagenet"}, "Unknown dataset 'imagenet'; choose one of: "),
+        ({"model": "gpt5"}, "Unknown model 'gpt5'; choose one of: "),
+        ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+        ({"batch_size": -3}, "batch_size must be a positive integer, got -3"),
+        ({"optimizer": "lion"}, "Unknown optimizer 'lion'"),
+        ({"grad_accum": 0}, "grad_accum must be a positive integer, got 0"),
+        ({"grad_clip": -1.0}, "grad_clip must be a non-negative finite number"),
+    ],
+    ids=["dataset", "model", "epochs", "batch-size", "optimizer", "grad-accum", "grad-clip"],
+)
 def test_a_bad_option_of_a_new_run_is_refused(tmp_path, options, match):
     refused(tmp_path / "runs", ConfigError, match, {**TINY, **options}, watch=tmp_path)
 
 
 def test_resume_refuses_a_changed_setting(runs):
-    message = refused(runs, ConfigError, r"cannot change lr \(run has 0.001, given 0.5\)", {"lr": 0.5, "epochs": 3},
-                      resume="exp1")
+    message = refused(
+        runs, ConfigError, r"cannot change lr \(run has 0.001, given 0.5\)", {"lr": 0.5, "epochs": 3}, resume="exp1"
+    )
     assert "--fork exp1" in message
 
 
@@ -140,8 +154,13 @@ def test_a_name_two_runs_record_is_ambiguous(runs):
 
 def test_an_unusable_saved_configuration_is_refused(runs):
     edit_config(runs, "exp1", epochs=0)
-    refused(runs, ConfigError, "config.json is not a usable configuration: epochs must be a positive integer",
-            {"epochs": 3}, resume="exp1")
+    refused(
+        runs,
+        ConfigError,
+        "config.json is not a usable configuration: epochs must be a positive integer",
+        {"epochs": 3},
+        resume="exp1",
+    )
 
 
 def test_a_run_of_a_custom_model_cannot_be_resumed_by_name(runs):
@@ -150,8 +169,12 @@ def test_a_run_of_a_custom_model_cannot_be_resumed_by_name(runs):
 
 
 def test_tensorboard_every_without_tensorboard_is_refused(runs):
-    refused(runs, ConfigError, "--tensorboard-every 5 has no effect while TensorBoard logging is off",
-            {**TINY, "tensorboard_every": 5})
+    refused(
+        runs,
+        ConfigError,
+        "--tensorboard-every 5 has no effect while TensorBoard logging is off",
+        {**TINY, "tensorboard_every": 5},
+    )
 
 
 def test_tensorboard_without_its_package_is_refused(runs, monkeypatch):
@@ -164,12 +187,17 @@ def test_tensorboard_without_its_package_is_refused(runs, monkeypatch):
 
 # -- the data and the model -----------------------------------------------------------------
 
-@pytest.mark.parametrize("options, match", [
-    ({"dataset_options": {"num_samples": 64, "colour": 1}}, "dataset 'synthetic' has no option colour"),
-    ({"dataset_options": {"num_samples": 64, "image_size": 32}}, "--image-size is for image folders"),
-    ({"dataset_options": {"num_samples": 64, "seed": 5}}, "--dataset-option seed cannot be given .* from --seed"),
-    ({"model_options": {"num_classes": 3}}, "--model-option num_classes cannot be given .* from the data"),
-], ids=["unknown-option", "image-size", "dataset-seed", "model-num-classes"])
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"dataset_options": {"num_samples": 64, "colour": 1}}, "dataset 'synthetic' has no option colour"),
+        ({"dataset_options": {"num_samples": 64, "image_size": 32}}, "--image-size is for image folders"),
+        ({"dataset_options": {"num_samples": 64, "seed": 5}}, "--dataset-option seed cannot be given .* from --seed"),
+        ({"model_options": {"num_classes": 3}}, "--model-option num_classes cannot be given .* from the data"),
+    ],
+    ids=["unknown-option", "image-size", "dataset-seed", "model-num-classes"],
+)
 def test_bad_data_or_model_options_are_refused(runs, options, match):
     refused(runs, ConfigError, match, {**TINY, **options})
 
@@ -183,9 +211,15 @@ def test_resume_on_other_data_is_refused(runs):
 
 # -- the checkpoint -------------------------------------------------------------------------
 
+
 def test_fork_to_another_model_shape_is_refused(runs):
-    refused(runs, CheckpointError, r"was saved from a different model \(hidden_sizes: \[16\] vs \[32\]\)",
-            {"model_options": {"hidden_sizes": [32]}}, fork="exp1")
+    refused(
+        runs,
+        CheckpointError,
+        r"was saved from a different model \(hidden_sizes: \[16\] vs \[32\]\)",
+        {"model_options": {"hidden_sizes": [32]}},
+        fork="exp1",
+    )
 
 
 def test_fork_of_a_run_without_checkpoints_is_refused(runs):
@@ -197,8 +231,13 @@ def test_fork_of_a_run_without_checkpoints_is_refused(runs):
 def test_resume_whose_checkpoints_are_gone_is_refused(runs):
     for path in (runs / "exp1" / "checkpoints").iterdir():
         path.unlink()
-    refused(runs, CheckpointError, r"exp1 records 1 finished epoch\(s\) in training_log.jsonl but no checkpoint",
-            {"epochs": 2}, resume="exp1")
+    refused(
+        runs,
+        CheckpointError,
+        r"exp1 records 1 finished epoch\(s\) in training_log.jsonl but no checkpoint",
+        {"epochs": 2},
+        resume="exp1",
+    )
 
 
 def test_resume_with_only_damaged_checkpoints_is_refused(runs):
@@ -220,8 +259,13 @@ def test_checkpoints_that_are_a_file_are_refused(runs):
 
 def test_config_file_that_disagrees_with_the_checkpoint_is_refused(runs):
     edit_config(runs, "exp1", batch_size=32)
-    refused(runs, CheckpointError, r"was written with a different configuration \(batch_size\) than .*exp1/config.json",
-            {"epochs": 2}, resume="exp1")
+    refused(
+        runs,
+        CheckpointError,
+        r"was written with a different configuration \(batch_size\) than .*exp1/config.json",
+        {"epochs": 2},
+        resume="exp1",
+    )
 
 
 def test_mid_epoch_checkpoint_of_another_process_count_is_refused(runs, monkeypatch):
@@ -232,20 +276,36 @@ def test_mid_epoch_checkpoint_of_another_process_count_is_refused(runs, monkeypa
         return found._replace(payload={**found.payload, "mid_epoch": True, "world_size": 2})
 
     monkeypatch.setattr(plan_module, "latest_valid_checkpoint", mid_epoch_of_two)
-    refused(runs, CheckpointError, r"was saved mid-epoch by a run of 2 process\(es\) and this run has 1",
-            {"epochs": 2}, resume="exp1")
+    refused(
+        runs,
+        CheckpointError,
+        r"was saved mid-epoch by a run of 2 process\(es\) and this run has 1",
+        {"epochs": 2},
+        resume="exp1",
+    )
 
 
 # -- what is left to do ---------------------------------------------------------------------
 
+
 def test_onecycle_cannot_be_extended_past_its_plan(runs):
-    refused(runs, ConfigError, "exp2's onecycle learning-rate schedule was planned for 1 epochs; extending it to 2",
-            {"epochs": 2}, resume="exp2")
+    refused(
+        runs,
+        ConfigError,
+        "exp2's onecycle learning-rate schedule was planned for 1 epochs; extending it to 2",
+        {"epochs": 2},
+        resume="exp2",
+    )
 
 
 def test_fork_to_no_more_epochs_than_the_parent_is_refused(runs):
-    refused(runs, ConfigError, r"exp1 is at epoch 1 and --epochs is 1; pass --epochs N with N > 1", {"epochs": 1},
-            fork="exp1")
+    refused(
+        runs,
+        ConfigError,
+        r"exp1 is at epoch 1 and --epochs is 1; pass --epochs N with N > 1",
+        {"epochs": 1},
+        fork="exp1",
+    )
 
 
 def test_resume_of_a_complete_run_plans_nothing_to_do(runs):
@@ -263,6 +323,7 @@ def test_resume_of_a_run_that_stopped_early_plans_nothing_to_do(runs):
 
 
 # -- accepted plans -------------------------------------------------------------------------
+
 
 def test_plans_of_a_new_run_a_resume_and_a_fork_write_nothing(runs):
     before = tree(runs)
@@ -291,6 +352,7 @@ def test_another_process_count_is_a_note(runs, monkeypatch):
 
 # -- a fork that saved no checkpoint of its own -------------------------------------------
 
+
 def unsaved_fork(runs: Path) -> Path:
     """exp3 (a fork of exp1) as a kill before its first save leaves it: config and lineage only."""
     fork = runs / "exp3"
@@ -309,25 +371,36 @@ def test_unsaved_fork_plans_to_start_again_from_its_parent(runs):
     assert tree(runs) == before
     assert (start.kind, start.into, start.fork, start.resume, start.config.epochs) == ("fork", "exp3", "exp1", None, 2)
     assert start.notes == (
-        "exp3 is a fork of exp1 that saved no checkpoint of its own; it starts again from exp1's checkpoint.",)
+        "exp3 is a fork of exp1 that saved no checkpoint of its own; it starts again from exp1's checkpoint.",
+    )
 
 
 def test_unsaved_fork_whose_parent_moved_on_is_refused(runs):
     lineage = unsaved_fork(runs) / "lineage.json"
     lineage.write_text(json.dumps({**json.loads(lineage.read_text()), "sha256": "f" * 64}))
-    message = refused(runs, CheckpointError, "exp3 was forked from a checkpoint of exp1 .* no longer exp1's newest",
-                      resume="exp3")
+    message = refused(
+        runs, CheckpointError, "exp3 was forked from a checkpoint of exp1 .* no longer exp1's newest", resume="exp3"
+    )
     assert "python train.py --fork exp1" in message
 
 
 # -- a model that cannot take the data (the dry forward pass) -------------------------------
 
-@pytest.mark.parametrize("factory, match", [
-    (lambda num_classes, **_: nn.Linear(3, num_classes),
-     r"Model 'plan_test_model' cannot take the inputs of 'synthetic' \(shape \(1, 28, 28\)\)"),
-    (lambda num_classes, **_: nn.Sequential(nn.Flatten(), nn.Linear(784, 7)),
-     r"Model 'plan_test_model' returns outputs of shape \(2, 7\) for 2 images; expected \(2, 10\)"),
-], ids=["forward-fails", "wrong-output-shape"])
+
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        (
+            lambda num_classes, **_: nn.Linear(3, num_classes),
+            r"Model 'plan_test_model' cannot take the inputs of 'synthetic' \(shape \(1, 28, 28\)\)",
+        ),
+        (
+            lambda num_classes, **_: nn.Sequential(nn.Flatten(), nn.Linear(784, 7)),
+            r"Model 'plan_test_model' returns outputs of shape \(2, 7\) for 2 images; expected \(2, 10\)",
+        ),
+    ],
+    ids=["forward-fails", "wrong-output-shape"],
+)
 def test_model_that_cannot_take_the_data_is_refused(runs, monkeypatch, factory, match):
     from src.models import ModelRegistry
 
@@ -337,18 +410,36 @@ def test_model_that_cannot_take_the_data_is_refused(runs, monkeypatch, factory, 
 
 # -- the experiment a resume reopens --------------------------------------------------------
 
-@pytest.mark.parametrize("target", ["training_curves.png", ".lock", "status.json", "checkpoints/best_model.pt",
-                                    "checkpoints/epoch_1.pt.manifest.json"])
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "training_curves.png",
+        ".lock",
+        "status.json",
+        "checkpoints/best_model.pt",
+        "checkpoints/epoch_1.pt.manifest.json",
+    ],
+)
 def test_a_directory_where_a_run_file_belongs_is_refused(runs, target):
     path = runs / "exp1" / target
     if path.exists():
         path.unlink()
     path.mkdir()
-    refused(runs, ExperimentError, f"exp1/{target} is a directory, not the file this run keeps there",
-            {"epochs": 3}, resume="exp1")
+    refused(
+        runs,
+        ExperimentError,
+        f"exp1/{target} is a directory, not the file this run keeps there",
+        {"epochs": 3},
+        resume="exp1",
+    )
 
 
 def test_an_unsaved_fork_whose_checkpoints_are_a_file_is_refused(runs):
     (unsaved_fork(runs) / "checkpoints").write_text("not a directory")
-    refused(runs, ExperimentError, "exp3/checkpoints is a file, not a directory; move it away and resume again",
-            resume="exp3")
+    refused(
+        runs,
+        ExperimentError,
+        "exp3/checkpoints is a file, not a directory; move it away and resume again",
+        resume="exp3",
+    )

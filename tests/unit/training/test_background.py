@@ -184,8 +184,11 @@ def test_a_failed_background_write_stops_the_run_at_the_last_saved_epoch(tmp_pat
     assert payload["epoch"] == 1
     # Its model and optimizer are past epoch 1: it refuses to go on, and says how to resume.
     armed["on"] = False
-    with pytest.raises(Exception, match=r"stopped at epoch 1 of exp1 because a checkpoint could not be written.*"
-                                        r"--resume exp1"):
+    with pytest.raises(
+        Exception,
+        match=r"stopped at epoch 1 of exp1 because a checkpoint could not be written.*"
+        r"--resume exp1",
+    ):
         trainer.train(epochs=4)
 
 

@@ -34,8 +34,16 @@ def test_documented_files_and_keys(tmp_path, parts):
     names = {p.name for p in tmp_path.glob("*.pt")}
     assert names == {"best_model.pt", "latest_checkpoint.pt", "epoch_2.pt", "custom.pt"}
     payload = torch.load(tmp_path / "best_model.pt", weights_only=True)
-    for key in ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "accuracy", "model_config",
-                "format_version", "versions"):
+    for key in (
+        "epoch",
+        "model_state_dict",
+        "optimizer_state_dict",
+        "loss",
+        "accuracy",
+        "model_config",
+        "format_version",
+        "versions",
+    ):
         assert key in payload
     assert payload["epoch"] == 1 and payload["accuracy"] == 80.0
     assert build_model(payload["model_config"]).load_state_dict(payload["model_state_dict"])

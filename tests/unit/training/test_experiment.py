@@ -60,8 +60,13 @@ def test_fork_creates_new_experiment_with_parent_checkpoint_and_lineage(tmp_path
     assert all(torch.equal(fork.parent_state["model_state_dict"][k], v) for k, v in model.state_dict().items())
     lineage = json.loads((Path(fork.experiment_dir) / "lineage.json").read_text())
     digest = hashlib.sha256(fork.parent_checkpoint.read_bytes()).hexdigest()
-    assert lineage == {"parent": "exp1", "epoch": 3, "step": 30, "checkpoint": str(fork.parent_checkpoint),
-                       "sha256": digest}
+    assert lineage == {
+        "parent": "exp1",
+        "epoch": 3,
+        "step": 30,
+        "checkpoint": str(fork.parent_checkpoint),
+        "sha256": digest,
+    }
 
 
 @pytest.mark.parametrize("name", ["../../etc", "/etc", "a/b", "", ".", "..", "exp1/../../x", "~root", "a\\b"])

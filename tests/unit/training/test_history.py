@@ -2,8 +2,15 @@ from src.training.history import append_epoch, empty_history, read_log, write_lo
 
 
 def _record(epoch):
-    return dict(epoch=epoch, train_loss=1.0 / epoch, train_accuracy=50.0 + epoch, val_loss=0.5 / epoch,
-                val_accuracy=60.0 + epoch, learning_rate=1e-3, epoch_time=0.1 * epoch)
+    return dict(
+        epoch=epoch,
+        train_loss=1.0 / epoch,
+        train_accuracy=50.0 + epoch,
+        val_loss=0.5 / epoch,
+        val_accuracy=60.0 + epoch,
+        learning_rate=1e-3,
+        epoch_time=0.1 * epoch,
+    )
 
 
 def test_log_round_trip_is_exact(tmp_path):

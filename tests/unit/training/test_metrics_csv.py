@@ -10,13 +10,30 @@ import pytest
 
 import train
 from src.training.history import (
-    HISTORY_KEYS, METRICS_FILE, append_epoch, empty_history, read_metrics_epochs, record_start, write_metrics_csv,
+    HISTORY_KEYS,
+    METRICS_FILE,
+    append_epoch,
+    empty_history,
+    read_metrics_epochs,
+    record_start,
+    write_metrics_csv,
 )
 from src.training.plots import best_epoch_of, plot_history, run_title
 from tests.helpers import load_checkpoint
 
-TINY = ("--dataset", "synthetic", "--dataset-option", "num_samples=64", "--model", "mlp",
-        "--model-option", "hidden_sizes=[8]", "--quiet", "--checkpoint-interval", "0")
+TINY = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=64",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[8]",
+    "--quiet",
+    "--checkpoint-interval",
+    "0",
+)
 
 
 def read_rows(path: Path):
@@ -33,9 +50,18 @@ def log_records(experiment: Path):
 def history_of(n: int):
     history = empty_history()
     for epoch in range(1, n + 1):
-        append_epoch(history, {"epoch": epoch, "train_loss": 1.0 / epoch, "train_accuracy": 50.0 + epoch,
-                               "val_loss": 1.1 / epoch + 1e-17, "val_accuracy": [60.0, 70.0, 65.0, 70.0][epoch % 4],
-                               "learning_rate": 1e-3 / epoch, "epoch_time": 0.1 * epoch})
+        append_epoch(
+            history,
+            {
+                "epoch": epoch,
+                "train_loss": 1.0 / epoch,
+                "train_accuracy": 50.0 + epoch,
+                "val_loss": 1.1 / epoch + 1e-17,
+                "val_accuracy": [60.0, 70.0, 65.0, 70.0][epoch % 4],
+                "learning_rate": 1e-3 / epoch,
+                "epoch_time": 0.1 * epoch,
+            },
+        )
     return history
 
 
@@ -72,7 +98,8 @@ def test_every_run_writes_metrics_csv_continued_on_resume(tmp_path, monkeypatch,
     for row, record in zip(rows, log_records(experiment)):
         assert [float(v) for v in row] == [float(record[k]) for k in HISTORY_KEYS], "the same numbers as the log"
     assert load_checkpoint(experiment / "checkpoints" / "latest_checkpoint.pt")["starts"] == [
-        {"kind": "resume", "epoch": 2, "global_step": 2, "mid_epoch": False}]
+        {"kind": "resume", "epoch": 2, "global_step": 2, "mid_epoch": False}
+    ]
 
     # A kill between the log and the table leaves the table behind: a resume of the finished run settles it.
     (experiment / METRICS_FILE).write_text("\n".join(text.splitlines()[:3]) + "\n")
@@ -95,8 +122,10 @@ def test_record_start_keeps_one_point_per_step():
     record_start(starts, "resume", 2, 10, False)  # stopped before its first step, resumed again
     record_start(starts, "resume", 3, 17, True)
     record_start(starts, "fork", 3, 17, True)
-    assert starts == [{"kind": "resume", "epoch": 2, "global_step": 10, "mid_epoch": False},
-                      {"kind": "fork", "epoch": 3, "global_step": 17, "mid_epoch": True}]
+    assert starts == [
+        {"kind": "resume", "epoch": 2, "global_step": 10, "mid_epoch": False},
+        {"kind": "fork", "epoch": 3, "global_step": 17, "mid_epoch": True},
+    ]
 
 
 def test_run_title_and_best_epoch():
@@ -112,9 +141,18 @@ def test_plot_has_three_panels_and_marks(tmp_path, epochs):
     import numpy as np
 
     path = tmp_path / "curves.png"
-    plot_history(history_of(epochs), path, title="exp9 (x): mlp on synthetic", best_epoch=1,
-                 starts=[{"kind": "resume", "epoch": 1, "mid_epoch": True}, {"kind": "fork", "epoch": 2},
-                         {"kind": "other", "epoch": 1}, {"kind": "resume", "epoch": "two"}])
+    plot_history(
+        history_of(epochs),
+        path,
+        title="exp9 (x): mlp on synthetic",
+        best_epoch=1,
+        starts=[
+            {"kind": "resume", "epoch": 1, "mid_epoch": True},
+            {"kind": "fork", "epoch": 2},
+            {"kind": "other", "epoch": 1},
+            {"kind": "resume", "epoch": "two"},
+        ],
+    )
     image = np.asarray(Image.open(path).convert("RGB")).astype(int)
     assert image.shape[1] > 2 * image.shape[0], "three panels side by side"
     assert image.std() > 20, "not blank"

@@ -27,6 +27,7 @@ MLP = {"hidden_sizes": [16]}
 
 # -- case 15: a missing or empty validation loader is refused when the Trainer is built ---
 
+
 class Stream(IterableDataset):
     """An unsized stream of ``n`` samples (a DataLoader over it has no len())."""
 
@@ -69,13 +70,17 @@ def test_empty_training_loader_is_refused_when_built(tmp_path):
 
 def test_unsized_stream_loaders_are_accepted_and_train(tmp_path):
     """A DataLoader over an IterableDataset is an ordinary DataLoader: it has no len()."""
-    trainer = make_trainer(tmp_path, loaders=(DataLoader(Stream(64), batch_size=16), DataLoader(Stream(32), batch_size=16)))
+    trainer = make_trainer(
+        tmp_path, loaders=(DataLoader(Stream(64), batch_size=16), DataLoader(Stream(32), batch_size=16))
+    )
     results = trainer.train(epochs=1)
     assert results["epochs_trained"] == 1 and results["history"]["epoch"] == [1]
 
 
 def test_unsized_validation_stream_that_yields_nothing_is_a_clear_error_not_zero_accuracy(tmp_path):
-    trainer = make_trainer(tmp_path, loaders=(DataLoader(Stream(64), batch_size=16), DataLoader(Stream(0), batch_size=16)))
+    trainer = make_trainer(
+        tmp_path, loaders=(DataLoader(Stream(64), batch_size=16), DataLoader(Stream(0), batch_size=16))
+    )
     with pytest.raises(ValueError, match=r"val_loader.*no (samples|batches)"):
         trainer.train(epochs=1)
     assert not (Path(trainer.experiment_manager.experiment_dir) / "checkpoints" / "best_model.pt").exists()
@@ -83,11 +88,24 @@ def test_unsized_validation_stream_that_yields_nothing_is_a_clear_error_not_zero
 
 # -- case 16: a resume from Python keeps the better best model ------------------------
 
+
 def test_load_history_from_log_restores_best_and_patience(tmp_path):
     trainer = make_trainer(tmp_path, patience=3)
     accuracies = [50.0, 60.0, 55.0, 58.0]
-    lines = [json.dumps({"epoch": e, "train_loss": 1.0, "train_accuracy": 50.0, "val_loss": 1.0, "val_accuracy": a,
-                         "learning_rate": 1e-3, "epoch_time": 0.1}) for e, a in enumerate(accuracies, start=1)]
+    lines = [
+        json.dumps(
+            {
+                "epoch": e,
+                "train_loss": 1.0,
+                "train_accuracy": 50.0,
+                "val_loss": 1.0,
+                "val_accuracy": a,
+                "learning_rate": 1e-3,
+                "epoch_time": 0.1,
+            }
+        )
+        for e, a in enumerate(accuracies, start=1)
+    ]
     Path(trainer.experiment_manager.log_file).write_text("\n".join(lines) + "\n")
     assert trainer.load_history_from_log() == 4
     assert (trainer.best_accuracy, trainer.best_epoch, trainer.epochs_without_improvement) == (60.0, 2, 2)
@@ -112,6 +130,7 @@ def test_save_best_model_never_replaces_a_better_model(tmp_path):
 
 
 # -- case 17: forking from Python and the bare command-line fork ----------------------
+
 
 def test_python_fork_records_lineage_and_exposes_parent_state(tmp_path):
     runs = tmp_path / "runs"
@@ -154,6 +173,7 @@ def test_python_fork_of_a_parent_without_a_checkpoint_is_refused_and_leaves_noth
 
 # -- case 18: a Python run continues from train.py ------------------------------------
 
+
 def test_restoring_an_older_state_never_lowers_the_best_on_disk(tmp_path):
     """trainer.load_state_dict(cm.read(epoch_2.pt)) after a better epoch 3: best_model.pt stays."""
     trainer = make_trainer(tmp_path)
@@ -185,8 +205,15 @@ def test_resume_after_a_best_epoch_keeps_it_against_a_worse_later_epoch(tmp_path
         return {**metrics, "accuracy": next(scripted)}, speed
 
     monkeypatch.setattr(Trainer, "validate", validate)
-    overrides = {"dataset": "synthetic", "dataset_options": {"num_samples": 64}, "model": "mlp",
-                 "model_options": {"hidden_sizes": [16]}, "epochs": 2, "device": "cpu", "save_frequency": 1}
+    overrides = {
+        "dataset": "synthetic",
+        "dataset_options": {"num_samples": 64},
+        "model": "mlp",
+        "model_options": {"hidden_sizes": [16]},
+        "epochs": 2,
+        "device": "cpu",
+        "save_frequency": 1,
+    }
     runs = str(tmp_path / "runs")
     run_training(overrides, runs_dir=runs, show_progress=False, log=lambda *a: None)
     best = tmp_path / "runs" / "exp1" / "checkpoints" / "best_model.pt"
@@ -195,5 +222,3 @@ def test_resume_after_a_best_epoch_keeps_it_against_a_worse_later_epoch(tmp_path
     assert results["history"]["val_accuracy"] == [80.0, 90.0, 85.0]
     assert best.read_bytes() == best_bytes, "a worse epoch replaced best_model.pt after a resume"
     assert results["best_accuracy"] == 90.0 and results["best_epoch"] == 2
-
-

@@ -26,8 +26,19 @@ from src.training.fast_path import resolve_fast_path
 from src.training.schedules import LinearWarmup
 from tests.helpers import REPO_ROOT, assert_same_weights, load_checkpoint
 
-DATA = ("--dataset", "synthetic", "--dataset-option", "num_samples=192", "--dataset-option", "num_classes=4",
-        "--dataset-option", "input_shape=[3,12,12]", "--batch-size", "16", "--quiet")
+DATA = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=192",
+    "--dataset-option",
+    "num_classes=4",
+    "--dataset-option",
+    "input_shape=[3,12,12]",
+    "--batch-size",
+    "16",
+    "--quiet",
+)
 MLP = ("--model", "mlp", "--model-option", "hidden_sizes=[32]")
 OLD_EXPERIMENT = REPO_ROOT / "tests" / "data" / "mynet_v1_experiment"
 
@@ -41,21 +52,24 @@ def latest(runs: Path, name: str = "exp1") -> dict:
 
 
 # -- configuration -----------------------------------------------------------------------
-@pytest.mark.parametrize("changes, message", [
-    ({"label_smoothing": 1.0}, "label_smoothing must be a number from 0 to below 1"),
-    ({"label_smoothing": -0.1}, "got -0.1"),
-    ({"label_smoothing": float("nan")}, "got nan"),
-    ({"label_smoothing": "0.1"}, "got '0.1'"),
-    ({"ema_decay": 1.0}, "ema_decay (--ema) must be a number between 0 and 1"),
-    ({"ema_decay": -0.5}, "got -0.5"),
-    ({"ema_decay": True}, "got True"),
-    ({"warmup_epochs": -1}, "warmup_epochs must be a non-negative integer, got -1"),
-    ({"warmup_epochs": 1.5}, "got 1.5"),
-    ({"warmup_epochs": 30}, "warmup_epochs (30) is longer than the run (20 epochs)"),
-    ({"tta_flip": "yes"}, "tta_flip must be true or false, got 'yes'"),
-    ({"scheduler": "one-cycle"}, "choose one of: none, cosine, step, plateau, onecycle"),
-    ({"amp": "bf32"}, "choose one of: auto, bf16, fp16"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"label_smoothing": 1.0}, "label_smoothing must be a number from 0 to below 1"),
+        ({"label_smoothing": -0.1}, "got -0.1"),
+        ({"label_smoothing": float("nan")}, "got nan"),
+        ({"label_smoothing": "0.1"}, "got '0.1'"),
+        ({"ema_decay": 1.0}, "ema_decay (--ema) must be a number between 0 and 1"),
+        ({"ema_decay": -0.5}, "got -0.5"),
+        ({"ema_decay": True}, "got True"),
+        ({"warmup_epochs": -1}, "warmup_epochs must be a non-negative integer, got -1"),
+        ({"warmup_epochs": 1.5}, "got 1.5"),
+        ({"warmup_epochs": 30}, "warmup_epochs (30) is longer than the run (20 epochs)"),
+        ({"tta_flip": "yes"}, "tta_flip must be true or false, got 'yes'"),
+        ({"scheduler": "one-cycle"}, "choose one of: none, cosine, step, plateau, onecycle"),
+        ({"amp": "bf32"}, "choose one of: auto, bf16, fp16"),
+    ],
+)
 def test_bad_recipe_values_are_refused_by_name(changes, message):
     with pytest.raises(ConfigError) as error:
         RunConfig(**changes).validate()
@@ -167,8 +181,16 @@ def test_mynet_versions_record_and_rebuild():
 
 def test_mynet_version_3_pools_before_batch_norm_and_records_its_hidden_layer():
     model = ModelRegistry.create("mynet", version=3, width=4)
-    assert model.model_config == {"name": "mynet", "num_classes": 10, "in_channels": 1, "input_size": 28,
-                                  "width": 4, "dropout": 0.0, "version": 3, "hidden": 128}
+    assert model.model_config == {
+        "name": "mynet",
+        "num_classes": 10,
+        "in_channels": 1,
+        "input_size": 28,
+        "width": 4,
+        "dropout": 0.0,
+        "version": 3,
+        "hidden": 128,
+    }
     assert [type(layer) for layer in model.features[0]] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]
     assert [m.out_features for m in model.classifier if isinstance(m, nn.Linear)] == [128, 10]
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
@@ -182,17 +204,18 @@ def test_mynet_version_3_pools_before_batch_norm_and_records_its_hidden_layer():
     assert ModelRegistry.create("mynet").model_config["version"] == 2
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"hidden": 16}, "hidden is a mynet version 3 option; got hidden=16 with version 2"),
-    ({"hidden": 16, "version": 1}, "with version 1. Add --model-option version=3"),
-    ({"hidden": -1, "version": 3}, "--model-option hidden for mynet must be an integer >= 0, got -1"),
-    ({"hidden": 1.5, "version": 3}, "got 1.5"),
-    ({"hidden": True, "version": 3}, "got True"),
-    ({"hidden": "wide", "version": 3}, "got 'wide'"),
-    ({"hidden": 10 ** 9, "version": 3}, "use a smaller width or hidden"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"hidden": 16}, "hidden is a mynet version 3 option; got hidden=16 with version 2"),
+        ({"hidden": 16, "version": 1}, "with version 1. Add --model-option version=3"),
+        ({"hidden": -1, "version": 3}, "--model-option hidden for mynet must be an integer >= 0, got -1"),
+        ({"hidden": 1.5, "version": 3}, "got 1.5"),
+        ({"hidden": True, "version": 3}, "got True"),
+        ({"hidden": "wide", "version": 3}, "got 'wide'"),
+        ({"hidden": 10**9, "version": 3}, "use a smaller width or hidden"),
+    ],
+)
 def test_mynet_version_3_refuses_bad_hidden_layers(options, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         ModelRegistry.create("mynet", **options)
-
-

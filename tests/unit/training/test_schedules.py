@@ -22,9 +22,25 @@ import train
 from src.training import Trainer
 from tests.helpers import load_checkpoint
 
-DATA = ("--dataset", "synthetic", "--dataset-option", "num_samples=80", "--dataset-option", "num_classes=4",
-        "--dataset-option", "input_shape=[1,8,8]", "--batch-size", "8", "--model", "mlp",
-        "--model-option", "hidden_sizes=[16]", "--quiet", "--device", "cpu")
+DATA = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=80",
+    "--dataset-option",
+    "num_classes=4",
+    "--dataset-option",
+    "input_shape=[1,8,8]",
+    "--batch-size",
+    "8",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[16]",
+    "--quiet",
+    "--device",
+    "cpu",
+)
 STEPS_PER_EPOCH = 10
 
 
@@ -54,8 +70,10 @@ def parents(tmp_path_factory) -> Path:
     interrupted one batch into epoch 2 (a mid-epoch checkpoint at step 11)."""
     runs = tmp_path_factory.mktemp("parents") / "runs"
     for scheduler in ("onecycle", "cosine"):
-        assert run_interrupted_at_step(runs, STEPS_PER_EPOCH + 1, *DATA, "--scheduler", scheduler,
-                                       "--epochs", "3") == 128 + signal.SIGINT
+        assert (
+            run_interrupted_at_step(runs, STEPS_PER_EPOCH + 1, *DATA, "--scheduler", scheduler, "--epochs", "3")
+            == 128 + signal.SIGINT
+        )
     return runs
 
 
@@ -71,10 +89,12 @@ def assert_cycle_finished(experiment: Path) -> None:
     rate annealed to its minimum), as an uninterrupted one-cycle run's does."""
     state = load_checkpoint(experiment / "checkpoints" / "latest_checkpoint.pt")["scheduler_state_dict"]
     assert state["last_epoch"] == state["total_steps"], (
-        f"the one-cycle schedule took {state['last_epoch']} of its {state['total_steps']} planned steps")
+        f"the one-cycle schedule took {state['last_epoch']} of its {state['total_steps']} planned steps"
+    )
 
 
 # -- 1. a fork that changes the steps per epoch keeps the parent's one-cycle plan ---------
+
 
 @pytest.mark.parametrize("change", [("--grad-accum", "2"), ("--batch-size", "16")], ids=["grad-accum", "batch-size"])
 def test_fork_of_onecycle_with_fewer_steps_per_epoch_finishes_its_cycle(parents, tmp_path, change):
@@ -100,10 +120,15 @@ def test_fork_of_onecycle_with_a_smaller_batch_is_planned_not_refused(parents, t
 
 # -- 2. a re-planned cycle from a mid-epoch checkpoint with another --grad-accum ----------
 
-@pytest.mark.parametrize("parent, args", [
-    ("exp2", ("--scheduler", "onecycle", "--grad-accum", "3")),
-    ("exp1", ("--epochs", "4", "--grad-accum", "2")),
-], ids=["cosine-to-onecycle", "onecycle-more-epochs"])
+
+@pytest.mark.parametrize(
+    "parent, args",
+    [
+        ("exp2", ("--scheduler", "onecycle", "--grad-accum", "3")),
+        ("exp1", ("--epochs", "4", "--grad-accum", "2")),
+    ],
+    ids=["cosine-to-onecycle", "onecycle-more-epochs"],
+)
 def test_mid_epoch_fork_with_other_grad_accum_plans_enough_steps(parents, tmp_path, capsys, parent, args):
     """FAILS ON MAIN: the parent stopped 1 batch into epoch 2; the fork keeps that position
     (grad_accum is not a data key) and ``Trainer.remaining_optimizer_steps`` counts
@@ -122,4 +147,3 @@ def test_mid_epoch_fork_with_other_grad_accum_plans_enough_steps(parents, tmp_pa
 # -- 5. --augment POLICY against a config file's augment: false --------------------------
 
 # -- 6. ArrayDataset class names ---------------------------------------------------------
-

@@ -26,13 +26,30 @@ from src.errors import WriteError
 from src.training import Trainer
 from src.training.tb_logger import EPOCH_TAGS, STEP_LOSS_TAG, TensorBoardLogger
 from tests.helpers import assert_same_weights, load_checkpoint
+
 # The test extra installs tensorboard (pyproject.toml): CI tests it, never skips it.
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-DATA = ("--dataset", "synthetic", "--dataset-option", "num_samples=192", "--dataset-option", "num_classes=4",
-        "--dataset-option", "input_shape=[3,12,12]", "--batch-size", "16", "--model", "mlp",
-        "--model-option", "hidden_sizes=[32]", "--scheduler", "cosine", "--quiet")
+DATA = (
+    "--dataset",
+    "synthetic",
+    "--dataset-option",
+    "num_samples=192",
+    "--dataset-option",
+    "num_classes=4",
+    "--dataset-option",
+    "input_shape=[3,12,12]",
+    "--batch-size",
+    "16",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden_sizes=[32]",
+    "--scheduler",
+    "cosine",
+    "--quiet",
+)
 STEPS_PER_EPOCH = 192 // 16
 EVERY = 5
 TB = ("--tensorboard", "--tensorboard-every", str(EVERY))
@@ -125,8 +142,9 @@ def test_interrupted_and_resumed_run_logs_each_step_once_with_the_same_values(tm
     resumed, reference = events(experiment / "tensorboard"), events(straight / "tensorboard")
     assert len(list((experiment / "tensorboard").iterdir())) == 2, "the resume writes a file of its own"
     assert_one_axis(resumed)
-    assert {tag: [s for s, _ in p] for tag, p in resumed.items()} == \
-        {tag: [s for s, _ in p] for tag, p in reference.items()}
+    assert {tag: [s for s, _ in p] for tag, p in resumed.items()} == {
+        tag: [s for s, _ in p] for tag, p in reference.items()
+    }
     assert without_times(resumed) == without_times(reference), "bit-exact resume: the same numbers"
 
 
@@ -202,8 +220,9 @@ def test_bad_tensorboard_every_is_one_sentence(tmp_path, capsys, value):
         cli(tmp_path / "runs", *DATA, *TB[:1], "--tensorboard-every", value)
     assert stopped.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.endswith(f"error: argument --tensorboard-every: expects a positive whole number of steps, "
-                         f"e.g. 50, got {value!r}")
+    assert last.endswith(
+        f"error: argument --tensorboard-every: expects a positive whole number of steps, e.g. 50, got {value!r}"
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -211,8 +230,9 @@ def test_bad_tensorboard_every_is_one_sentence(tmp_path, capsys, value):
 def test_bad_tensorboard_every_in_a_config_is_refused_by_name(value):
     with pytest.raises(ConfigError) as caught:
         RunConfig(tensorboard=True, tensorboard_every=value).validate()
-    assert str(caught.value) == (f"tensorboard_every (--tensorboard-every) must be a positive whole number of "
-                                 f"steps, e.g. 50, got {value!r}.")
+    assert str(caught.value) == (
+        f"tensorboard_every (--tensorboard-every) must be a positive whole number of steps, e.g. 50, got {value!r}."
+    )
     with pytest.raises(ConfigError, match="tensorboard must be true or false, got 'yes'"):
         RunConfig(tensorboard="yes").validate()
 
@@ -224,8 +244,10 @@ def test_config_file_and_flag_without_tensorboard(tmp_path, capsys):
     assert cli(runs, "--config", str(config)) == 2
     assert "tensorboard_every: tensorboard_every (--tensorboard-every) must be a positive" in capsys.readouterr().err
     assert cli(runs, *DATA, "--tensorboard-every", "7") == 2
-    assert "--tensorboard-every 7 has no effect while TensorBoard logging is off; add --tensorboard" in \
-        capsys.readouterr().err
+    assert (
+        "--tensorboard-every 7 has no effect while TensorBoard logging is off; add --tensorboard"
+        in capsys.readouterr().err
+    )
     assert not runs.exists() or not any(runs.iterdir())
 
 
@@ -307,9 +329,18 @@ def test_python_api_logs_through_repeated_train_calls_and_train_py_continues(tmp
     train_loader, val_loader = data.get_dataloaders(batch_size=16)
     model = ModelRegistry.create("mlp", num_classes=4, input_size=8, hidden_sizes=[16])
     experiment = ExperimentManager(base_dir=str(tmp_path / "runs"))
-    trainer = Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(), torch.optim.AdamW(model.parameters()),
-                      torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir),
-                      show_progress=False, tensorboard=TensorBoardLogger(experiment.tensorboard_dir, every=4))
+    trainer = Trainer(
+        model,
+        train_loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        torch.optim.AdamW(model.parameters()),
+        torch.device("cpu"),
+        experiment,
+        CheckpointManager(experiment.checkpoints_dir),
+        show_progress=False,
+        tensorboard=TensorBoardLogger(experiment.tensorboard_dir, every=4),
+    )
     try:
         trainer.train(epochs=1)
         trainer.train(epochs=2)  # a second writer at once: its file must still be read after the first

@@ -11,7 +11,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import make_trainer
 
-RESULT_KEYS = {"epochs_trained", "best_accuracy", "training_time", "history", "experiment_dir", "stopped_early", "best_epoch"}
+RESULT_KEYS = {
+    "epochs_trained",
+    "best_accuracy",
+    "training_time",
+    "history",
+    "experiment_dir",
+    "stopped_early",
+    "best_epoch",
+}
 
 
 def test_train_returns_documented_results_and_writes_files(tmp_path, capsys):
@@ -24,14 +32,20 @@ def test_train_returns_documented_results_and_writes_files(tmp_path, capsys):
     assert results["history"]["learning_rate"] == [1e-2, 5e-3, 2.5e-3], "the scheduler steps once per epoch"
     experiment = Path(results["experiment_dir"])
     assert {"config.json", "status.json", "training_log.jsonl", "training_curves.png", "checkpoints"} <= {
-        p.name for p in experiment.iterdir()}
+        p.name for p in experiment.iterdir()
+    }
     config = json.loads((experiment / "config.json").read_text())
     # The CLI's schema (RunConfig), so train.py can resume and fork a run made in Python.
     assert config["model"] == "mlp" and config["model_options"] == {"hidden_sizes": [32], "dropout": 0.0}
     assert config["optimizer"] == "adamw" and config["scheduler"] == "step" and config["epochs"] == 3
     assert (experiment / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {p.name for p in (experiment / "checkpoints").glob("*.pt")} == {
-        "best_model.pt", "latest_checkpoint.pt", "epoch_1.pt", "epoch_2.pt", "epoch_3.pt"}
+        "best_model.pt",
+        "latest_checkpoint.pt",
+        "epoch_1.pt",
+        "epoch_2.pt",
+        "epoch_3.pt",
+    }
     assert json.loads((experiment / "status.json").read_text())["state"] == "completed"
     out = capsys.readouterr().out
     assert "Epoch 1/3" in out and "Epoch 3/3" in out

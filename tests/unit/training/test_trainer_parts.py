@@ -59,9 +59,19 @@ def _trainer(runs: Path, train_loader, val_loader, resume_exp=None, **options):
     torch.manual_seed(0)
     model = ModelRegistry.create("mlp", num_classes=4, input_size=8, hidden_sizes=[16])
     experiment = ExperimentManager(base_dir=str(runs), lock=False, resume_exp=resume_exp)
-    return Trainer(model, train_loader, val_loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
-                   torch.device("cpu"), experiment, CheckpointManager(experiment.checkpoints_dir, save_frequency=1),
-                   show_progress=False, plot_interval=3600, **options)
+    return Trainer(
+        model,
+        train_loader,
+        val_loader,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        torch.device("cpu"),
+        experiment,
+        CheckpointManager(experiment.checkpoints_dir, save_frequency=1),
+        show_progress=False,
+        plot_interval=3600,
+        **options,
+    )
 
 
 def _signal_at(trainer: Trainer, step: int) -> None:
@@ -89,8 +99,7 @@ def test_a_stateful_loader_without_position_is_saved_and_resumed_after_a_stop_si
     assert payload["mid_epoch"] and payload["global_step"] == per_epoch + 3
     assert payload["train_loader"] == {"next": 3}  # the loader's own state, unchanged
 
-    resumed = _trainer(tmp_path, StatefulLoader(images, labels, 16), val,
-                       resume_exp=trainer.experiment_manager.name)
+    resumed = _trainer(tmp_path, StatefulLoader(images, labels, 16), val, resume_exp=trainer.experiment_manager.name)
     resumed.load_state_dict(payload)
     results = resumed.train(epochs=3)
     assert results["epochs_trained"] == 3 and resumed.global_step == 3 * per_epoch
