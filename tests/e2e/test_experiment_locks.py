@@ -141,8 +141,10 @@ def test_eight_concurrent_creations_get_distinct_directories(tmp_path):
             )
             for _ in range(8)
         ]
-        assert all(p.stdout.readline().strip() == "ready" for p in processes)
-        go.touch()
+        try:
+            assert all(p.stdout.readline().strip() == "ready" for p in processes)
+        finally:  # even when one failed to start: the others wait for this file, then exit
+            go.touch()
         outputs = [p.communicate(timeout=HANG_TIMEOUT)[0].strip() for p in processes]
         assert all(p.returncode == 0 for p in processes)
         assert len(set(outputs)) == 8, outputs
