@@ -165,7 +165,7 @@ def test_divergence_after_good_epochs_stops_with_code_3_and_keeps_the_good_check
     (experiment / "status.json").write_text("[1, 2]")
     again = cli("--resume", "exp1")
     assert_one_line_error(again, 3)
-    assert "status.json holds list" in again.stdout and "rewritten" in again.stdout
+    assert "status.json holds a JSON list" in again.stdout and "rewritten" in again.stdout
     status = strict_json((experiment / "status.json").read_text())
     assert status["state"] == "failed" and status["reason"] == "non-finite loss"
     assert_checkpoints_valid_and_finite(checkpoints)
