@@ -189,7 +189,7 @@ def test_ctrl_c_during_the_wait_in_a_script_lets_the_write_finish(tmp_path):
     checkpoint is never written. Fix: as above."""
     script = tmp_path / "script.py"
     script.write_text(f"""
-import signal, sys, threading, time
+import os, signal, sys, threading, time
 sys.path.insert(0, {str(REPO_ROOT)!r})
 import torch
 torch.set_num_threads(1)
@@ -201,8 +201,9 @@ from tests.e2e.test_background_write_faults import _main_waits_for_writer, _poll
 real_save = CheckpointManager.save_epoch_end
 def slow(self, model, optimizer, epoch, *args, **kwargs):
     if epoch == 1:  # the write is still going when Ctrl-C meets the main thread's wait for it
-        if not _poll(lambda: _main_waits_for_writer("wait_for_writes"), timeout=120):
-            sys.exit("the main thread never waited for the epoch-1 write")
+        if not _poll(lambda: _main_waits_for_writer("wait_for_writes"), timeout=900):  # epoch 2 first, on a loaded CPU
+            print("the main thread never waited for the epoch-1 write", file=sys.stderr, flush=True)
+            os._exit(3)  # from this writer thread: sys.exit would end only the thread, silently
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         time.sleep(0.5)  # a broken wait returns now, and the process exits before this write
     return real_save(self, model, optimizer, epoch, *args, **kwargs)
