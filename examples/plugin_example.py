@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from src.datasets import BaseDataset, DatasetRegistry
+from src.errors import ConfigError  # bad input: exit 2, one line (any other exception is reported as a bug)
 from src.models import ModelRegistry
 
 
@@ -46,9 +47,9 @@ class StripesDataset(BaseDataset):
     ):
         super().__init__(augment=augment, seed=seed)  # checks augment and seed, sets self.seed
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"stripes: --dataset-option num_samples must be an integer >= 1, got {num_samples!r}.")
+            raise ConfigError(f"stripes: --dataset-option num_samples must be an integer >= 1, got {num_samples!r}.")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or not 4 <= image_size <= 256:
-            raise ValueError(
+            raise ConfigError(
                 f"stripes: --dataset-option image_size must be an integer from 4 to 256, got {image_size!r}."
             )
         rng = np.random.default_rng(self.seed)  # the same seed gives the same data

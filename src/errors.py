@@ -119,7 +119,10 @@ def write_error(path, exc: OSError, what: str = "write") -> WriteError:
 
 def one_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
-    text = str(exc).strip().strip("'\"") or type(exc).__name__
+    # A KeyError's str() is the repr of its key: show the message itself, and keep the
+    # quotes inside any other message ("No module named 'x'").
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    text = text.strip() or type(exc).__name__
     return text.splitlines()[0]
 
 

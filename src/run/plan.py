@@ -28,6 +28,7 @@ from ..plugins import check_resume_imports, merge_imports, verify_plugins
 from ..run_names import check_name_free, resolve_experiment
 from ..training import state_keys as keys
 from ..training.protocols import DescribedData, augmentation_policy
+from ..training.trainer_state import check_format
 from ..training.checkpoint import CheckpointError, LoadedCheckpoint
 from ..training.distributed import Distributed
 from ..training.experiment import (
@@ -213,6 +214,7 @@ def _check_checkpoint(
     """Refuse a checkpoint that does not fit the run: another model; for a resume, another
     process count mid-epoch, another configuration than config.json's, or other data."""
     payload, resume = found.payload, request.resume
+    check_format(payload, str(found.path))  # before anything is written (a newer exptrain's checkpoint)
     check_compatible(payload, parts.model, str(found.path))
     if resume is None:
         return

@@ -56,12 +56,13 @@ def _state_or_none(part) -> Optional[Dict[str, Any]]:
     return part.state_dict() if part is not None else None
 
 
-def check_format(state: Dict[str, Any]) -> None:
-    """Refuse a checkpoint written by a newer exptrain (a missing version is version 1)."""
+def check_format(state: Dict[str, Any], source: str = "The checkpoint") -> None:
+    """Refuse a checkpoint written by a newer exptrain (a missing version is version 1).
+    The start plan checks it first (nothing written); ``load_state_dict`` again for Python callers."""
     version = state.get(keys.FORMAT_VERSION, 1)
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise CheckpointError(
-            f"The checkpoint has format version {version!r}, newer than the {FORMAT_VERSION} this exptrain reads; "
+            f"{source} has format version {version!r}, newer than the {FORMAT_VERSION} this exptrain reads; "
             f"upgrade exptrain to load it."
         )
 

@@ -65,3 +65,12 @@ def test_a_library_value_error_is_a_bug_not_bad_input(monkeypatch, capsys, error
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "in explode" in err
     assert err.rstrip().endswith("(the traceback is above; please report it with the command you ran).")
+
+
+def test_one_line_keeps_quotes_inside_a_message_and_shows_a_keyerrors_text():
+    from src.errors import one_line
+
+    assert one_line(ModuleNotFoundError("No module named 'no'")) == "No module named 'no'"
+    assert one_line(AttributeError("'int' object has no attribute 'step'")) == "'int' object has no attribute 'step'"
+    assert one_line(KeyError("missing key")) == "missing key"
+    assert one_line(RuntimeError("")) == "RuntimeError"

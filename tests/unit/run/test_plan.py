@@ -443,3 +443,26 @@ def test_an_unsaved_fork_whose_checkpoints_are_a_file_is_refused(runs):
         "exp3/checkpoints is a file, not a directory; move it away and resume again",
         resume="exp3",
     )
+
+
+@pytest.mark.parametrize("how", ["resume", "fork"])
+def test_a_checkpoint_of_a_newer_format_is_refused_before_anything_is_written(runs, how):
+    """A newer exptrain's checkpoint: one clear refusal naming the file, from the plan (the
+    Trainer's own check ran only after the experiment was opened and marked failed)."""
+    import torch
+
+    from src.training.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(runs / "exp1" / "checkpoints")
+    for path in sorted((runs / "exp1" / "checkpoints").glob("*.pt")):
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload["format_version"] = 2
+        manager.write_bytes(manager.serialize(payload), path, payload["epoch"], payload["global_step"])
+    message = refused(
+        runs,
+        CheckpointError,
+        "has format version 2, newer than the 1 this exptrain reads",
+        {"epochs": 2},
+        **{how: "exp1"},
+    )
+    assert "checkpoints/" in message and ".pt has format version" in message
