@@ -14,6 +14,7 @@ from tests.fake_data import FORMATS, make_folder
 
 # Re-exported for test files written before tests/helpers.py; import from tests.helpers.
 from tests.helpers import (  # noqa: F401
+    Result,
     HANG_TIMEOUT,
     REPO_ROOT,
     SHARED_DATA,
@@ -93,3 +94,20 @@ def folder(templates, tmp_path):
         return Path(shutil.copytree(templates[name], tmp_path / name))
 
     return copy
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """``train.main(args)`` in this process, in ``tmp_path``; returns code, stdout, stderr
+    (a ``Result``)."""
+    import train
+
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str) -> Result:
+        capsys.readouterr()
+        code = train.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return call

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -274,3 +275,11 @@ def quickstart(runs: Path, epochs: int, model: nn.Module = None, save_frequency:
         return trainer.train(epochs=epochs)
     finally:
         experiment_manager.release()
+
+
+class Result(NamedTuple):
+    """What an in-process ``train.main`` call (the ``cli`` fixture) returned and printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str

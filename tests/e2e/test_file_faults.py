@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import torch
@@ -28,7 +27,7 @@ import torch
 import src.utils.io as io_module
 import train
 from src.training.checkpoint import CheckpointManager
-from tests.helpers import load_checkpoint, run_cli
+from tests.helpers import Result, load_checkpoint, run_cli
 from tests.helpers import assert_same_final_state
 
 TINY = (
@@ -54,26 +53,6 @@ SMALL = (
     "--quiet",
 )  # ~40 KB checkpoints, for the small disk
 PAGE = 4096
-
-
-class Result(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """``train.main(args)`` in this process, in ``tmp_path``; returns code, stdout, stderr."""
-    monkeypatch.chdir(tmp_path)
-
-    def call(*args: str) -> Result:
-        capsys.readouterr()
-        code = train.main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return call
 
 
 def assert_one_line_error(result: Result, code: int) -> str:

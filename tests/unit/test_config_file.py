@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 
@@ -12,7 +11,7 @@ import train
 from src.config import ConfigError, RunConfig
 from src.config_file import CONFIG_FILE_KEYS, check_config_values, merge_config_values, read_config_file
 from src.run_names import name_problem, resolve_experiment
-from tests.helpers import REPO_ROOT
+from tests.helpers import Result, REPO_ROOT
 
 TINY = (
     "--dataset",
@@ -28,26 +27,6 @@ TINY = (
     "0",
 )
 RECIPES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
-
-
-class Result(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """``train.main(args)`` in this process, in ``tmp_path``."""
-    monkeypatch.chdir(tmp_path)
-
-    def call(*args: str) -> Result:
-        capsys.readouterr()
-        code = train.main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return call
 
 
 def one_line_error(result: Result) -> str:
